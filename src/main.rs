@@ -1,1 +1,76 @@
-fn main(){}
+//! The `cairn` binary: parses flags and hands over to the crates.
+//!
+//! - `cairn store`: one member of the Raft store (`cairn-store`).
+//! - `cairn up`: a local three-node cluster for a first try (`up`).
+
+mod up;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Config store and control plane for API gateways"
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, global = true, env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one member of the store (takes etcd's flags and ETCD_* variables).
+    Store(Box<cairn_store::StoreConfig>),
+    /// Start a local three-node cluster as child processes.
+    Up(up::UpArgs),
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Store(cfg) => cairn_store::run(*cfg).await,
+            Cmd::Up(args) => up::run(args).await,
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

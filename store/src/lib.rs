@@ -1,1 +1,27 @@
+//! `cairn-store`: a member of Cairn's three-node Raft store, speaking etcd's v3 API.
+//!
+//! Map of the crate:
+//! - [`config`]: etcd's flags and `ETCD_*` variables.
+//! - [`server`]: start-up (bootstrap / join / restart) and the listeners.
+//! - [`node`]: a running member: propose through the leader, read-index barrier.
+//! - [`command`]: the Raft log entry format (versioned, carries the user).
+//! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
+//! - [`mvcc`]: etcd's revisioned key-value store over sled.
+//! - [`api`]: the gRPC services clients call.
+//! - [`storage`]: the data dir layout and sled; the only module that opens it.
+//! - [`error`]: etcd's error codes and message strings.
+//! - [`ids`]: etcd-compatible member and cluster IDs.
 
+pub mod api;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod storage;
+
+pub use config::StoreConfig;
+pub use server::run;

@@ -1,0 +1,119 @@
+//! `cairn up`: a three-node store on this machine, as three child processes
+//! of this same binary, for a first try. Ctrl-C stops all three.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where the three data dirs go.
+    #[arg(long, default_value = "./cairn-data")]
+    data_dir: PathBuf,
+    /// Address to bind and advertise.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+const NODES: [(&str, u16, u16); 3] = [
+    ("s1", 2379, 2380),
+    ("s2", 22379, 22380),
+    ("s3", 32379, 32380),
+];
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    for (_, client, peer) in NODES {
+        for port in [client, peer] {
+            if std::net::TcpListener::bind((args.host.as_str(), port)).is_err() {
+                bail!("port {port} on {} is already in use: stop whatever listens there (another etcd or cairn?)", args.host);
+            }
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find the cairn binary")?;
+    let h = &args.host;
+    let initial: Vec<String> = NODES
+        .iter()
+        .map(|(n, _, p)| format!("{n}=http://{h}:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    std::fs::create_dir_all(&args.data_dir)?;
+    let mut children: Vec<Child> = Vec::new();
+    for (name, client, peer) in NODES {
+        let log = std::fs::File::create(args.data_dir.join(format!("{name}.log")))?;
+        let child = Command::new(&exe)
+            .arg("store")
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(args.data_dir.join(name))
+            .args(["--listen-client-urls", &format!("http://{h}:{client}")])
+            .args(["--advertise-client-urls", &format!("http://{h}:{client}")])
+            .args(["--listen-peer-urls", &format!("http://{h}:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{h}:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start store {name}"))?;
+        children.push(child);
+    }
+    let endpoints: Vec<String> = NODES
+        .iter()
+        .map(|(_, c, _)| format!("http://{h}:{c}"))
+        .collect();
+    println!(
+        "cairn: three store nodes starting (logs and data under {})",
+        args.data_dir.display()
+    );
+    println!("  endpoints: {}", endpoints.join(","));
+    println!(
+        "  try:       etcdctl --endpoints={} put hello world",
+        endpoints.join(",")
+    );
+    println!(
+        "             etcdctl --endpoints={} endpoint status -w table",
+        endpoints.join(",")
+    );
+    println!("Press Ctrl-C to stop.");
+
+    let exited = async {
+        loop {
+            for (i, c) in children.iter_mut().enumerate() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return (i, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        (i, status) = exited => Some((i, status)),
+    };
+    for c in &children {
+        if let Some(pid) = c.id() {
+            // SIGTERM: each store shuts down cleanly and flushes.
+            let _ = Command::new("kill").arg(pid.to_string()).status().await;
+        }
+    }
+    for c in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+    }
+    if let Some((i, status)) = outcome {
+        bail!(
+            "store {} exited ({status}); see {}",
+            NODES[i].0,
+            args.data_dir.join(format!("{}.log", NODES[i].0)).display()
+        );
+    }
+    println!("cairn: stopped");
+    Ok(())
+}

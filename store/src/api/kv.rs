@@ -1,0 +1,135 @@
+//! etcd's KV service: writes are proposed through Raft, linearizable reads
+//! wait on the read-index barrier, serializable reads are served locally.
+
+use std::sync::Arc;
+
+use cairn_proto::etcdserverpb::kv_server::Kv;
+use cairn_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::validate;
+use crate::command::{Command, Proto, Response as Applied};
+use crate::error::EtcdError;
+use crate::node::Node;
+
+pub struct KvService {
+    pub node: Arc<Node>,
+}
+
+impl KvService {
+    fn check_size(&self, m: &impl Message) -> Result<(), EtcdError> {
+        if m.encoded_len() > self.node.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Applied, Status> {
+        match self.node.propose(None, cmd).await? {
+            Applied::Error(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+}
+
+fn unexpected(r: Applied) -> Status {
+    Status::internal(format!("unexpected apply result {r:?}"))
+}
+
+/// Whether a txn only reads (then it is served like a range, not proposed).
+fn txn_is_read_only(t: &TxnRequest) -> bool {
+    use cairn_proto::etcdserverpb::request_op::Request as Op;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(_)) => true,
+            Some(Op::RequestTxn(t)) => txn_is_read_only(t),
+            _ => false,
+        })
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = req.into_inner();
+        validate::range(&r)?;
+        if !r.serializable {
+            self.node.read_barrier().await?;
+        }
+        let mut resp = self.node.mvcc.read(|v| v.range(&r))?;
+        self.node.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        validate::put(&r)?;
+        match self.propose(Command::Put(Proto(r))).await? {
+            Applied::Put(Proto(mut resp)) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        validate::delete(&r)?;
+        match self.propose(Command::DeleteRange(Proto(r))).await? {
+            Applied::DeleteRange(Proto(mut resp)) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = req.into_inner();
+        self.check_size(&r)?;
+        validate::txn(&r, self.node.max_txn_ops)?;
+        if txn_is_read_only(&r) {
+            // etcd serves read-only txns without a proposal, after the
+            // linearizable barrier; evaluating it on a throwaway writer gives
+            // exactly the answer applying it would.
+            self.node.read_barrier().await?;
+            let mut resp = self.node.mvcc.read(|v| {
+                crate::mvcc::apply::Writer::new(v.tree.clone(), v.rev, v.compact_rev).txn(&r)
+            })?;
+            self.node.fill_header(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
+        match self.propose(Command::Txn(Proto(r))).await? {
+            Applied::Txn(Proto(mut resp)) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let r = req.into_inner();
+        match self.propose(Command::Compact(Proto(r))).await? {
+            Applied::Compact(Proto(mut resp)) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

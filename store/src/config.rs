@@ -1,0 +1,243 @@
+//! `cairn store` configuration: etcd's own flags and `ETCD_*` environment
+//! variables, so an etcd deployment (or etcd's docker line) works with the
+//! binary swapped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+/// Flags of `cairn store`; each also reads the `ETCD_*` variable etcd reads.
+#[derive(Args, Debug, Clone)]
+pub struct StoreConfig {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory (default: `<name>.cairn`).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic (gRPC and the HTTP/JSON gateway).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+
+    /// Client URLs of this member as advertised to the cluster and clients.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub advertise_client_urls: String,
+
+    /// URLs to listen on for peer (Raft) traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// Peer URLs of this member as advertised to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration: `name=peer-url,name=peer-url,...`.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new` to bootstrap a new cluster, `existing` to join one.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+
+    /// Token that makes cluster and member IDs unique per cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 50)]
+    pub heartbeat_interval: u64,
+
+    /// Time (ms) without a heartbeat before a follower starts an election.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 500)]
+    pub election_timeout: u64,
+
+    /// Number of committed entries that trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Entries kept in the log behind a snapshot, so slow followers catch up
+    /// from the log rather than a full snapshot (etcd 3.5's
+    /// `--experimental-snapshot-catchup-entries`; etcd 3.4 keeps 5000).
+    #[arg(long, env = "ETCD_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub snapshot_catchup_entries: u64,
+
+    /// Maximum client request size in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+
+    /// Maximum number of operations per txn.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+}
+
+/// `--initial-cluster-state`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Every `ETCD_*` variable `cairn store` understands; others are warned about.
+pub const KNOWN_ENV: &[&str] = &[
+    "ETCD_NAME",
+    "ETCD_DATA_DIR",
+    "ETCD_LISTEN_CLIENT_URLS",
+    "ETCD_ADVERTISE_CLIENT_URLS",
+    "ETCD_LISTEN_PEER_URLS",
+    "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+    "ETCD_INITIAL_CLUSTER",
+    "ETCD_INITIAL_CLUSTER_STATE",
+    "ETCD_INITIAL_CLUSTER_TOKEN",
+    "ETCD_HEARTBEAT_INTERVAL",
+    "ETCD_ELECTION_TIMEOUT",
+    "ETCD_SNAPSHOT_COUNT",
+    "ETCD_SNAPSHOT_CATCHUP_ENTRIES",
+    "ETCD_MAX_REQUEST_BYTES",
+    "ETCD_MAX_TXN_OPS",
+];
+
+/// `ETCD_*` variables present in the environment that Cairn does not read.
+pub fn unknown_env_vars() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("ETCD_") && !KNOWN_ENV.contains(&k.as_str()))
+        .collect()
+}
+
+impl StoreConfig {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)))
+    }
+
+    pub fn advertise_peer_urls(&self) -> Vec<String> {
+        split_urls(&self.initial_advertise_peer_urls)
+    }
+
+    pub fn advertise_client_urls(&self) -> Vec<String> {
+        split_urls(&self.advertise_client_urls)
+    }
+
+    /// The initial cluster as name → sorted peer URLs. Without
+    /// `--initial-cluster`, this member alone (as etcd's default).
+    pub fn initial_members(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        match &self.initial_cluster {
+            None => {
+                members.insert(self.name.clone(), self.advertise_peer_urls());
+            }
+            Some(s) => {
+                for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let Some((name, url)) = part.split_once('=') else {
+                        bail!("--initial-cluster: `{part}` is not name=url");
+                    };
+                    check_url(url).with_context(|| format!("--initial-cluster member {name}"))?;
+                    members
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(url.to_string());
+                }
+            }
+        }
+        for urls in members.values_mut() {
+            urls.sort();
+        }
+        if !members.contains_key(&self.name) {
+            bail!(
+                "couldn't find local name {:?} in the initial cluster configuration {:?}",
+                self.name,
+                self.initial_cluster.as_deref().unwrap_or("")
+            );
+        }
+        Ok(members)
+    }
+
+    /// Checks flags that etcd also refuses before starting.
+    pub fn validate(&self) -> Result<()> {
+        for u in split_urls(&self.listen_client_urls)
+            .iter()
+            .chain(split_urls(&self.listen_peer_urls).iter())
+            .chain(self.advertise_peer_urls().iter())
+            .chain(self.advertise_client_urls().iter())
+        {
+            check_url(u)?;
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            bail!(
+                "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
+        }
+        if self.initial_cluster_state == ClusterState::New {
+            let mine = self.initial_members()?;
+            let mut adv = self.advertise_peer_urls();
+            adv.sort();
+            if mine[&self.name] != adv {
+                bail!(
+                    "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+                    self.name,
+                    mine[&self.name].join(","),
+                    adv.join(",")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn check_url(u: &str) -> Result<()> {
+    let parsed = url::Url::parse(u).with_context(|| format!("invalid URL {u:?}"))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        bail!("URL scheme must be http or https: {u:?}");
+    }
+    if parsed.host_str().is_none() || parsed.port_or_known_default().is_none() {
+        bail!("URL must have a host and port: {u:?}");
+    }
+    Ok(())
+}
+
+/// `host:port` of an `http://host:port` URL, for binding and dialing.
+pub fn host_port(u: &str) -> Result<String> {
+    let parsed = url::Url::parse(u).with_context(|| format!("invalid URL {u:?}"))?;
+    let host = parsed.host_str().context("URL has no host")?;
+    let port = parsed.port_or_known_default().context("URL has no port")?;
+    Ok(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}

@@ -1,0 +1,117 @@
+//! The revisioned key-value store (etcd's MVCC) over one sled tree.
+//!
+//! - [`keys`]: byte layout of the tree (current values, history, per-key index).
+//! - [`view`]: reads at the current or any uncompacted past revision.
+//! - [`apply`]: Put / DeleteRange / Txn / Compact, written into an overlay.
+//!
+//! Readers take a read lock while they iterate; the state machine (the only
+//! writer) takes the write lock just for the atomic `apply_batch` of a whole
+//! batch of log entries, so a reader never sees half of a transaction.
+
+pub mod apply;
+pub mod keys;
+pub mod view;
+
+use std::sync::RwLock;
+
+use apply::Writer;
+use view::{storage_err, View};
+
+use crate::error::EtcdError;
+
+/// Revision bookkeeping plus the tree they describe.
+struct State {
+    tree: sled::Tree,
+    rev: i64,
+    compact_rev: i64,
+}
+
+/// Shared handle on the key-value state.
+pub struct Mvcc {
+    state: RwLock<State>,
+}
+
+fn read_i64(tree: &sled::Tree, name: &str) -> Result<Option<i64>, EtcdError> {
+    Ok(tree
+        .get(keys::meta_key(name))
+        .map_err(storage_err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(i64::from_be_bytes))
+}
+
+impl Mvcc {
+    /// Opens the store over `tree`; an empty store is at revision 1, as etcd.
+    pub fn open(tree: sled::Tree) -> Result<Mvcc, EtcdError> {
+        let rev = read_i64(&tree, "rev")?.unwrap_or(1);
+        let compact_rev = read_i64(&tree, "compact")?.unwrap_or(0);
+        Ok(Mvcc {
+            state: RwLock::new(State {
+                tree,
+                rev,
+                compact_rev,
+            }),
+        })
+    }
+
+    fn lock_read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a consistent view of the current state.
+    pub fn read<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+        let s = self.lock_read();
+        f(&View {
+            tree: &s.tree,
+            overlay: None,
+            rev: s.rev,
+            compact_rev: s.compact_rev,
+        })
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.lock_read().rev
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.lock_read().compact_rev
+    }
+
+    pub fn tree(&self) -> sled::Tree {
+        self.lock_read().tree.clone()
+    }
+
+    /// A writer for the next batch. Only the state machine writes, one batch
+    /// at a time, so the tree does not change under the writer's reads.
+    pub fn writer(&self) -> Writer {
+        let s = self.lock_read();
+        Writer::new(s.tree.clone(), s.rev, s.compact_rev)
+    }
+
+    /// Commits a batch atomically: pending writes plus the new revision.
+    pub fn commit(&self, mut w: Writer) -> Result<Vec<cairn_proto::mvccpb::Event>, EtcdError> {
+        w.put_meta("rev", w.rev.to_be_bytes().to_vec());
+        let mut batch = sled::Batch::default();
+        for (k, v) in std::mem::take(&mut w.overlay) {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        s.tree.apply_batch(batch).map_err(storage_err)?;
+        s.rev = w.rev;
+        s.compact_rev = w.compact_rev;
+        Ok(w.events)
+    }
+
+    /// Replaces the whole state with `tree` (a freshly installed snapshot).
+    pub fn replace_tree(&self, tree: sled::Tree) -> Result<sled::Tree, EtcdError> {
+        let rev = read_i64(&tree, "rev")?.unwrap_or(1);
+        let compact_rev = read_i64(&tree, "compact")?.unwrap_or(0);
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut s.tree, tree);
+        s.rev = rev;
+        s.compact_rev = compact_rev;
+        Ok(old)
+    }
+}

@@ -1,0 +1,267 @@
+//! Reads over the state-machine tree, optionally through the pending writes of
+//! the batch being applied (so later ops of a batch see earlier ones).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
+use prost::Message;
+
+use super::keys::{self, KeyRange, Rev};
+use crate::error::EtcdError;
+
+/// Pending raw writes of a batch: `None` is a delete.
+pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A read-only view: the tree, the revisions it is at, and pending writes.
+pub struct View<'a> {
+    pub tree: &'a sled::Tree,
+    pub overlay: Option<&'a Overlay>,
+    /// Current (highest committed, or pending) main revision.
+    pub rev: i64,
+    pub compact_rev: i64,
+}
+
+pub(crate) fn storage_err(e: impl std::fmt::Display) -> EtcdError {
+    EtcdError::Internal(format!("storage: {e}"))
+}
+
+fn decode<M: Message + Default>(b: &[u8]) -> Result<M, EtcdError> {
+    M::decode(b).map_err(storage_err)
+}
+
+/// Raw tree entries in a key range, with the overlay merged on top.
+pub fn scan<'a>(
+    tree: &'a sled::Tree,
+    overlay: Option<&'a Overlay>,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), EtcdError>> + 'a {
+    let base = tree.range((lo.clone(), hi.clone()));
+    let ov: Box<dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)>> = match overlay {
+        Some(o) => Box::new(o.range((lo, hi))),
+        None => Box::new(std::iter::empty()),
+    };
+    Merge {
+        base: base.peekable(),
+        ov: ov.peekable(),
+    }
+}
+
+struct Merge<'a, B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+    base: std::iter::Peekable<B>,
+    ov: std::iter::Peekable<Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>>,
+}
+
+impl<B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merge<'_, B> {
+    type Item = Result<(Vec<u8>, Vec<u8>), EtcdError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let base_key = match self.base.peek() {
+                Some(Ok((k, _))) => Some(k.to_vec()),
+                Some(Err(_)) => {
+                    let e = self.base.next().and_then(Result::err);
+                    return e.map(|e| Err(storage_err(e)));
+                }
+                None => None,
+            };
+            let ov_key = self.ov.peek().map(|(k, _)| (*k).clone());
+            match (base_key, ov_key) {
+                (None, None) => return None,
+                (Some(_), None) => {
+                    let (k, v) = self.base.next()?.ok()?;
+                    return Some(Ok((k.to_vec(), v.to_vec())));
+                }
+                (bk, Some(ok)) => {
+                    if bk.as_ref() == Some(&ok) {
+                        self.base.next();
+                    } else if let Some(bk) = bk {
+                        if bk < ok {
+                            let (k, v) = self.base.next()?.ok()?;
+                            return Some(Ok((k.to_vec(), v.to_vec())));
+                        }
+                    }
+                    let (k, v) = self.ov.next()?;
+                    if let Some(v) = v {
+                        return Some(Ok((k.clone(), v.clone())));
+                    }
+                    // A pending delete hides the key; look further.
+                }
+            }
+        }
+    }
+}
+
+impl View<'_> {
+    pub fn get_raw(&self, k: &[u8]) -> Result<Option<Vec<u8>>, EtcdError> {
+        if let Some(v) = self.overlay.and_then(|o| o.get(k)) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(k).map_err(storage_err)?.map(|v| v.to_vec()))
+    }
+
+    /// The live KeyValue of `key` at the current revision.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
+        self.get_raw(&keys::kv_key(key))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Every live key in `range` at revision `at` (≤ current), in key order.
+    /// `at == self.rev` reads the `k` prefix; older revisions walk `i` + `h`.
+    pub fn kvs_at(&self, range: &KeyRange, at: i64) -> Result<Vec<KeyValue>, EtcdError> {
+        let mut out = Vec::new();
+        if at >= self.rev {
+            let (lo, hi) = range.kv_bounds();
+            for item in scan(self.tree, self.overlay, lo, hi) {
+                let (_, v) = item?;
+                out.push(decode::<KeyValue>(&v)?);
+            }
+            return Ok(out);
+        }
+        let (lo, hi) = range.idx_bounds();
+        // Per key: the newest revision ≤ at, and whether it was a put.
+        let mut cur: Option<(Vec<u8>, Option<(Rev, bool)>)> = None;
+        let flush = |cur: Option<(Vec<u8>, Option<(Rev, bool)>)>,
+                     out: &mut Vec<KeyValue>|
+         -> Result<(), EtcdError> {
+            if let Some((_, Some((rev, true)))) = cur {
+                if let Some(ev) = self.event_at(rev)? {
+                    out.extend(ev.kv);
+                }
+            }
+            Ok(())
+        };
+        for item in scan(self.tree, self.overlay, lo, hi) {
+            let (k, v) = item?;
+            let Some((key, rev)) = keys::parse_idx(&k) else {
+                continue;
+            };
+            if cur.as_ref().map(|c| c.0 != key).unwrap_or(true) {
+                flush(cur.take(), &mut out)?;
+                cur = Some((key, None));
+            }
+            if rev.main <= at {
+                if let Some(c) = cur.as_mut() {
+                    c.1 = Some((rev, v.first() == Some(&0)));
+                }
+            }
+        }
+        flush(cur, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn event_at(&self, rev: Rev) -> Result<Option<Event>, EtcdError> {
+        self.get_raw(&keys::hist_key(rev))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// The value `key` had just before revision `before` (for `prev_kv` of
+    /// watch events), if it was live and not compacted away.
+    pub fn prev_kv(&self, key: &[u8], before: Rev) -> Result<Option<KeyValue>, EtcdError> {
+        let lo = Bound::Included(keys::idx_group(key));
+        let hi = Bound::Excluded(keys::idx_key(key, before));
+        let last = scan(self.tree, self.overlay, lo, hi).last().transpose()?;
+        match last {
+            Some((k, v)) if v.first() == Some(&0) => {
+                let Some((_, rev)) = keys::parse_idx(&k) else {
+                    return Ok(None);
+                };
+                Ok(self.event_at(rev)?.and_then(|e| e.kv))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks a read revision against the compacted and current revisions.
+    pub fn check_rev(&self, rev: i64) -> Result<i64, EtcdError> {
+        let at = if rev <= 0 { self.rev } else { rev };
+        if at > self.rev {
+            return Err(EtcdError::FutureRev);
+        }
+        if at < self.compact_rev {
+            return Err(EtcdError::Compacted);
+        }
+        Ok(at)
+    }
+
+    /// etcd's Range: filters, sort, limit with `more`, count of the whole range.
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let at = self.check_rev(r.revision)?;
+        let range = KeyRange::new(&r.key, &r.range_end);
+        let mut kvs = self.kvs_at(&range, at)?;
+        let count = kvs.len() as i64;
+        let header = Some(ResponseHeader {
+            revision: self.rev,
+            ..Default::default()
+        });
+        if r.count_only {
+            return Ok(RangeResponse {
+                header,
+                count,
+                ..Default::default()
+            });
+        }
+        let (min_mod, max_mod) = (r.min_mod_revision, r.max_mod_revision);
+        let (min_create, max_create) = (r.min_create_revision, r.max_create_revision);
+        kvs.retain(|kv| {
+            !(max_mod != 0 && kv.mod_revision > max_mod
+                || min_mod != 0 && kv.mod_revision < min_mod
+                || max_create != 0 && kv.create_revision > max_create
+                || min_create != 0 && kv.create_revision < min_create)
+        });
+        let target =
+            SortTarget::try_from(r.sort_target).map_err(|_| EtcdError::InvalidSortOption)?;
+        let mut order =
+            SortOrder::try_from(r.sort_order).map_err(|_| EtcdError::InvalidSortOption)?;
+        if target != SortTarget::Key && order == SortOrder::None {
+            // etcd sorts ascending by default when the target is not the key.
+            order = SortOrder::Ascend;
+        }
+        if order != SortOrder::None {
+            match target {
+                SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+                SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+                SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            }
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        let mut more = false;
+        if r.limit > 0 && kvs.len() > r.limit as usize {
+            kvs.truncate(r.limit as usize);
+            more = true;
+        }
+        if r.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        })
+    }
+}
+
+/// Delete events carry only the key and the revision, as etcd's.
+pub fn delete_event(key: &[u8], rev: i64) -> Event {
+    Event {
+        r#type: EventType::Delete as i32,
+        kv: Some(KeyValue {
+            key: key.to_vec(),
+            mod_revision: rev,
+            ..Default::default()
+        }),
+        prev_kv: None,
+    }
+}

@@ -1,0 +1,276 @@
+//! A running member: Raft, the key-value state, and the two things every API
+//! call needs from them: proposing a write through the leader, and a
+//! linearizable read barrier (read index).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::etcdserverpb::ResponseHeader;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::{Command, Request, Response};
+use crate::error::EtcdError;
+use crate::mvcc::Mvcc;
+use crate::raft::network::{ForwardReply, PeerPool};
+use crate::raft::{MemberNode, Raft};
+use crate::storage::Storage;
+
+type ReadWaiter = oneshot::Sender<Result<u64, EtcdError>>;
+
+pub struct Node {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub raft: Raft,
+    pub mvcc: Arc<Mvcc>,
+    pub storage: Storage,
+    pub pool: PeerPool,
+    /// How long a request may wait for a leader, a commit or an apply; as
+    /// etcd's: 5 s plus twice the election timeout.
+    pub request_timeout: Duration,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    read_tx: mpsc::UnboundedSender<ReadWaiter>,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        id: u64,
+        cluster_id: u64,
+        name: String,
+        raft: Raft,
+        mvcc: Arc<Mvcc>,
+        storage: Storage,
+        pool: PeerPool,
+        request_timeout: Duration,
+        max_request_bytes: usize,
+        max_txn_ops: usize,
+    ) -> Arc<Node> {
+        let (read_tx, read_rx) = mpsc::unbounded_channel();
+        let node = Arc::new(Node {
+            id,
+            cluster_id,
+            name,
+            raft,
+            mvcc,
+            storage,
+            pool,
+            request_timeout,
+            max_request_bytes,
+            max_txn_ops,
+            read_tx,
+        });
+        tokio::spawn(read_index_loop(Arc::downgrade(&node), read_rx));
+        node
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    fn member(&self, id: u64) -> Option<MemberNode> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    /// Fills the identity fields of a response header. Revision (and, for
+    /// writes, the term the entry was committed in) are already set.
+    pub fn fill_header(&self, h: &mut Option<ResponseHeader>) {
+        let h = h.get_or_insert_with(Default::default);
+        h.cluster_id = self.cluster_id;
+        h.member_id = self.id;
+        if h.raft_term == 0 {
+            h.raft_term = self.term();
+        }
+    }
+
+    /// Waits until some member is known as leader, or the deadline passes.
+    async fn wait_leader(&self, deadline: Instant) -> Result<u64, EtcdError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Ok(l);
+            }
+            if tokio::time::timeout_at(deadline.into(), rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(EtcdError::NoLeader);
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), EtcdError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "apply")
+            .await
+            .map(|_| ())
+            .map_err(|_| EtcdError::Timeout)
+    }
+
+    /// Commits `cmd` through the leader and returns what applying it answered,
+    /// once this member has applied it too (so a read or watch on this member
+    /// then sees the write).
+    ///
+    /// A request is retried only when it certainly was not proposed (this
+    /// member or the one it reached was not the leader, or the leader could not
+    /// be connected to). Otherwise the caller gets `request timed out` /
+    /// `leader changed`, etcd's "outcome unknown".
+    pub async fn propose(&self, user: Option<String>, cmd: Command) -> Result<Response, EtcdError> {
+        let req = Request::new(user, cmd);
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            match self.raft.client_write(req.clone()).await {
+                Ok(r) => return Ok(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(EtcdError::Internal(e.to_string()))
+                }
+                Err(RaftError::Fatal(_)) => return Err(EtcdError::Stopped),
+            }
+            let leader = self.wait_leader(deadline).await?;
+            if leader == self.id {
+                // We just became leader: propose locally.
+                continue;
+            }
+            let Some(node) = self.member(leader) else {
+                return Err(EtcdError::NoLeader);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.pool.forward(&node, &req, left).await {
+                Ok(ForwardReply::Applied { index, response }) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(response);
+                }
+                Ok(ForwardReply::Failed(e)) => return Err(e),
+                Ok(ForwardReply::NotLeader { .. }) | Err(true) => {
+                    // Not proposed anywhere: safe to try again, after a beat so
+                    // a changing leadership can settle.
+                    if Instant::now() >= deadline {
+                        return Err(EtcdError::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(false) => return Err(EtcdError::LeaderChanged),
+            }
+        }
+    }
+
+    /// Serves a request forwarded by a follower: propose only if leader.
+    pub async fn propose_as_leader(&self, req: Request) -> ForwardReply {
+        let fut = self.raft.client_write(req);
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(Ok(r)) => ForwardReply::Applied {
+                index: r.log_id.index,
+                response: r.data,
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                ForwardReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                ForwardReply::Failed(EtcdError::Internal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => ForwardReply::Failed(EtcdError::Stopped),
+            Err(_) => ForwardReply::Failed(EtcdError::Timeout),
+        }
+    }
+
+    /// Linearizable read barrier: once it returns, this member has applied
+    /// everything committed before the call started.
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let (tx, rx) = oneshot::channel();
+        self.read_tx.send(tx).map_err(|_| EtcdError::Stopped)?;
+        let index = tokio::time::timeout_at(deadline.into(), rx)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)??;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        if applied < index {
+            self.wait_applied(index, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Read index on the leader: confirms leadership with a quorum.
+    pub async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(if f.leader_id.is_some() {
+                    EtcdError::NotCapable
+                } else {
+                    EtcdError::NoLeader
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(EtcdError::Timeout)
+            }
+            Err(RaftError::Fatal(_)) => Err(EtcdError::Stopped),
+        }
+    }
+
+    /// One leadership confirmation, from here or via the leader.
+    async fn confirm_read_index(&self) -> Result<u64, EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            if leader == self.id {
+                match self.read_index_as_leader().await {
+                    Err(EtcdError::NotCapable) => {}
+                    other => return other,
+                }
+            } else if let Some(node) = self.member(leader) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.pool.read_index(&node, left).await {
+                    Err(EtcdError::NotCapable) => {}
+                    other => return other,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(EtcdError::Timeout);
+            }
+            // Leadership is moving; look again shortly.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Batches read-index requests: everyone waiting when a confirmation starts
+/// shares it; those arriving during it wait for the next one (a confirmation
+/// that started before a read arrived cannot serve it).
+async fn read_index_loop(node: std::sync::Weak<Node>, mut rx: mpsc::UnboundedReceiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(node) = node.upgrade() else { return };
+        let res = node.confirm_read_index().await;
+        drop(node);
+        for w in waiters {
+            let _ = w.send(res.clone());
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Raft: openraft's type configuration and the pieces Cairn plugs into it.
+//!
+//! - [`log_store`]: the Raft log and vote in sled, fsynced before openraft is told.
+//! - [`state_machine`]: applies entries to [`crate::mvcc`], builds and installs snapshots.
+//! - [`network`]: the client side of the peer gRPC protocol (cached channels).
+//! - [`peer_service`]: the server side of the peer protocol.
+
+pub mod log_store;
+pub mod network;
+pub mod peer_service;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Request, Response};
+
+/// What the Raft membership records about a member: its name and peer URLs
+/// (client URLs arrive later, through `Command::MemberAttributes`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberNode {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl std::fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Cairn's Raft types: member IDs are etcd-style u64s.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = MemberNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, MemberNode>;
+pub type StorageError = openraft::StorageError<u64>;
+
+/// Largest encoded peer message. Append batches are cut to stay below it
+/// (see `network`), and a single entry is at most a 1.5 MiB request.
+pub const MAX_PEER_MESSAGE: usize = 16 << 20;
+/// Append batches are cut at this many encoded bytes.
+pub const APPEND_BATCH_BYTES: usize = 4 << 20;
+
+pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}

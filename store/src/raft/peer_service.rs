@@ -1,0 +1,98 @@
+//! Server side of the peer protocol on `--listen-peer-urls`.
+
+use std::sync::Arc;
+
+use cairn_proto::peer::peer_server::Peer;
+use cairn_proto::peer::{
+    HelloMember, HelloReply, HelloRequest, RaftMessage, ReadIndexReply, ReadIndexRequest,
+};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+
+use super::network::ForwardReply;
+use super::TypeConfig;
+use crate::command;
+use crate::node::Node;
+
+pub struct PeerService {
+    pub node: Arc<Node>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
+    bincode::deserialize(&m.data)
+        .map_err(|e| Status::invalid_argument(format!("bad peer message: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
+    let data = bincode::serialize(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { data }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<u64> = decode(req.get_ref())?;
+        encode(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let reply = match self.node.read_index_as_leader().await {
+            Ok(index) => ReadIndexReply {
+                index,
+                term: self.node.term(),
+                ..Default::default()
+            },
+            Err(e) => ReadIndexReply {
+                error: e.to_string(),
+                leader_id: self.node.leader().unwrap_or(0),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let r: command::Request = decode(req.get_ref())?;
+        let reply: ForwardReply = self.node.propose_as_leader(r).await;
+        encode(&reply)
+    }
+
+    async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let n = &self.node;
+        let metrics = n.raft.metrics().borrow().clone();
+        let members = metrics
+            .membership_config
+            .nodes()
+            .map(|(id, node)| HelloMember {
+                id: *id,
+                name: node.name.clone(),
+                peer_urls: node.peer_urls.clone(),
+            })
+            .collect();
+        Ok(Response::new(HelloReply {
+            member_id: n.id,
+            cluster_id: n.cluster_id,
+            initialized: metrics.last_log_index.is_some(),
+            members,
+        }))
+    }
+}

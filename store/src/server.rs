@@ -1,0 +1,331 @@
+//! `cairn store`: open the data dir, settle this member's identity (bootstrap,
+//! join or restart), start Raft, and serve the peer and client ports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cairn_proto::peer::peer_server::PeerServer;
+use cairn_proto::peer::HelloRequest;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::command::Command;
+use crate::config::{host_port, split_urls, ClusterState, StoreConfig};
+use crate::ids;
+use crate::node::Node;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, PeerPool};
+use crate::raft::peer_service::PeerService;
+use crate::raft::state_machine::{member_attrs, StateMachine};
+use crate::raft::{MemberNode, Raft, MAX_PEER_MESSAGE};
+use crate::storage::Storage;
+
+/// Who this member is; written once, on the first start.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Identity {
+    member_id: u64,
+    cluster_id: u64,
+    name: String,
+    /// Members to bootstrap Raft with (a new cluster), empty when joining.
+    initial: BTreeMap<u64, MemberNode>,
+}
+
+/// Runs a store node until SIGINT/SIGTERM.
+pub async fn run(cfg: StoreConfig) -> Result<()> {
+    cfg.validate()?;
+    for v in crate::config::unknown_env_vars() {
+        warn!("unrecognized environment variable {v} is ignored");
+    }
+    let dir = cfg.data_dir();
+    let (storage, fresh) = Storage::open(&dir)?;
+    let pool = PeerPool::default();
+
+    let identity = if fresh {
+        let id = match cfg.initial_cluster_state {
+            ClusterState::New => new_cluster_identity(&cfg, &pool).await?,
+            ClusterState::Existing => join_identity(&cfg, &pool).await?,
+        };
+        storage.raft.insert("identity", serde_json::to_vec(&id)?)?;
+        storage.flush().await?;
+        storage.mark_initialized()?;
+        id
+    } else {
+        let raw = storage.raft.get("identity")?.context("identity missing")?;
+        let id: Identity = serde_json::from_slice(&raw).context("data dir: unreadable identity")?;
+        if id.name != cfg.name {
+            warn!(
+                "data dir {} belongs to member {:?}; --name {:?} is ignored",
+                dir.display(),
+                id.name,
+                cfg.name
+            );
+        }
+        id
+    };
+    info!(
+        member = %ids::hex(identity.member_id),
+        cluster = %ids::hex(identity.cluster_id),
+        data_dir = %dir.display(),
+        "starting cairn store {:?}",
+        identity.name
+    );
+
+    let sm = StateMachine::open(storage.clone())?;
+    let mvcc = sm.mvcc.clone();
+    let log = LogStore::new(storage.clone());
+    let raft_config = openraft::Config {
+        cluster_name: cfg.initial_cluster_token.clone(),
+        heartbeat_interval: cfg.heartbeat_interval,
+        election_timeout_min: cfg.election_timeout,
+        election_timeout_max: cfg.election_timeout * 3 / 2,
+        install_snapshot_timeout: (cfg.election_timeout * 10).max(5000),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+        max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
+        snapshot_max_chunk_size: 1 << 20,
+        max_payload_entries: 1024,
+        ..Default::default()
+    }
+    .validate()?;
+    let factory = NetworkFactory { pool: pool.clone() };
+    let raft = Raft::new(identity.member_id, Arc::new(raft_config), factory, log, sm).await?;
+
+    let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout);
+    let node = Node::start(
+        identity.member_id,
+        identity.cluster_id,
+        identity.name.clone(),
+        raft.clone(),
+        mvcc,
+        storage.clone(),
+        pool,
+        request_timeout,
+        cfg.max_request_bytes,
+        cfg.max_txn_ops,
+    );
+
+    // Peer port first: the other members need it to elect a leader.
+    for url in split_urls(&cfg.listen_peer_urls) {
+        let listener = bind(&url, "peer").await?;
+        let svc = PeerServer::new(PeerService { node: node.clone() })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+            if let Err(e) = r {
+                tracing::error!("peer server stopped: {e}");
+            }
+        });
+    }
+
+    if !identity.initial.is_empty() && !raft.is_initialized().await? {
+        match raft.initialize(identity.initial.clone()).await {
+            Ok(()) => info!(
+                "bootstrapped a new cluster of {} members",
+                identity.initial.len()
+            ),
+            Err(e) => info!("cluster already initialized: {e}"),
+        }
+    }
+
+    for url in split_urls(&cfg.listen_client_urls) {
+        let listener = bind(&url, "client").await?;
+        let routes = crate::api::routes(node.clone());
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_routes(routes)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+            if let Err(e) = r {
+                tracing::error!("client server stopped: {e}");
+            }
+        });
+        info!("serving client requests on {url}");
+    }
+
+    tokio::spawn(publish_attributes(
+        node.clone(),
+        cfg.advertise_client_urls(),
+    ));
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = raft.shutdown().await;
+    storage.flush().await?;
+    Ok(())
+}
+
+async fn bind(url: &str, what: &str) -> Result<TcpListener> {
+    let addr = host_port(url)?;
+    TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {what} URL {url} (port in use?)"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Proposes this member's name and client URLs until the cluster has them
+/// (etcd's `publish`), so `member list` shows them on every member.
+async fn publish_attributes(node: Arc<Node>, client_urls: Vec<String>) {
+    loop {
+        let current = member_attrs(&node.mvcc)
+            .into_iter()
+            .find(|(id, _)| *id == node.id);
+        if let Some((_, a)) = current {
+            if a.name == node.name && a.client_urls == client_urls {
+                return;
+            }
+        }
+        let cmd = Command::MemberAttributes {
+            id: node.id,
+            name: node.name.clone(),
+            client_urls: client_urls.clone(),
+        };
+        if node.propose(None, cmd).await.is_ok() {
+            info!("published member attributes");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A new cluster: IDs from `--initial-cluster` and the token, as etcd. Refuses
+/// to start if a peer already knows this member as part of a running cluster
+/// (its data dir was wiped): bootstrapping again would fork the cluster.
+async fn new_cluster_identity(cfg: &StoreConfig, pool: &PeerPool) -> Result<Identity> {
+    let members = cfg.initial_members()?;
+    let mut initial = BTreeMap::new();
+    for (name, urls) in &members {
+        let id = ids::member_id(urls, &cfg.initial_cluster_token, None);
+        initial.insert(
+            id,
+            MemberNode {
+                name: name.clone(),
+                peer_urls: urls.clone(),
+            },
+        );
+    }
+    let ids_list: Vec<u64> = initial.keys().copied().collect();
+    let cluster_id = ids::cluster_id(&ids_list);
+    let member_id = ids::member_id(&members[&cfg.name], &cfg.initial_cluster_token, None);
+
+    let mine = &members[&cfg.name];
+    for (name, urls) in &members {
+        if urls == mine {
+            continue;
+        }
+        for url in urls {
+            let req = HelloRequest {
+                from_id: member_id,
+                cluster_id,
+            };
+            let Ok(reply) = pool.hello(url, req, Duration::from_millis(700)).await else {
+                continue;
+            };
+            if reply.initialized
+                && reply.cluster_id == cluster_id
+                && reply.members.iter().any(|m| m.id == member_id)
+            {
+                bail!(
+                    "member {} ({}) is already part of running cluster {} (member {name} at {url} says so), \
+                     but data dir {} is empty: this member's data was lost. Bootstrapping again would fork the \
+                     cluster. To replace it: `etcdctl member remove {}`, then `etcdctl member add {} --peer-urls={}`, \
+                     then start this node with an empty data dir and --initial-cluster-state existing",
+                    ids::hex(member_id),
+                    cfg.name,
+                    ids::hex(cluster_id),
+                    cfg.data_dir().display(),
+                    ids::hex(member_id),
+                    cfg.name,
+                    mine.join(",")
+                );
+            }
+            if reply.initialized && reply.cluster_id != cluster_id {
+                warn!(
+                    "peer {name} at {url} belongs to another cluster ({}); check --initial-cluster-token",
+                    ids::hex(reply.cluster_id)
+                );
+            }
+        }
+    }
+    Ok(Identity {
+        member_id,
+        cluster_id,
+        name: cfg.name.clone(),
+        initial,
+    })
+}
+
+/// Joining an existing cluster: ask its members for the ID that was added
+/// for our peer URLs (`etcdctl member add`).
+async fn join_identity(cfg: &StoreConfig, pool: &PeerPool) -> Result<Identity> {
+    let members = cfg.initial_members()?;
+    let mut mine = cfg.advertise_peer_urls();
+    mine.sort();
+    for _attempt in 0..10 {
+        for (name, urls) in &members {
+            if *name == cfg.name {
+                continue;
+            }
+            for url in urls {
+                let Ok(reply) = pool
+                    .hello(url, HelloRequest::default(), Duration::from_millis(700))
+                    .await
+                else {
+                    continue;
+                };
+                if !reply.initialized {
+                    continue;
+                }
+                for m in &reply.members {
+                    let mut urls = m.peer_urls.clone();
+                    urls.sort();
+                    if urls == mine {
+                        return Ok(Identity {
+                            member_id: m.id,
+                            cluster_id: reply.cluster_id,
+                            name: cfg.name.clone(),
+                            initial: BTreeMap::new(),
+                        });
+                    }
+                }
+                bail!(
+                    "no member with peer URLs {} in the cluster that {url} belongs to: add it first with \
+                     `etcdctl member add {} --peer-urls={}`",
+                    mine.join(","),
+                    cfg.name,
+                    mine.join(",")
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("--initial-cluster-state existing: no member of --initial-cluster could be reached")
+}
