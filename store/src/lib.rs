@@ -12,6 +12,10 @@
 //! - [`error`]: etcd's error codes and message strings.
 //! - [`ids`]: etcd-compatible member and cluster IDs.
 
+// openraft's storage traits return its `StorageError` (>200 bytes) by value;
+// helpers that feed them use the same type rather than boxing and unboxing.
+#![allow(clippy::result_large_err)]
+
 pub mod api;
 pub mod command;
 pub mod config;

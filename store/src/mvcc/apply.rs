@@ -17,6 +17,9 @@ use super::keys::{self, KeyRange, Rev};
 use super::view::{delete_event, scan, Overlay, View};
 use crate::error::EtcdError;
 
+/// A raw key and the overlay entry it had before a write (`None`: none).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// Pending writes of one apply batch.
 pub struct Writer {
     pub tree: sled::Tree,
@@ -27,7 +30,7 @@ pub struct Writer {
     /// Events of this batch in revision order, for watchers.
     pub events: Vec<Event>,
     /// Undo records of the request in progress, to roll back on error.
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<Undo>,
     undo_events: usize,
 }
 

@@ -12,6 +12,9 @@ pub mod apply;
 pub mod keys;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::RwLock;
 
 use apply::Writer;

@@ -32,6 +32,12 @@ fn decode<M: Message + Default>(b: &[u8]) -> Result<M, EtcdError> {
     M::decode(b).map_err(storage_err)
 }
 
+type OverlayIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>;
+
+/// While walking `i`: the key being looked at and its newest revision ≤ the
+/// read revision, with whether that revision was a put.
+type Candidate = Option<(Vec<u8>, Option<(Rev, bool)>)>;
+
 /// Raw tree entries in a key range, with the overlay merged on top.
 pub fn scan<'a>(
     tree: &'a sled::Tree,
@@ -40,7 +46,7 @@ pub fn scan<'a>(
     hi: Bound<Vec<u8>>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), EtcdError>> + 'a {
     let base = tree.range((lo.clone(), hi.clone()));
-    let ov: Box<dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)>> = match overlay {
+    let ov: OverlayIter<'a> = match overlay {
         Some(o) => Box::new(o.range((lo, hi))),
         None => Box::new(std::iter::empty()),
     };
@@ -52,7 +58,7 @@ pub fn scan<'a>(
 
 struct Merge<'a, B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     base: std::iter::Peekable<B>,
-    ov: std::iter::Peekable<Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>>,
+    ov: std::iter::Peekable<OverlayIter<'a>>,
 }
 
 impl<B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merge<'_, B> {
@@ -124,10 +130,8 @@ impl View<'_> {
         }
         let (lo, hi) = range.idx_bounds();
         // Per key: the newest revision ≤ at, and whether it was a put.
-        let mut cur: Option<(Vec<u8>, Option<(Rev, bool)>)> = None;
-        let flush = |cur: Option<(Vec<u8>, Option<(Rev, bool)>)>,
-                     out: &mut Vec<KeyValue>|
-         -> Result<(), EtcdError> {
+        let mut cur: Candidate = None;
+        let flush = |cur: Candidate, out: &mut Vec<KeyValue>| -> Result<(), EtcdError> {
             if let Some((_, Some((rev, true)))) = cur {
                 if let Some(ev) = self.event_at(rev)? {
                     out.extend(ev.kv);
