@@ -89,6 +89,16 @@ pub struct StoreConfig {
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
 
+    /// Interval (ms) of progress notifications to idle watches that asked
+    /// for them (etcd: 10 minutes; a Cairn flag so tests need not wait that long).
+    #[arg(
+        long,
+        env = "CAIRN_WATCH_PROGRESS_NOTIFY_INTERVAL_MS",
+        default_value_t = 600_000,
+        hide = true
+    )]
+    pub watch_progress_notify_interval_ms: u64,
+
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,

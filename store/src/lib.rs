@@ -6,6 +6,7 @@
 //! - [`node`]: a running member: propose through the leader, read-index barrier.
 //! - [`command`]: the Raft log entry format (versioned, carries the user).
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
+//! - [`watch`]: watchers, reading the store's history.
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
 //! - [`api`]: the gRPC services clients call.
 //! - [`storage`]: the data dir layout and sled; the only module that opens it.
@@ -26,6 +27,7 @@ pub mod node;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod watch;
 
 pub use config::StoreConfig;
 pub use server::run;

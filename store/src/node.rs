@@ -31,6 +31,8 @@ pub struct Node {
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// How often an idle watch with progress_notify hears from us.
+    pub watch_progress_interval: Duration,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
 }
 
@@ -47,6 +49,7 @@ impl Node {
         request_timeout: Duration,
         max_request_bytes: usize,
         max_txn_ops: usize,
+        watch_progress_interval: Duration,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Node {
@@ -60,6 +63,7 @@ impl Node {
             request_timeout,
             max_request_bytes,
             max_txn_ops,
+            watch_progress_interval,
             read_tx,
         });
         tokio::spawn(read_index_loop(Arc::downgrade(&node), read_rx));

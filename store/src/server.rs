@@ -105,6 +105,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         request_timeout,
         cfg.max_request_bytes,
         cfg.max_txn_ops,
+        Duration::from_millis(cfg.watch_progress_notify_interval_ms),
     );
 
     // Peer port first: the other members need it to elect a leader.

@@ -3,18 +3,21 @@
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`maintenance`]: Status (more later).
 //! - [`cluster`]: MemberList (membership changes later).
+//! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
 //! - [`validate`]: etcd's request checks, before anything is proposed.
 
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use tonic::service::Routes;
 
 use crate::node::Node;
@@ -34,6 +37,14 @@ pub fn routes(node: Arc<Node>) -> Routes {
         MaintenanceServer::new(maintenance::MaintenanceService { node: node.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
+    );
+    b.add_service(
+        WatchServer::new(watch::WatchService {
+            node: node.clone(),
+            progress_interval: node.watch_progress_interval,
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX),
     );
     b.add_service(
         ClusterServer::new(cluster::ClusterService { node })

@@ -172,8 +172,10 @@ impl Writer {
         })
     }
 
-    /// Compaction: keeps, per key, the newest revision ≤ `rev` if it is a put,
-    /// and removes every other revision ≤ `rev` from the history.
+    /// Compaction at `rev`: per key, the newest revision below `rev` survives
+    /// if it is a put and nothing newer ≤ `rev` supersedes it; every event at
+    /// exactly `rev` survives (a watch may start there). Everything else below
+    /// `rev` leaves the history.
     pub fn compact(&mut self, r: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {
         if r.revision <= self.compact_rev {
             return Err(EtcdError::Compacted);
@@ -185,29 +187,33 @@ impl Writer {
         let (lo, hi) = all.idx_bounds();
         let mut doomed: Vec<(Vec<u8>, Rev)> = Vec::new();
         let mut group: Option<Vec<u8>> = None;
-        let mut last_put: Option<(Vec<u8>, Rev)> = None;
+        // The newest entry below `rev` seen so far in this key's group.
+        let mut newest_below: Option<(Vec<u8>, Rev, bool)> = None;
+        let settle =
+            |entry: Option<(Vec<u8>, Rev, bool)>, superseded: bool, doomed: &mut Vec<_>| {
+                if let Some((k, rev, is_put)) = entry {
+                    if superseded || !is_put {
+                        doomed.push((k, rev));
+                    }
+                }
+            };
         for item in scan(&self.tree, Some(&self.overlay), lo, hi) {
             let (k, v) = item?;
             let Some((key, rev)) = keys::parse_idx(&k) else {
                 continue;
             };
             if group.as_deref() != Some(&key[..]) {
-                group = Some(key.clone());
-                last_put = None;
+                settle(newest_below.take(), false, &mut doomed);
+                group = Some(key);
             }
-            if rev.main > r.revision {
-                continue;
-            }
-            // The previous newest-≤-rev entry of this key is superseded.
-            if let Some(prev) = last_put.take() {
-                doomed.push(prev);
-            }
-            if v.first() == Some(&0) {
-                last_put = Some((k, rev));
-            } else {
-                doomed.push((k, rev));
+            if rev.main < r.revision {
+                settle(newest_below.take(), true, &mut doomed);
+                newest_below = Some((k, rev, v.first() == Some(&0)));
+            } else if rev.main == r.revision {
+                settle(newest_below.take(), true, &mut doomed);
             }
         }
+        settle(newest_below.take(), false, &mut doomed);
         for (k, rev) in doomed {
             self.overlay.insert(k, None);
             self.overlay.insert(keys::hist_key(rev), None);

@@ -181,6 +181,35 @@ impl View<'_> {
         }
     }
 
+    /// History from revision `from` on: whole revisions, in order, until
+    /// about `max_bytes` of events have been read. Returns the events and the
+    /// last revision read completely (`from - 1` if none), so a watcher can
+    /// report progress up to exactly what it has seen.
+    pub fn history(&self, from: i64, max_bytes: usize) -> Result<(Vec<Event>, i64), EtcdError> {
+        let lo = Bound::Included(keys::hist_key(Rev { main: from, sub: 0 }));
+        let hi = Bound::Excluded(keys::hist_key(Rev {
+            main: self.rev + 1,
+            sub: 0,
+        }));
+        let mut events = Vec::new();
+        let mut upto = from - 1;
+        let mut bytes = 0;
+        for item in scan(self.tree, self.overlay, lo, hi) {
+            let (k, v) = item?;
+            let main = Rev::from_bytes(&k[1..]).map(|r| r.main).unwrap_or(upto);
+            if main != upto && bytes >= max_bytes {
+                // Stop at a revision boundary: a txn's events stay together.
+                return Ok((events, upto));
+            }
+            if main != upto {
+                upto = main;
+            }
+            bytes += v.len();
+            events.push(decode(&v)?);
+        }
+        Ok((events, self.rev))
+    }
+
     /// Checks a read revision against the compacted and current revisions.
     pub fn check_rev(&self, rev: i64) -> Result<i64, EtcdError> {
         let at = if rev <= 0 { self.rev } else { rev };
