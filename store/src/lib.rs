@@ -6,6 +6,7 @@
 //! - [`node`]: a running member: propose through the leader, read-index barrier.
 //! - [`command`]: the Raft log entry format (versioned, carries the user).
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
+//! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
 //! - [`watch`]: watchers, reading the store's history.
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
 //! - [`api`]: the gRPC services clients call.
@@ -22,6 +23,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

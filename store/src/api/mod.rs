@@ -1,6 +1,7 @@
 //! The client-facing etcd v3 API, one file per gRPC service.
 //!
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
+//! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
 //! - [`maintenance`]: Status (more later).
 //! - [`cluster`]: MemberList (membership changes later).
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
@@ -8,6 +9,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod validate;
 pub mod watch;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use tonic::service::Routes;
@@ -35,6 +38,11 @@ pub fn routes(node: Arc<Node>) -> Routes {
     );
     b.add_service(
         MaintenanceServer::new(maintenance::MaintenanceService { node: node.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    );
+    b.add_service(
+        LeaseServer::new(lease::LeaseService { node: node.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );

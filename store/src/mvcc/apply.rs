@@ -7,8 +7,8 @@ use cairn_proto::etcdserverpb::request_op::Request as Op;
 use cairn_proto::etcdserverpb::response_op::Response as OpResp;
 use cairn_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
@@ -225,11 +225,47 @@ impl Writer {
         })
     }
 
+    /// Creates lease `id` with `ttl` seconds (already raised to the minimum).
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, EtcdError> {
+        if self.view().lease_ttl(id)?.is_some() {
+            return Err(EtcdError::LeaseExists);
+        }
+        self.put_raw(keys::lease_key(id), Some(ttl.to_be_bytes().to_vec()));
+        Ok(LeaseGrantResponse {
+            header: header(self.rev),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Removes lease `id` and deletes its keys, all in one revision.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, EtcdError> {
+        if self.view().lease_ttl(id)?.is_none() {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        let keys = self.view().lease_keys(id)?;
+        self.request(|w, ctx| {
+            for key in &keys {
+                w.do_delete(
+                    ctx,
+                    &DeleteRangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                )?;
+            }
+            w.write(keys::lease_key(id), None);
+            Ok(LeaseRevokeResponse {
+                header: header(ctx.read_rev()),
+            })
+        })
+    }
+
     // --- checks (before any write) ---
 
     fn check_put(&self, r: &PutRequest) -> Result<(), EtcdError> {
-        if r.lease != 0 && !r.ignore_lease {
-            // Leases arrive with the lease API; until a lease exists, none is found.
+        if r.lease != 0 && !r.ignore_lease && self.view().lease_ttl(r.lease)?.is_none() {
             return Err(EtcdError::LeaseNotFound);
         }
         if (r.ignore_value || r.ignore_lease) && self.view().get(&r.key)?.is_none() {
@@ -336,6 +372,14 @@ impl Writer {
             kv: Some(kv.clone()),
             prev_kv: None,
         };
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != lease {
+                self.write(keys::attach_key(p.lease, &r.key), None);
+            }
+        }
+        if lease != 0 {
+            self.write(keys::attach_key(lease, &r.key), Some(Vec::new()));
+        }
         self.write(keys::kv_key(&r.key), Some(kv.encode_to_vec()));
         self.write(keys::hist_key(rev), Some(event.encode_to_vec()));
         self.write(keys::idx_key(&r.key, rev), Some(vec![0]));
@@ -358,6 +402,9 @@ impl Writer {
         for kv in &kvs {
             let rev = ctx.next();
             let event = delete_event(&kv.key, rev.main);
+            if kv.lease != 0 {
+                self.write(keys::attach_key(kv.lease, &kv.key), None);
+            }
             self.write(keys::kv_key(&kv.key), None);
             self.write(keys::hist_key(rev), Some(event.encode_to_vec()));
             self.write(keys::idx_key(&kv.key, rev), Some(vec![1]));

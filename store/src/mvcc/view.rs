@@ -181,6 +181,54 @@ impl View<'_> {
         }
     }
 
+    /// The granted TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        Ok(self
+            .get_raw(&keys::lease_key(id))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Every lease as (id, granted TTL).
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>, EtcdError> {
+        let lo = Bound::Included(vec![keys::LEASE]);
+        let hi = Bound::Excluded(vec![keys::LEASE + 1]);
+        let mut out = Vec::new();
+        for item in scan(self.tree, self.overlay, lo, hi) {
+            let (k, v) = item?;
+            let id = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let ttl = <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(i64::from_be_bytes);
+            if let (Some(id), Some(ttl)) = (id, ttl) {
+                out.push((id as i64, ttl));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        let prefix = keys::attach_prefix(id);
+        let mut out = Vec::new();
+        for item in scan(
+            self.tree,
+            self.overlay,
+            Bound::Included(prefix.clone()),
+            Bound::Unbounded,
+        ) {
+            let (k, _) = item?;
+            match k.strip_prefix(prefix.as_slice()) {
+                Some(key) => out.push(key.to_vec()),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// History from revision `from` on: whole revisions, in order, until
     /// about `max_bytes` of events have been read. Returns the events and the
     /// last revision read completely (`from - 1` if none), so a watcher can

@@ -76,6 +76,11 @@ impl Peer for PeerService {
         encode(&reply)
     }
 
+    async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let call: crate::lease::LeaseCall = decode(req.get_ref())?;
+        encode(&crate::lease::answer_as_leader(&self.node, &call))
+    }
+
     async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let n = &self.node;
         let metrics = n.raft.metrics().borrow().clone();
