@@ -47,7 +47,8 @@ impl Client {
         let n = members.len();
         let opts = &self.inner.opts;
         let start = Instant::now();
-        let mut idx = self.inner.pinned.load(Ordering::Relaxed) % n;
+        let first = self.inner.pinned.load(Ordering::Relaxed) % n;
+        let mut idx = first;
         let mut backoff = Duration::from_millis(25);
         let mut attempts = 0usize;
         loop {
@@ -95,7 +96,7 @@ impl Client {
                     "no member served the request ({attempts} attempts); last: {last}"
                 )));
             }
-            if attempts % n == 0 {
+            if idx == first {
                 // A full round failed (all down, or an election in progress).
                 tokio::time::sleep(backoff.min(opts.retry_budget - elapsed)).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
