@@ -118,7 +118,7 @@ async fn acked_writes_survive_leader_kill9(imp: Impl) {
     cl.nodes[leader].restart();
     cl.wait_ready().await;
 
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let max_rev = ledger.acked.values().map(|(_, r)| *r).max().unwrap();
     eprintln!(
         "acked {}, outcome unknown {}, refused {}",

@@ -20,6 +20,7 @@
 //!   (which member leads is an election outcome; exactly one must lead);
 //! - `endpoint health`: the `took = …` duration; lines sorted (checked concurrently);
 //! - `member list`: lines sorted (servers order members by ID).
+//!
 //! Revisions, keys, values, versions, counts, error strings and exit statuses are
 //! NOT normalized: those are the contract.
 

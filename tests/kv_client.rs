@@ -23,6 +23,7 @@ cluster_tests!(
     request_too_large_writes_nothing,
     write_via_follower_read_via_other_follower,
     client_fails_over,
+    frozen_member_gives_outcome_unknown_for_writes_only,
     member_list_and_status,
 );
 
@@ -1161,4 +1162,70 @@ async fn member_list_and_status(imp: Impl) {
         c.status("127.0.0.1:1").await.unwrap_err().code(),
         Code::InvalidArgument
     );
+}
+
+/// A SIGSTOPped member still accepts TCP connections (the kernel does), so a
+/// request to it is sent and then times out: a write must surface
+/// OutcomeUnknown (not be re-sent elsewhere), while a read moves on.
+async fn frozen_member_gives_outcome_unknown_for_writes_only(imp: Impl) {
+    let mut cl = Cluster::start(imp, 3).await;
+    let frozen = cl.followers().await[0];
+    let mut eps = vec![cl.nodes[frozen].client_url.clone()];
+    eps.extend(
+        (0..3)
+            .filter(|i| *i != frozen)
+            .map(|i| cl.nodes[i].client_url.clone()),
+    );
+    let opts = cairn_client::ClientOptions {
+        request_timeout: std::time::Duration::from_secs(2),
+        ..common::test_client_options()
+    };
+    let c = Client::connect(eps, opts).await.unwrap();
+    // Warm the connection to the first member while it still runs.
+    put(&c, "fz", "1").await;
+    cl.nodes[frozen].sigstop();
+    let e = c.put("fz", "2", PutOptions::default()).await.unwrap_err();
+    assert!(e.is_outcome_unknown(), "{e:?}");
+    // Reads (and read-only txns) fail over. The pin moved on, so the next
+    // write goes to a live member and succeeds.
+    let g = c
+        .get(
+            "fz",
+            GetOptions {
+                revision: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.kvs[0].value, b"1");
+    put(&c, "fz", "3").await;
+    let t = c
+        .txn(Txn::new().and_then([op_range("fz", GetOptions::default())]))
+        .await
+        .unwrap();
+    assert!(t.succeeded);
+    // A fresh client pinned on the frozen member: a read-only txn fails over too.
+    let mut eps2 = vec![cl.nodes[frozen].client_url.clone()];
+    eps2.extend(
+        (0..3)
+            .filter(|i| *i != frozen)
+            .map(|i| cl.nodes[i].client_url.clone()),
+    );
+    let c2 = Client::connect(
+        eps2,
+        cairn_client::ClientOptions {
+            request_timeout: std::time::Duration::from_secs(2),
+            ..common::test_client_options()
+        },
+    )
+    .await
+    .unwrap();
+    let t = c2
+        .txn(Txn::new().and_then([op_range("fz", GetOptions::default())]))
+        .await
+        .unwrap();
+    assert!(t.succeeded);
+    cl.nodes[frozen].sigcont();
+    cl.wait_ready().await;
 }
