@@ -52,6 +52,27 @@ async fn member_view(
         .collect()
 }
 
+/// Like [`member_view`], but read at exactly revision `at` (so writes landing
+/// later do not matter).
+async fn view_at(c: &Client, prefix: &str, at: i64) -> BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)> {
+    member_view(c, prefix, at).await;
+    let o = GetOptions {
+        serializable: true,
+        revision: at,
+        ..GetOptions::prefix()
+    };
+    let r = c.get(prefix, o).await.unwrap();
+    r.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                (kv.value, kv.create_revision, kv.mod_revision, kv.version),
+            )
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Ledger {
     /// key → (value, revision of the acknowledged put)
@@ -335,8 +356,17 @@ async fn sigstopped_leader_is_replaced_and_rejoins(imp: Impl) {
     .await;
     cl.nodes[old].sigcont();
     cl.wait_ready().await;
-    let target = rev(&oc.get("p/", GetOptions::prefix()).await.unwrap());
-    let expected = member_view(&oc, "p/", target).await;
-    let view = member_view(&cl.nodes[old].client().await, "p/", target).await;
+    // Writes that timed out (OutcomeUnknown) may still land later, so compare
+    // both views at one fixed revision rather than "latest".
+    let target = oc
+        .put("p/end", "e", PutOptions::default())
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    let expected = view_at(&oc, "p/", target).await;
+    assert!(expected.contains_key(&b"p/end"[..]));
+    let view = view_at(&cl.nodes[old].client().await, "p/", target).await;
     assert_eq!(view, expected, "old leader did not converge after SIGCONT");
 }
