@@ -1070,9 +1070,11 @@ async fn client_fails_over(imp: Impl) {
         b"1"
     );
     // Only dead endpoints: Unavailable, nothing sent.
-    let only_dead = Client::connect(vec![dead], common::test_client_options())
-        .await
-        .unwrap();
+    let short = cairn_client::ClientOptions {
+        retry_budget: std::time::Duration::from_millis(500),
+        ..common::test_client_options()
+    };
+    let only_dead = Client::connect(vec![dead], short).await.unwrap();
     let e = only_dead
         .put("fo", "2", PutOptions::default())
         .await
