@@ -251,10 +251,11 @@ async fn new_cluster_identity(cfg: &StoreConfig, pool: &PeerPool) -> Result<Iden
             let Ok(reply) = pool.hello(url, req, Duration::from_millis(700)).await else {
                 continue;
             };
-            if reply.initialized
-                && reply.cluster_id == cluster_id
-                && reply.members.iter().any(|m| m.id == member_id)
-            {
+            // As etcd: a member counts as bootstrapped once it has published
+            // its attributes. Peers that bootstrapped a moment before us list
+            // us too, but not as started.
+            let started = reply.members.iter().any(|m| m.id == member_id && m.started);
+            if reply.initialized && reply.cluster_id == cluster_id && started {
                 bail!(
                     "member {} ({}) is already part of running cluster {} (member {name} at {url} says so), \
                      but data dir {} is empty: this member's data was lost. Bootstrapping again would fork the \
