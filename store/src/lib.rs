@@ -6,6 +6,7 @@
 //! - [`node`]: a running member: propose through the leader, read-index barrier.
 //! - [`command`]: the Raft log entry format (versioned, carries the user).
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
+//! - [`compactor`]: `--auto-compaction-*`, proposed by the leader.
 //! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
 //! - [`watch`]: watchers, reading the store's history.
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod command;
+pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod ids;

@@ -157,6 +157,12 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         node.clone(),
         cfg.advertise_client_urls(),
     ));
+    let policy =
+        crate::compactor::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)?;
+    if let Some(policy) = policy {
+        info!(?policy, "auto compaction enabled");
+        tokio::spawn(crate::compactor::run(Arc::downgrade(&node), policy));
+    }
 
     shutdown_signal().await;
     info!("shutting down");
