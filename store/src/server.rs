@@ -139,14 +139,9 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
 
     for url in split_urls(&cfg.listen_client_urls) {
         let listener = bind(&url, "client").await?;
-        let routes = crate::api::routes(node.clone());
+        let router = crate::api::client_router(node.clone());
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_routes(routes)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = axum::serve(NoDelay(listener), router).await {
                 tracing::error!("client server stopped: {e}");
             }
         });
@@ -169,6 +164,35 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     let _ = raft.shutdown().await;
     storage.flush().await?;
     Ok(())
+}
+
+/// Accepts client connections with TCP_NODELAY (small gRPC replies must not
+/// wait for Nagle).
+struct NoDelay(TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, a)) => {
+                    let _ = s.set_nodelay(true);
+                    return (s, a);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 async fn bind(url: &str, what: &str) -> Result<TcpListener> {

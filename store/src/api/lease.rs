@@ -49,7 +49,31 @@ async fn keep_alive(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Stat
     Ok(LeaseKeepAliveResponse { header, id, ttl })
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+pub type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+impl LeaseService {
+    /// Answers each keep-alive of `inbound` in order; shared by gRPC and the
+    /// JSON gateway.
+    pub fn keep_alive_stream<S>(&self, mut inbound: S) -> KeepAliveStream
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::channel(16);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = inbound.next().await {
+                let resp = keep_alive(&node, r.id).await;
+                let stop = resp.is_err();
+                if tx.send(resp).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
@@ -106,19 +130,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
-                let resp = keep_alive(&node, r.id).await;
-                let stop = resp.is_err();
-                if tx.send(resp).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive_stream(req.into_inner())))
     }
 
     async fn lease_time_to_live(

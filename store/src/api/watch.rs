@@ -162,25 +162,18 @@ impl StreamState {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<WatchStream>, Status> {
+impl WatchService {
+    /// Opens a watch stream fed by `inbound`; shared by gRPC and the JSON
+    /// gateway. Dropping the returned stream cancels every watch on it.
+    pub fn open<S>(&self, inbound: S, require_leader: bool) -> Result<WatchStream, Status>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         // clientv3's WithRequireLeader: a member without a leader must not
         // keep such a watch open.
-        let require_leader = req
-            .metadata()
-            .get("hasleader")
-            .map(|v| v.as_bytes() == b"true")
-            .unwrap_or(false);
         if require_leader && self.node.leader().is_none() {
             return Err(EtcdError::NoLeader.into());
         }
-        let inbound = req.into_inner();
         let (out, rx) = mpsc::channel(64);
         let state = StreamState {
             node: self.node.clone(),
@@ -195,27 +188,52 @@ impl Watch for WatchService {
             next_id: 0,
         };
         tokio::spawn(serve_stream(state, inbound, require_leader));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
-async fn serve_stream(
-    mut st: StreamState,
-    mut inbound: Streaming<WatchRequest>,
-    require_leader: bool,
-) {
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let require_leader = req
+            .metadata()
+            .get("hasleader")
+            .map(|v| v.as_bytes() == b"true")
+            .unwrap_or(false);
+        self.open(req.into_inner(), require_leader)
+            .map(Response::new)
+    }
+}
+
+async fn serve_stream<S>(mut st: StreamState, mut inbound: S, require_leader: bool)
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    use futures::StreamExt;
     let check = st.node.request_timeout / 4;
     let mut leaderless_since: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(check);
     loop {
         tokio::select! {
-            msg = inbound.message() => {
+            msg = inbound.next() => {
                 let ok = match msg {
-                    Ok(Some(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => st.create(c).await,
-                    Ok(Some(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => st.cancel(c.watch_id).await,
-                    Ok(Some(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(_)) })) => st.progress().await,
-                    Ok(Some(WatchRequest { request_union: None })) => true,
-                    Ok(None) | Err(_) => false,
+                    Some(Ok(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => st.create(c).await,
+                    Some(Ok(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => st.cancel(c.watch_id).await,
+                    Some(Ok(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(_)) })) => st.progress().await,
+                    Some(Ok(WatchRequest { request_union: None })) => true,
+                    // The client finished sending: keep serving its watches
+                    // until it goes away (grpc-gateway half-closes after the
+                    // single create request of an HTTP watch).
+                    None => {
+                        st.out.closed().await;
+                        false
+                    }
+                    Some(Err(_)) => false,
                 };
                 if !ok {
                     break;
