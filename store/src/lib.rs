@@ -8,6 +8,7 @@
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
 //! - [`compactor`]: `--auto-compaction-*`, proposed by the leader.
 //! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
+//! - [`membership`]: member add/remove/update/promote with etcd's checks.
 //! - [`watch`]: watchers, reading the store's history.
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
 //! - [`api`]: the gRPC services clients call.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

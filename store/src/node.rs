@@ -36,6 +36,9 @@ pub struct Node {
     pub watch_progress_interval: Duration,
     /// Smallest lease TTL granted (etcd: 1.5 election timeouts).
     pub min_lease_ttl: i64,
+    /// `--initial-cluster-token`: new member IDs are derived from it.
+    pub cluster_token: String,
+
     pub lessor: Lessor,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
 }
@@ -55,6 +58,7 @@ impl Node {
         max_txn_ops: usize,
         watch_progress_interval: Duration,
         min_lease_ttl: i64,
+        cluster_token: String,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Node {
@@ -70,6 +74,7 @@ impl Node {
             max_txn_ops,
             watch_progress_interval,
             min_lease_ttl,
+            cluster_token,
             lessor: Lessor::default(),
             read_tx,
         });
@@ -77,6 +82,10 @@ impl Node {
         tokio::spawn(crate::lease::expiry_loop(
             Arc::downgrade(&node),
             Duration::from_millis(100),
+        ));
+        tokio::spawn(crate::membership::finish_joint_loop(
+            Arc::downgrade(&node),
+            Duration::from_secs(1),
         ));
         node
     }
@@ -211,6 +220,40 @@ impl Node {
                 }
                 LeaseAnswer::Failed(e) => return Err(e),
                 other => return Ok(other),
+            }
+        }
+    }
+
+    /// Runs a membership change on the leader (here or forwarded).
+    pub async fn change_membership(
+        &self,
+        call: crate::membership::MemberCall,
+    ) -> Result<u64, EtcdError> {
+        use crate::membership::MemberAnswer;
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let answer = if leader == self.id {
+                crate::membership::change_as_leader(self, call.clone()).await
+            } else if let Some(node) = self.member(leader) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.pool.membership(&node, &call, left).await {
+                    Ok(a) => a,
+                    // Sent but unanswered: the change may or may not be in.
+                    Err(_) => return Err(EtcdError::LeaderChanged),
+                }
+            } else {
+                MemberAnswer::NotLeader
+            };
+            match answer {
+                MemberAnswer::Done { id } => return Ok(id),
+                MemberAnswer::Failed(e) => return Err(e),
+                MemberAnswer::NotLeader => {
+                    if Instant::now() >= deadline {
+                        return Err(EtcdError::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
     }

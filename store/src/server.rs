@@ -107,6 +107,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         cfg.max_txn_ops,
         Duration::from_millis(cfg.watch_progress_notify_interval_ms),
         crate::lease::min_ttl(cfg.election_timeout),
+        cfg.initial_cluster_token.clone(),
     );
 
     // Peer port first: the other members need it to elect a leader.

@@ -1,6 +1,6 @@
 //! etcd's Cluster service: the member list from the Raft membership plus the
-//! attributes (name, client URLs) each member published. Membership changes
-//! are answered with an explicit Unimplemented until they exist.
+//! attributes (name, client URLs) each member published; changes go through
+//! [`crate::membership`] on the leader.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
+use crate::membership::MemberCall;
 use crate::node::Node;
 use crate::raft::state_machine::member_attrs;
 
@@ -42,50 +43,137 @@ pub fn members(node: &Node) -> Vec<Member> {
     out
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("cairn: {what} is not supported yet"))
+impl ClusterService {
+    fn header(&self) -> Option<ResponseHeader> {
+        // As etcd's cluster service, the header carries no revision.
+        let mut header = None;
+        self.node.fill_header(&mut header);
+        header
+    }
+
+    /// Runs a change, then waits until this member's own view of the
+    /// membership satisfies `done`, so the answer lists the new members.
+    async fn change(
+        &self,
+        call: MemberCall,
+        done: impl Fn(&crate::raft::StoredMembership, u64) -> bool + Send + Sync,
+    ) -> Result<u64, Status> {
+        let id = self.node.change_membership(call).await?;
+        let _ = self
+            .node
+            .raft
+            .wait(Some(self.node.request_timeout))
+            .metrics(|m| done(&m.membership_config, id), "membership applied")
+            .await;
+        Ok(id)
+    }
+}
+
+fn has(m: &crate::raft::StoredMembership, id: u64) -> bool {
+    m.membership().get_node(&id).is_some()
+}
+
+fn is_voter(m: &crate::raft::StoredMembership, id: u64) -> bool {
+    m.membership().voter_ids().any(|v| v == id)
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("MemberAdd"))
+        let r = req.into_inner();
+        let unix_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let call = MemberCall::Add {
+            peer_urls: r.peer_ur_ls.clone(),
+            learner: r.is_learner,
+            unix_time,
+        };
+        let learner = r.is_learner;
+        let id = self
+            .change(call, |m, id| has(m, id) && (learner || is_voter(m, id)))
+            .await?;
+        let members = members(&self.node);
+        let member = members
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .unwrap_or(Member {
+                id,
+                peer_ur_ls: r.peer_ur_ls,
+                is_learner: r.is_learner,
+                ..Default::default()
+            });
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("MemberRemove"))
+        let id = req.into_inner().id;
+        self.change(MemberCall::Remove { id }, |m, id| !has(m, id))
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("MemberUpdate"))
+        let r = req.into_inner();
+        let mut want: Vec<String> = r
+            .peer_ur_ls
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        want.sort();
+        let call = MemberCall::Update {
+            id: r.id,
+            peer_urls: r.peer_ur_ls,
+        };
+        self.change(call, move |m, id| {
+            m.membership()
+                .get_node(&id)
+                .is_some_and(|n| n.peer_urls == want)
+        })
+        .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_list(
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        // As etcd's cluster service, the header carries no revision.
-        let mut header = None;
-        self.node.fill_header(&mut header);
         Ok(Response::new(MemberListResponse {
-            header,
+            header: self.header(),
             members: members(&self.node),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("MemberPromote"))
+        let id = req.into_inner().id;
+        self.change(MemberCall::Promote { id }, is_voter).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: members(&self.node),
+        }))
     }
 }

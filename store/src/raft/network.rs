@@ -42,9 +42,43 @@ pub enum ForwardReply {
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When each member last answered a Raft RPC from this one (the leader's
+    /// view of who is reachable, for etcd's reconfiguration safety checks).
+    last_ok: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 impl PeerPool {
+    pub fn mark_ok(&self, id: u64) {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, std::time::Instant::now());
+    }
+
+    /// Whether member `id` answered within `within`.
+    pub fn reachable(&self, id: u64, within: Duration) -> bool {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Sends a membership change to `leader`.
+    pub async fn membership(
+        &self,
+        leader: &MemberNode,
+        call: &crate::membership::MemberCall,
+        timeout: Duration,
+    ) -> Result<crate::membership::MemberAnswer, String> {
+        let mut c = self.client(leader)?;
+        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        let reply = c.membership(r).await.map_err(|e| e.to_string())?;
+        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+
     pub fn channel(&self, url: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(url) {
@@ -228,6 +262,7 @@ impl PeerNetwork {
         let res: Result<Resp, RaftError<u64, E>> =
             bincode::deserialize(&reply.into_inner().data)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.pool.mark_ok(self.target);
         res.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,

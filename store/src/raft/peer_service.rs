@@ -81,6 +81,11 @@ impl Peer for PeerService {
         encode(&crate::lease::answer_as_leader(&self.node, &call))
     }
 
+    async fn membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let call: crate::membership::MemberCall = decode(req.get_ref())?;
+        encode(&crate::membership::change_as_leader(&self.node, call).await)
+    }
+
     async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let n = &self.node;
         let metrics = n.raft.metrics().borrow().clone();
