@@ -30,6 +30,8 @@ cluster_tests!(
     thousand_watchers_on_one_member_see_every_event,
     watch_on_follower_from_future_revision,
     etcdctl_watch_prefix_rev_and_prev_kv,
+    large_responses_fragment_and_reassemble,
+    require_leader_watch_ends_when_member_loses_leader,
 );
 
 /// (type, key, mod_revision) of one event; `'P'` or `'D'`.
@@ -774,5 +776,92 @@ async fn etcdctl_watch_prefix_rev_and_prev_kv(imp: Impl) {
             "PUT", "e/a", "1", "e/a", "3", // previous, then new
             "DELETE", "e/b", "2", "e/b", "", // previous, then the deleted key
         ]
+    );
+}
+
+async fn large_responses_fragment_and_reassemble(imp: Impl) {
+    let cl = Cluster::start(imp, 3).await;
+    let c = cl.client().await;
+    let big = |b: u8| vec![b; 600 * 1024];
+    let ra = c
+        .put("big/a", big(b'a'), PutOptions::default())
+        .await
+        .unwrap();
+    c.put("big/b", big(b'b'), PutOptions::default())
+        .await
+        .unwrap();
+    let from = ra.header.unwrap().revision;
+    // One txn overwriting both: with prev_kv its events are ~2.4 MB, over the
+    // 1.5 MiB limit, so a fragmenting watch gets them in pieces.
+    let t = c
+        .txn(Txn::new().and_then([
+            op_put("big/a", big(b'c'), PutOptions::default()),
+            op_put("big/b", big(b'd'), PutOptions::default()),
+        ]))
+        .await
+        .unwrap();
+    let rev = t.header.unwrap().revision;
+    for fragment in [true, false] {
+        let mut w = c
+            .watch(
+                "big/",
+                WatchOptions {
+                    start_revision: rev,
+                    prev_kv: true,
+                    fragment,
+                    ..WatchOptions::prefix()
+                },
+            )
+            .await
+            .unwrap();
+        let r = next(&mut w).await;
+        assert!(!r.fragment);
+        let got: Vec<Ev> = r.events.iter().map(ev_of).collect();
+        assert_eq!(
+            got,
+            vec![('P', "big/a".into(), rev), ('P', "big/b".into(), rev)],
+            "fragment={fragment}"
+        );
+        assert_eq!(r.events[0].kv.as_ref().unwrap().value, big(b'c'));
+        assert_eq!(r.events[1].prev_kv.as_ref().unwrap().value, big(b'b'));
+        assert!(r.events[0].prev_kv.as_ref().unwrap().mod_revision >= from);
+    }
+}
+
+async fn require_leader_watch_ends_when_member_loses_leader(imp: Impl) {
+    let mut cl = Cluster::start(imp, 3).await;
+    let f = cl.followers().await;
+    let keep = f[0];
+    let nc = cl.nodes[keep].client().await;
+    let mut w = nc
+        .watch(
+            "rl/",
+            WatchOptions {
+                require_leader: true,
+                ..WatchOptions::prefix()
+            },
+        )
+        .await
+        .unwrap();
+    // Quorum lost: the remaining member has no leader.
+    for i in 0..3 {
+        if i != keep {
+            cl.nodes[i].kill9();
+        }
+    }
+    let e = tokio::time::timeout(SLOW, async {
+        loop {
+            match w.next().await {
+                Ok(r) => assert!(r.events.is_empty(), "{r:?}"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within the deadline");
+    assert_eq!(
+        (e.code(), e.message()),
+        (cairn_client::Code::Unavailable, "etcdserver: no leader"),
+        "{e:?}"
     );
 }

@@ -19,7 +19,6 @@ use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use crate::call::Kind;
-use crate::error::{classify, Verdict};
 use crate::{Client, Error, KeyRange, Result};
 
 /// Options of [`Client::watch`]; fields map to etcd's `WatchCreateRequest`.
@@ -239,19 +238,24 @@ impl Client {
     }
 }
 
-/// A failed stream as a client error: a server's final answer keeps its code
-/// and message; anything else is [`Error::Unavailable`] (resume elsewhere).
+/// A failed stream as a client error: a status the server sent (e.g.
+/// `etcdserver: no leader` under `require_leader`) keeps its code and exact
+/// message; a transport failure (reset, connection lost) is
+/// [`Error::Unavailable`]. Either way the stream is gone.
 fn stream_error(url: &str, s: Status) -> Error {
-    match classify(&s) {
-        Verdict::Answer => Error::Status {
+    // tonic keeps the transport error as the source of a locally made status;
+    // one the server sent in its trailers has none.
+    if std::error::Error::source(&s).is_none() {
+        Error::Status {
             code: s.code(),
             message: s.message().to_string(),
-        },
-        _ => Error::Unavailable(format!(
+        }
+    } else {
+        Error::Unavailable(format!(
             "watch stream on {url} broke: {:?}: {}",
             s.code(),
             s.message()
-        )),
+        ))
     }
 }
 
@@ -275,7 +279,7 @@ impl Watcher {
     /// The next response of any watch on this stream (created, events, progress,
     /// canceled), with fragments joined. An error means the stream is gone: it
     /// broke or ended ([`Error::Unavailable`]), or the server ended it with a
-    /// status (e.g. `etcdserver: no leader`).
+    /// status ([`Error::Status`], e.g. `Unavailable` / `etcdserver: no leader`).
     pub async fn next(&mut self) -> Result<WatchResponse> {
         loop {
             match self.inbound.message().await {
