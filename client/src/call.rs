@@ -38,7 +38,34 @@ impl Client {
     }
 
     /// Runs `f` against members until one answers, following the module's rules.
-    pub(crate) async fn call<T, F, Fut>(&self, kind: Kind, mut f: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, kind: Kind, f: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_indexed(kind, f).await.map(|(t, _)| t)
+    }
+
+    /// Moves the pin off member `idx` (if it is still pinned), so the next call
+    /// starts elsewhere: used by streams that broke on that member.
+    pub(crate) fn unpin(&self, idx: usize) {
+        let n = self.inner.members.len();
+        let _ = self.inner.pinned.compare_exchange(
+            idx,
+            (idx + 1) % n,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// URL of member `idx`.
+    pub(crate) fn member_url(&self, idx: usize) -> &str {
+        &self.inner.members[idx].url
+    }
+
+    /// [`Client::call`], also returning the index of the member that answered
+    /// (streams remember it, to fail over away from it later).
+    pub(crate) async fn call_indexed<T, F, Fut>(&self, kind: Kind, mut f: F) -> Result<(T, usize)>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -58,7 +85,7 @@ impl Client {
                 match tokio::time::timeout(opts.request_timeout, f(member.channel.clone())).await {
                     Ok(Ok(resp)) => {
                         self.inner.pinned.store(idx, Ordering::Relaxed);
-                        return Ok(resp.into_inner());
+                        return Ok((resp.into_inner(), idx));
                     }
                     Ok(Err(status)) => {
                         let verdict = classify(&status);

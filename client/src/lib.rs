@@ -10,6 +10,11 @@
 //! - `kv`: put / get / range / delete / txn / compact, and [`prefix_end`].
 //! - [`txn`]: builders for compares and ops.
 //! - `cluster`: status (one member), member list, lease grant/revoke.
+//! - `lease`: lease keep-alive (a [`LeaseKeepAlive`] stream handle, or once),
+//!   time-to-live, list; retried on other members (renewing is idempotent).
+//! - [`watch`]: [`Watcher`] (one Watch stream on one member: create, cancel,
+//!   progress; a broken stream is an error) and [`ResumingWatcher`] (reopens
+//!   the watch elsewhere from the revision after the last one delivered).
 //!
 //! Responses are the raw protobuf types of [`cairn_proto::etcdserverpb`] (header
 //! included), so callers see exactly what the server said.
@@ -19,8 +24,10 @@ mod cluster;
 mod endpoints;
 pub mod error;
 mod kv;
+mod lease;
 pub mod options;
 pub mod txn;
+pub mod watch;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -29,8 +36,10 @@ pub use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 pub use cairn_proto::{etcdserverpb as pb, mvccpb};
 pub use error::{Error, Result};
 pub use kv::prefix_end;
+pub use lease::LeaseKeepAlive;
 pub use options::{ClientOptions, DeleteOptions, GetOptions, KeyRange, PutOptions};
 pub use tonic::Code;
+pub use watch::{ResumingWatcher, WatchOptions, Watcher};
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
