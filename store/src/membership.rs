@@ -57,6 +57,11 @@ pub enum MemberAnswer {
     Failed(EtcdError),
 }
 
+/// Votes needed for a majority of `voters`.
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
 fn normalize(urls: &[String]) -> Result<Vec<String>, EtcdError> {
     let mut out = Vec::new();
     for u in urls {
@@ -140,7 +145,7 @@ async fn change(node: &Node, call: MemberCall) -> Result<u64, EtcdError> {
             } else {
                 // After the add, a quorum of the larger voter set must be
                 // made of members that are up.
-                let quorum = (voters.len() + 1) / 2 + 1;
+                let quorum = quorum(voters.len() + 1);
                 if started_voters(node, &voters, None) < quorum {
                     return Err(EtcdError::NotEnoughStartedMembers);
                 }
@@ -168,7 +173,7 @@ async fn change(node: &Node, call: MemberCall) -> Result<u64, EtcdError> {
                 return Err(EtcdError::MemberNotFound);
             }
             if voters.contains(&id) {
-                let quorum = (voters.len() - 1) / 2 + 1;
+                let quorum = quorum(voters.len() - 1);
                 if started_voters(node, &voters, Some(id)) < quorum {
                     return Err(EtcdError::NotEnoughStartedMembers);
                 }
