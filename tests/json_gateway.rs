@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 cluster_tests!(
     apisix_startup_and_admin_writes,
     apisix_sync_watch_resume_and_compaction,
-    errors_and_methods
+    errors_and_methods,
+    metrics_use_etcd_names
 );
 
 fn b64(s: &str) -> String {
@@ -438,4 +439,54 @@ async fn errors_and_methods(imp: Impl) {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// `/metrics` on the client port carries the etcd metric names dashboards use.
+async fn metrics_use_etcd_names(imp: Impl) {
+    let c = Cluster::start(imp, 3).await;
+    let base = &c.nodes[0].client_url;
+    post(
+        base,
+        "/v3/kv/put",
+        json!({"key": b64("m"), "value": b64("1")}),
+    )
+    .await;
+    // A gRPC call, so grpc_server_handled_total has a sample.
+    let client = c.client().await;
+    client.get("m", Default::default()).await.unwrap();
+    let (status, body) = http(base, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = body
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
+    for name in [
+        "etcd_server_has_leader",
+        "etcd_server_is_leader",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_proposals_failed_total",
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_debugging_mvcc_keys_total",
+        "etcd_disk_wal_fsync_duration_seconds_bucket",
+        "etcd_disk_backend_commit_duration_seconds_bucket",
+        "grpc_server_handled_total{",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("etcd_server_has_leader 1")),
+        "has_leader must be 1"
+    );
+    // etcd fills its peer RTT histogram from a 30 s prober; Cairn times every
+    // Raft RPC, so it has samples at once.
+    if matches!(imp, Impl::Cairn) {
+        assert!(text.contains("etcd_network_peer_round_trip_time_seconds_bucket"));
+    }
 }

@@ -13,6 +13,7 @@
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
 //! - [`api`]: the gRPC services clients call.
 //! - [`storage`]: the data dir layout and sled; the only module that opens it.
+//! - [`metrics`]: `/metrics` with etcd's metric names.
 //! - [`error`]: etcd's error codes and message strings.
 //! - [`ids`]: etcd-compatible member and cluster IDs.
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod ids;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

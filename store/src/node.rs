@@ -83,6 +83,7 @@ impl Node {
             Arc::downgrade(&node),
             Duration::from_millis(100),
         ));
+        tokio::spawn(crate::metrics::watch_leader(Arc::downgrade(&node)));
         tokio::spawn(crate::membership::finish_joint_loop(
             Arc::downgrade(&node),
             Duration::from_secs(1),
@@ -154,6 +155,21 @@ impl Node {
     /// be connected to). Otherwise the caller gets `request timed out` /
     /// `leader changed`, etcd's "outcome unknown".
     pub async fn propose(&self, user: Option<String>, cmd: Command) -> Result<Response, EtcdError> {
+        let m = &crate::metrics::METRICS;
+        m.proposals_pending.inc();
+        let res = self.propose_inner(user, cmd).await;
+        m.proposals_pending.dec();
+        if res.is_err() {
+            m.proposals_failed.inc();
+        }
+        res
+    }
+
+    async fn propose_inner(
+        &self,
+        user: Option<String>,
+        cmd: Command,
+    ) -> Result<Response, EtcdError> {
         let req = Request::new(user, cmd);
         let deadline = Instant::now() + self.request_timeout;
         loop {

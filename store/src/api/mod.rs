@@ -75,5 +75,13 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
     b.routes()
         .into_axum_router()
         .merge(gateway::router(services, body_limit))
-        .merge(gateway::health_router(node))
+        .merge(gateway::health_router(node.clone()))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let node = node.clone();
+                async move { crate::metrics::render(&node) }
+            }),
+        )
+        .layer(axum::middleware::from_fn(crate::metrics::count_grpc))
 }

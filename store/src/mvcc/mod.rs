@@ -79,6 +79,11 @@ impl Mvcc {
         self.rev_tx.subscribe()
     }
 
+    /// Live keys at the current revision (for the keys gauge).
+    pub fn key_count(&self) -> usize {
+        self.lock_read().tree.scan_prefix([keys::KV]).count()
+    }
+
     pub fn revision(&self) -> i64 {
         self.lock_read().rev
     }
@@ -109,7 +114,9 @@ impl Mvcc {
             }
         }
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let timer = crate::metrics::METRICS.backend_commit.start_timer();
         s.tree.apply_batch(batch).map_err(storage_err)?;
+        timer.observe_duration();
         s.rev = w.rev;
         s.compact_rev = w.compact_rev;
         drop(s);

@@ -39,7 +39,9 @@ impl LogStore {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
+                    let timer = crate::metrics::METRICS.wal_fsync.start_timer();
                     let res = db.flush();
+                    timer.observe_duration();
                     for cb in waiting {
                         cb.log_io_completed(match &res {
                             Ok(_) => Ok(()),

@@ -247,6 +247,7 @@ impl PeerNetwork {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&openraft::AnyError::error(e))))?;
         let mut r = tonic::Request::new(RaftMessage { data });
         r.set_timeout(option.hard_ttl());
+        let started = std::time::Instant::now();
         let reply = match method {
             Method::Append => client.append_entries(r).await,
             Method::Vote => client.vote(r).await,
@@ -263,6 +264,10 @@ impl PeerNetwork {
             bincode::deserialize(&reply.into_inner().data)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.pool.mark_ok(self.target);
+        crate::metrics::METRICS
+            .peer_rtt
+            .with_label_values(&[crate::ids::hex(self.target).as_str()])
+            .observe(started.elapsed().as_secs_f64());
         res.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
