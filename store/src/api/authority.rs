@@ -28,9 +28,14 @@
 //! HPACK comes from `loona-hpack`: the maintained successor of the original
 //! `hpack` crate (which has been unreleased since 2016), small (two
 //! dependencies, both already in our tree), and it returns errors rather than
-//! panicking on bad input. It has no "never indexed" flag in its decoded
+//! panicking on bad input (`httlib-hpack`, the other candidate, indexes past
+//! the end of a truncated integer). It has no "never indexed" flag in its decoded
 //! output; such fields are forwarded as "without indexing", which only matters
-//! to intermediaries that re-forward them, and h2 here does not.
+//! to intermediaries that re-forward them, and h2 here does not. Its cost:
+//! about 1 µs per block of indexed fields (release build), but it rebuilds its
+//! Huffman tables for every Huffman-coded literal, about 15 µs each; a gRPC
+//! client in steady state sends 0-2 of those per request (e.g. a changing
+//! `grpc-timeout`). A faster Huffman decoder is the lever if that ever shows.
 
 use std::io;
 use std::pin::Pin;
