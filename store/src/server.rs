@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::api::authority::AuthorityFix;
 use crate::command::Command;
 use crate::config::{host_port, split_urls, ClusterState, StoreConfig};
 use crate::ids;
@@ -168,11 +169,12 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
 }
 
 /// Accepts client connections with TCP_NODELAY (small gRPC replies must not
-/// wait for Nagle).
+/// wait for Nagle), each wrapped in [`AuthorityFix`] so that etcdctl's
+/// `:authority: http://host:port` does not get its streams reset.
 struct NoDelay(TcpListener);
 
 impl axum::serve::Listener for NoDelay {
-    type Io = tokio::net::TcpStream;
+    type Io = AuthorityFix<tokio::net::TcpStream>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -180,7 +182,7 @@ impl axum::serve::Listener for NoDelay {
             match self.0.accept().await {
                 Ok((s, a)) => {
                     let _ = s.set_nodelay(true);
-                    return (s, a);
+                    return (AuthorityFix::new(s), a);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, go on.

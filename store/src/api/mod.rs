@@ -7,7 +7,9 @@
 //! - [`cluster`]: MemberList (membership changes later).
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
 //! - [`validate`]: etcd's request checks, before anything is proposed.
+//! - [`authority`]: repairs the `http://`-prefixed `:authority` etcdctl sends.
 
+pub mod authority;
 pub mod cluster;
 pub mod gateway;
 pub mod kv;
