@@ -45,9 +45,6 @@ use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::encoder::encode_integer_into;
 use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -140,20 +137,6 @@ static STATIC_TABLE: &[(&[u8], &[u8])] = &[
     (b"via", b""),
     (b"www-authenticate", b""),
 ];
-
-/// Accepts connections from `listener`, sets TCP_NODELAY on each, and wraps
-/// it in an [`AuthorityFix`]: a drop-in for `TcpListenerStream` in
-/// `serve_with_incoming`.
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<AuthorityFix<TcpStream>>> {
-    TcpListenerStream::new(listener).map(|conn| {
-        conn.map(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("set TCP_NODELAY: {e}");
-            }
-            AuthorityFix::new(stream)
-        })
-    })
-}
 
 /// A connection whose client-to-server HTTP/2 header blocks are rewritten as
 /// described in the [module docs](self). Writes go straight to the inner
