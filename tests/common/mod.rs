@@ -55,7 +55,7 @@ pub fn cairn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -151,6 +151,10 @@ pub fn free_port() -> u16 {
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let port = 15000 + (h.finish() % 17000) as u16;
+        // `cairn up` (tests/up.rs) needs these two fixed ports.
+        if port == 22379 || port == 22380 {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
