@@ -127,6 +127,12 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// Raises or clears an alarm (etcd's AlarmType numbers).
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    },
 }
 
 /// What applying an entry answered. Response headers carry only the revision
@@ -143,6 +149,8 @@ pub enum Response {
     Done,
     LeaseGrant(Proto<pb::LeaseGrantResponse>),
     LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
+    /// Alarms raised after an `Alarm` command, as (member, type).
+    Alarms(Vec<(u64, i32)>),
 }
 
 #[cfg(test)]

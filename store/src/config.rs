@@ -108,6 +108,11 @@ pub struct StoreConfig {
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
+    /// Raise the NOSPACE alarm when the data dir exceeds this many bytes
+    /// (0: etcd's default, 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -137,6 +142,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "ETCD_SNAPSHOT_CATCHUP_ENTRIES",
     "ETCD_MAX_REQUEST_BYTES",
     "ETCD_MAX_TXN_OPS",
+    "ETCD_QUOTA_BACKEND_BYTES",
     "ETCD_AUTO_COMPACTION_MODE",
     "ETCD_AUTO_COMPACTION_RETENTION",
 ];

@@ -67,6 +67,8 @@ pub enum EtcdError {
     LearnerNotReady,
     #[error("etcdserver: too many learner members in cluster")]
     TooManyLearners,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 impl EtcdError {
@@ -85,6 +87,7 @@ impl EtcdError {
             | LearnerNotReady
             | TooManyLearners => Code::FailedPrecondition,
             InvalidPeerUrls => Code::InvalidArgument,
+            NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader
             | LeaderChanged

@@ -38,6 +38,8 @@ pub struct Node {
     pub min_lease_ttl: i64,
     /// `--initial-cluster-token`: new member IDs are derived from it.
     pub cluster_token: String,
+    /// `--quota-backend-bytes`: above it this member raises NOSPACE.
+    pub quota_bytes: u64,
 
     pub lessor: Lessor,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
@@ -59,6 +61,7 @@ impl Node {
         watch_progress_interval: Duration,
         min_lease_ttl: i64,
         cluster_token: String,
+        quota_bytes: u64,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Node {
@@ -75,6 +78,7 @@ impl Node {
             watch_progress_interval,
             min_lease_ttl,
             cluster_token,
+            quota_bytes,
             lessor: Lessor::default(),
             read_tx,
         });
@@ -84,6 +88,7 @@ impl Node {
             Duration::from_millis(100),
         ));
         tokio::spawn(crate::metrics::watch_leader(Arc::downgrade(&node)));
+        tokio::spawn(quota_loop(Arc::downgrade(&node)));
         tokio::spawn(crate::membership::finish_joint_loop(
             Arc::downgrade(&node),
             Duration::from_secs(1),
@@ -359,6 +364,36 @@ impl Node {
             // Leadership is moving; look again shortly.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Raises this member's NOSPACE alarm once its data dir outgrows the quota,
+/// as etcd does; writes are then refused cluster-wide until an operator
+/// frees space and disarms it (`etcdctl alarm disarm`).
+async fn quota_loop(node: std::sync::Weak<Node>) {
+    use crate::mvcc::apply::ALARM_NOSPACE;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(n) = node.upgrade() else { return };
+        if n.storage.size_on_disk() <= n.quota_bytes {
+            continue;
+        }
+        let raised = n.mvcc.read(|v| v.alarms()).unwrap_or_default();
+        if raised.contains(&(n.id, ALARM_NOSPACE)) {
+            continue;
+        }
+        tracing::warn!(
+            size = n.storage.size_on_disk(),
+            quota = n.quota_bytes,
+            "database space exceeded: raising NOSPACE"
+        );
+        let cmd = Command::Alarm {
+            activate: true,
+            member: n.id,
+            alarm: ALARM_NOSPACE,
+        };
+        let _ = n.propose(None, cmd).await;
     }
 }
 

@@ -109,6 +109,11 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         Duration::from_millis(cfg.watch_progress_notify_interval_ms),
         crate::lease::min_ttl(cfg.election_timeout),
         cfg.initial_cluster_token.clone(),
+        if cfg.quota_backend_bytes == 0 {
+            2 << 30
+        } else {
+            cfg.quota_backend_bytes
+        },
     );
 
     // Peer port first: the other members need it to elect a leader.

@@ -170,6 +170,8 @@ pub struct ClusterOptions {
     pub snapshot_count: Option<u64>,
     /// Cairn only (etcd 3.4 has no such flag; it keeps 5000 entries).
     pub snapshot_catchup_entries: Option<u64>,
+    /// Flags both etcd and Cairn take, passed to every member.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -179,6 +181,7 @@ impl Default for ClusterOptions {
             election_ms: 1000,
             snapshot_count: None,
             snapshot_catchup_entries: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -430,6 +433,7 @@ impl Cluster {
             if let (Impl::Cairn, Some(e)) = (imp, opts.snapshot_catchup_entries) {
                 args.extend(["--snapshot-catchup-entries".into(), e.to_string()]);
             }
+            args.extend(opts.extra_args.iter().cloned());
             let mut node = Node {
                 imp,
                 log_path: dir.join(format!("{name}.log")),

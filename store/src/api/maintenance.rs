@@ -28,8 +28,41 @@ type SnapshotStream =
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Err(not_yet("Alarm"))
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        use cairn_proto::etcdserverpb::alarm_request::AlarmAction;
+        let r = req.into_inner();
+        let n = &self.node;
+        let alarms = match AlarmAction::try_from(r.action).unwrap_or(AlarmAction::Get) {
+            AlarmAction::Get => n.mvcc.read(|v| v.alarms())?,
+            action => {
+                let cmd = crate::command::Command::Alarm {
+                    activate: action == AlarmAction::Activate,
+                    member: r.member_id,
+                    alarm: r.alarm,
+                };
+                match n.propose(None, cmd).await? {
+                    crate::command::Response::Alarms(a) => a,
+                    crate::command::Response::Error(e) => return Err(e.into()),
+                    other => {
+                        return Err(Status::internal(format!(
+                            "unexpected apply result {other:?}"
+                        )))
+                    }
+                }
+            }
+        };
+        let mut header = Some(ResponseHeader {
+            revision: n.mvcc.revision(),
+            ..Default::default()
+        });
+        n.fill_header(&mut header);
+        Ok(Response::new(AlarmResponse {
+            header,
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+                .collect(),
+        }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -54,7 +87,19 @@ impl Maintenance for MaintenanceService {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            errors: vec![],
+            // As etcd: one "memberID:… alarm:…" line per raised alarm.
+            errors: n
+                .mvcc
+                .read(|v| v.alarms())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(m, a)| {
+                    let name = AlarmType::try_from(a)
+                        .map(|t| t.as_str_name())
+                        .unwrap_or("NONE");
+                    format!("memberID:{m} alarm:{name} ")
+                })
+                .collect(),
             db_size_in_use: db_size,
             is_learner,
         }))

@@ -17,6 +17,9 @@ use super::keys::{self, KeyRange, Rev};
 use super::view::{delete_event, scan, Overlay, View};
 use crate::error::EtcdError;
 
+/// etcd's `AlarmType::NOSPACE`.
+pub const ALARM_NOSPACE: i32 = 1;
+
 /// A raw key and the overlay entry it had before a write (`None`: none).
 type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
@@ -227,6 +230,8 @@ impl Writer {
 
     /// Creates lease `id` with `ttl` seconds (already raised to the minimum).
     pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, EtcdError> {
+        self.check_space()?;
+
         if self.view().lease_ttl(id)?.is_some() {
             return Err(EtcdError::LeaseExists);
         }
@@ -262,9 +267,46 @@ impl Writer {
         })
     }
 
+    /// Raises (`activate`) or clears an alarm of `member` (0 with `activate`
+    /// false clears that alarm type on every member, as etcd's disarm).
+    pub fn alarm(
+        &mut self,
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    ) -> Result<Vec<(u64, i32)>, EtcdError> {
+        let mut alarms = self.view().alarms()?;
+        if activate {
+            if !alarms.contains(&(member, alarm)) {
+                alarms.push((member, alarm));
+            }
+        } else {
+            alarms.retain(|(m, a)| !(*a == alarm && (member == 0 || *m == member)));
+        }
+        alarms.sort_unstable();
+        self.put_meta("alarms", bincode::serialize(&alarms).unwrap_or_default());
+        Ok(alarms)
+    }
+
+    /// While a NOSPACE alarm is raised, only requests that free space pass
+    /// (etcd's capped applier).
+    fn check_space(&self) -> Result<(), EtcdError> {
+        if self
+            .view()
+            .alarms()?
+            .iter()
+            .any(|(_, a)| *a == ALARM_NOSPACE)
+        {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
+
     // --- checks (before any write) ---
 
     fn check_put(&self, r: &PutRequest) -> Result<(), EtcdError> {
+        self.check_space()?;
+
         if r.lease != 0 && !r.ignore_lease && self.view().lease_ttl(r.lease)?.is_none() {
             return Err(EtcdError::LeaseNotFound);
         }

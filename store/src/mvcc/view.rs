@@ -181,6 +181,14 @@ impl View<'_> {
         }
     }
 
+    /// Raised alarms as (member ID, etcd AlarmType).
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>, EtcdError> {
+        match self.get_raw(&keys::meta_key("alarms"))? {
+            Some(b) => bincode::deserialize(&b).map_err(storage_err),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The granted TTL of lease `id`, if it exists.
     pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, EtcdError> {
         Ok(self

@@ -144,6 +144,11 @@ impl StateMachine {
                 stamp(&mut r.header, term);
                 Response::LeaseRevoke(Proto(r))
             }),
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => w.alarm(*activate, *member, *alarm).map(Response::Alarms),
         };
         res.unwrap_or_else(Response::Error)
     }
