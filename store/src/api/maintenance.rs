@@ -143,24 +143,25 @@ impl Maintenance for MaintenanceService {
         });
         self.node.fill_header(&mut header);
         let total = body.len();
-        let mut chunks: Vec<Result<SnapshotResponse, Status>> = body
-            .chunks(SNAPSHOT_CHUNK)
-            .scan(0usize, |sent, c| {
-                *sent += c.len();
-                Some(Ok(SnapshotResponse {
-                    header: header.clone(),
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: c.to_vec(),
-                }))
+        // Chunks are copied out one at a time as the client reads them, so
+        // the encoded tree is held once, not twice.
+        let chunks = (0..total.div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
+            let end = ((i + 1) * SNAPSHOT_CHUNK).min(total);
+            Ok(SnapshotResponse {
+                header,
+                remaining_bytes: (total - end) as u64,
+                blob: body[i * SNAPSHOT_CHUNK..end].to_vec(),
             })
-            .collect();
+        });
         // As etcd: the sha256 of everything sent comes last, on its own.
-        chunks.push(Ok(SnapshotResponse {
+        let trailer = std::iter::once(Ok(SnapshotResponse {
             header,
             remaining_bytes: 0,
             blob: sha.to_vec(),
         }));
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            chunks.chain(trailer),
+        ))))
     }
 
     async fn move_leader(
