@@ -2,6 +2,7 @@
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
 //! - `cairn up`: a local three-node cluster for a first try (`up`).
+//! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
 
 mod up;
 
@@ -36,6 +37,16 @@ enum Cmd {
     Store(Box<cairn_store::StoreConfig>),
     /// Start a local three-node cluster as child processes.
     Up(up::UpArgs),
+    /// Snapshots taken with `etcdctl snapshot save` against Cairn.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Create a data dir for a NEW cluster holding the snapshot's data
+    /// (run once per member, with that member's flags).
+    Restore(cairn_store::restore::RestoreArgs),
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -64,6 +75,19 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Store(cfg) => cairn_store::run(*cfg).await,
             Cmd::Up(args) => up::run(args).await,
+            Cmd::Snapshot(SnapshotCmd::Restore(args)) => {
+                cairn_store::restore::restore(&args).await.map(|r| {
+                    println!(
+                        "restored {} into {}: revision {}, compacted at {}, member {:x} of new cluster {:x}",
+                        args.file.display(),
+                        r.data_dir.display(),
+                        r.revision,
+                        r.compact_revision,
+                        r.member_id,
+                        r.cluster_id
+                    )
+                })
+            }
         }
     });
     match res {

@@ -14,6 +14,7 @@
 //! - [`api`]: the gRPC services clients call.
 //! - [`storage`]: the data dir layout and sled; the only module that opens it.
 //! - [`metrics`]: `/metrics` with etcd's metric names.
+//! - [`restore`]: the snapshot file (`etcdctl snapshot save`) and `cairn snapshot restore`.
 //! - [`error`]: etcd's error codes and message strings.
 //! - [`ids`]: etcd-compatible member and cluster IDs.
 
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
+pub mod restore;
 pub mod server;
 pub mod storage;
 pub mod watch;

@@ -25,14 +25,48 @@ use crate::raft::state_machine::{member_attrs, StateMachine};
 use crate::raft::{MemberNode, Raft, MAX_PEER_MESSAGE};
 use crate::storage::Storage;
 
-/// Who this member is; written once, on the first start.
+/// Who this member is; written once, on the first start (or by
+/// `cairn snapshot restore`), under the raft tree's `identity` key.
 #[derive(Serialize, Deserialize, Debug, Clone)]
-struct Identity {
-    member_id: u64,
-    cluster_id: u64,
-    name: String,
+pub(crate) struct Identity {
+    pub(crate) member_id: u64,
+    pub(crate) cluster_id: u64,
+    pub(crate) name: String,
     /// Members to bootstrap Raft with (a new cluster), empty when joining.
-    initial: BTreeMap<u64, MemberNode>,
+    pub(crate) initial: BTreeMap<u64, MemberNode>,
+}
+
+/// The identity of member `cfg.name` of a new cluster: IDs from
+/// `--initial-cluster` and the token, as etcd computes them. Shared by a first
+/// start with `--initial-cluster-state new` and by `cairn snapshot restore`.
+pub(crate) fn bootstrap_identity(cfg: &StoreConfig) -> Result<Identity> {
+    let members = cfg.initial_members()?;
+    let mut initial = BTreeMap::new();
+    for (name, urls) in &members {
+        let id = ids::member_id(urls, &cfg.initial_cluster_token, None);
+        initial.insert(
+            id,
+            MemberNode {
+                name: name.clone(),
+                peer_urls: urls.clone(),
+            },
+        );
+    }
+    let ids_list: Vec<u64> = initial.keys().copied().collect();
+    Ok(Identity {
+        member_id: ids::member_id(&members[&cfg.name], &cfg.initial_cluster_token, None),
+        cluster_id: ids::cluster_id(&ids_list),
+        name: cfg.name.clone(),
+        initial,
+    })
+}
+
+/// Makes `id` durable, then marks the data dir complete (see
+/// [`Storage::mark_initialized`]).
+pub(crate) async fn write_identity(storage: &Storage, id: &Identity) -> Result<()> {
+    storage.raft.insert("identity", serde_json::to_vec(id)?)?;
+    storage.flush().await?;
+    storage.mark_initialized()
 }
 
 /// Runs a store node until SIGINT/SIGTERM.
@@ -50,9 +84,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
             ClusterState::New => new_cluster_identity(&cfg, &pool).await?,
             ClusterState::Existing => join_identity(&cfg, &pool).await?,
         };
-        storage.raft.insert("identity", serde_json::to_vec(&id)?)?;
-        storage.flush().await?;
-        storage.mark_initialized()?;
+        write_identity(&storage, &id).await?;
         id
     } else {
         let raw = storage.raft.get("identity")?.context("identity missing")?;
@@ -260,21 +292,9 @@ async fn publish_attributes(node: Arc<Node>, client_urls: Vec<String>) {
 /// to start if a peer already knows this member as part of a running cluster
 /// (its data dir was wiped): bootstrapping again would fork the cluster.
 async fn new_cluster_identity(cfg: &StoreConfig, pool: &PeerPool) -> Result<Identity> {
+    let identity = bootstrap_identity(cfg)?;
     let members = cfg.initial_members()?;
-    let mut initial = BTreeMap::new();
-    for (name, urls) in &members {
-        let id = ids::member_id(urls, &cfg.initial_cluster_token, None);
-        initial.insert(
-            id,
-            MemberNode {
-                name: name.clone(),
-                peer_urls: urls.clone(),
-            },
-        );
-    }
-    let ids_list: Vec<u64> = initial.keys().copied().collect();
-    let cluster_id = ids::cluster_id(&ids_list);
-    let member_id = ids::member_id(&members[&cfg.name], &cfg.initial_cluster_token, None);
+    let (cluster_id, member_id) = (identity.cluster_id, identity.member_id);
 
     let mine = &members[&cfg.name];
     for (name, urls) in &members {
@@ -316,12 +336,7 @@ async fn new_cluster_identity(cfg: &StoreConfig, pool: &PeerPool) -> Result<Iden
             }
         }
     }
-    Ok(Identity {
-        member_id,
-        cluster_id,
-        name: cfg.name.clone(),
-        initial,
-    })
+    Ok(identity)
 }
 
 /// Joining an existing cluster: ask its members for the ID that was added

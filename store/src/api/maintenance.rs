@@ -1,14 +1,22 @@
-//! etcd's Maintenance service. Status is served here; the rest of the
-//! maintenance surface (snapshot, hash, defragment, alarms) is answered with
-//! an explicit Unimplemented until it exists.
+//! etcd's Maintenance service: Status, HashKV, Snapshot and Defragment are
+//! served; Alarm, Hash and MoveLeader answer an explicit Unimplemented.
+//!
+//! - HashKV hashes the MVCC history (see [`crate::mvcc::hash`]).
+//! - Snapshot streams the state tree taken at one point in time, framed as
+//!   etcdctl's `snapshot save` expects (see [`crate::restore`]).
+//! - Defragment only flushes: sled has no defragmentation and reclaims space
+//!   itself.
 
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
 use cairn_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
+use tracing::info;
 
+use crate::error::EtcdError;
 use crate::node::Node;
+use crate::raft::state_machine::encode_tree;
 
 /// The etcd server version Cairn answers with (the API it implements).
 pub const SERVER_VERSION: &str = "3.4.23";
@@ -25,6 +33,14 @@ fn not_yet(what: &str) -> Status {
 
 type SnapshotStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// Size of one `SnapshotResponse` blob (etcd sends 32 KiB; larger chunks
+/// mean fewer messages and stay far below gRPC's 4 MiB default limit).
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::from(EtcdError::Internal(e.to_string()))
+}
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -109,15 +125,44 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        // sled compacts its own segments as it goes; there is nothing to
+        // rewrite. Flushing at least leaves everything on disk, so the call
+        // does what an operator expects of "maintenance done, safe to copy".
+        self.node.storage.flush().await.map_err(internal)?;
+        info!("defragment: sled reclaims space itself; flushed only");
+        let mut header = Some(ResponseHeader {
+            revision: self.node.mvcc.revision(),
+            ..Default::default()
+        });
+        self.node.fill_header(&mut header);
+        Ok(Response::new(DefragmentResponse { header }))
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         Err(not_yet("Hash"))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let mvcc = self.node.mvcc.clone();
+        // One read-locked pass over the history: a consistent view, on a
+        // blocking thread because it may walk the whole history.
+        let h = tokio::task::spawn_blocking(move || mvcc.read(|v| v.hash_kv(rev)))
+            .await
+            .map_err(internal)??;
+        let mut header = Some(ResponseHeader {
+            revision: h.current_rev,
+            ..Default::default()
+        });
+        self.node.fill_header(&mut header);
+        Ok(Response::new(HashKvResponse {
+            header,
+            hash: h.hash,
+            compact_revision: h.compact_rev,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -126,7 +171,42 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let mvcc = self.node.mvcc.clone();
+        // Encoded under the MVCC read lock: the state machine cannot commit
+        // a batch meanwhile, so the copy is one point in time (one revision).
+        let (payload, revision) = tokio::task::spawn_blocking(move || {
+            mvcc.read(|v| encode_tree(v.tree).map(|p| (p, v.rev)))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let (body, sha) = crate::restore::seal(payload);
+        info!(revision, bytes = body.len(), "streaming snapshot");
+        let mut header = Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        self.node.fill_header(&mut header);
+        let total = body.len();
+        // Chunks are copied out one at a time as the client reads them, so
+        // the encoded tree is held once, not twice.
+        let chunks = (0..total.div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
+            let end = ((i + 1) * SNAPSHOT_CHUNK).min(total);
+            Ok(SnapshotResponse {
+                header,
+                remaining_bytes: (total - end) as u64,
+                blob: body[i * SNAPSHOT_CHUNK..end].to_vec(),
+            })
+        });
+        // As etcd: the sha256 of everything sent comes last, on its own.
+        let trailer = std::iter::once(Ok(SnapshotResponse {
+            header,
+            remaining_bytes: 0,
+            blob: sha.to_vec(),
+        }));
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            chunks.chain(trailer),
+        ))))
     }
 
     async fn move_leader(

@@ -3,12 +3,14 @@
 //! - [`keys`]: byte layout of the tree (current values, history, per-key index).
 //! - [`view`]: reads at the current or any uncompacted past revision.
 //! - [`apply`]: Put / DeleteRange / Txn / Compact, written into an overlay.
+//! - [`hash`]: the history checksum `HashKV` answers.
 //!
 //! Readers take a read lock while they iterate; the state machine (the only
 //! writer) takes the write lock just for the atomic `apply_batch` of a whole
 //! batch of log entries, so a reader never sees half of a transaction.
 
 pub mod apply;
+pub mod hash;
 pub mod keys;
 pub mod view;
 

@@ -170,7 +170,16 @@ pub fn member_attrs(mvcc: &Mvcc) -> Vec<(u64, MemberAttrs)> {
         .collect()
 }
 
-fn encode_tree(tree: &sled::Tree) -> Result<Vec<u8>, StorageError> {
+/// Marks the end of the records where a key length would be. No record has a
+/// 4 GiB key, so data written before the marker existed never contains it.
+/// Raft snapshots are still written without it (members running older code
+/// decode them); `Maintenance.Snapshot` writes it so that the zero padding
+/// etcdctl requires after the records is not read as more records.
+pub(crate) const SNAP_END: [u8; 4] = [0xff; 4];
+
+/// The whole state tree as `SNAP_MAGIC` + (key len u32 BE, key, value len
+/// u32 BE, value)*. The caller makes it one point in time (no concurrent apply).
+pub(crate) fn encode_tree(tree: &sled::Tree) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::with_capacity(1 << 16);
     out.extend_from_slice(SNAP_MAGIC);
     for item in tree.iter() {
@@ -183,7 +192,9 @@ fn encode_tree(tree: &sled::Tree) -> Result<Vec<u8>, StorageError> {
     Ok(out)
 }
 
-fn decode_into(data: &[u8], tree: &sled::Tree) -> Result<(), StorageError> {
+/// Writes the records of an [`encode_tree`] payload into `tree`. After a
+/// [`SNAP_END`] marker only zero padding may follow.
+pub(crate) fn decode_into(data: &[u8], tree: &sled::Tree) -> Result<(), StorageError> {
     let mut rest = data
         .strip_prefix(SNAP_MAGIC)
         .ok_or_else(|| snap_err("not a Cairn snapshot"))?;
@@ -202,6 +213,12 @@ fn decode_into(data: &[u8], tree: &sled::Tree) -> Result<(), StorageError> {
     let mut batch = sled::Batch::default();
     let mut n = 0;
     while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix(&SNAP_END) {
+            if after.iter().any(|b| *b != 0) {
+                return Err(snap_err("data after the end of the snapshot records"));
+            }
+            break;
+        }
         let k = take(&mut rest)?;
         let v = take(&mut rest)?;
         batch.insert(k, v);
