@@ -1,5 +1,9 @@
-//! etcd's Maintenance service: Status, HashKV, Snapshot and Defragment are
-//! served; Alarm, Hash and MoveLeader answer an explicit Unimplemented.
+//! etcd's Maintenance service: Status, Alarm, HashKV, Snapshot and
+//! Defragment are served; Hash (bbolt-specific) and MoveLeader (openraft 0.9
+//! cannot transfer leadership) answer an explicit Unimplemented.
+//!
+//! - Alarm lists, raises and clears the replicated alarms (NOSPACE comes from
+//!   `--quota-backend-bytes`, see `node::quota_loop`).
 //!
 //! - HashKV hashes the MVCC history (see [`crate::mvcc::hash`]).
 //! - Snapshot streams the state tree taken at one point in time, framed as

@@ -3,7 +3,7 @@
 //! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`.
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
-//! - [`maintenance`]: Status (more later).
+//! - [`maintenance`]: Status, Alarm, HashKV, Snapshot, Defragment.
 //! - [`cluster`]: MemberList (membership changes later).
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
 //! - [`validate`]: etcd's request checks, before anything is proposed.
