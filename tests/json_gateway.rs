@@ -443,16 +443,18 @@ async fn errors_and_methods(imp: Impl) {
 
 /// `/metrics` on the client port carries the etcd metric names dashboards use.
 async fn metrics_use_etcd_names(imp: Impl) {
-    let c = Cluster::start(imp, 3).await;
-    let base = &c.nodes[0].client_url;
+    let mut c = Cluster::start(imp, 3).await;
+    // The leader: it has peer round-trip samples (it sends the Raft RPCs).
+    let leader = c.leader().await;
+    let base = &c.nodes[leader].client_url.clone();
     post(
         base,
         "/v3/kv/put",
         json!({"key": b64("m"), "value": b64("1")}),
     )
     .await;
-    // A gRPC call, so grpc_server_handled_total has a sample.
-    let client = c.client().await;
+    // A gRPC call to this member, so grpc_server_handled_total has a sample.
+    let client = c.nodes[leader].client().await;
     client.get("m", Default::default()).await.unwrap();
     let (status, body) = http(base, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
@@ -484,8 +486,8 @@ async fn metrics_use_etcd_names(imp: Impl) {
             .any(|l| l.starts_with("etcd_server_has_leader 1")),
         "has_leader must be 1"
     );
-    // etcd fills its peer RTT histogram from a 30 s prober; Cairn times every
-    // Raft RPC, so it has samples at once.
+    // etcd fills its peer RTT histogram from a 30 s prober; Cairn's leader
+    // times every Raft RPC, so it has samples at once.
     if matches!(imp, Impl::Cairn) {
         assert!(text.contains("etcd_network_peer_round_trip_time_seconds_bucket"));
     }
