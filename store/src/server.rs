@@ -10,7 +10,6 @@ use cairn_proto::peer::peer_server::PeerServer;
 use cairn_proto::peer::HelloRequest;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::api::authority::AuthorityFix;
@@ -158,7 +157,12 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
             let r = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(svc)
-                .serve_with_incoming(TcpListenerStream::new(listener))
+                // tonic applies `tcp_nodelay` only to listeners it binds itself;
+                // accepted peer sockets need it too, or every small Raft reply
+                // waits ~40 ms for a delayed ACK.
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                )
                 .await;
             if let Err(e) = r {
                 tracing::error!("peer server stopped: {e}");

@@ -1,6 +1,6 @@
 //! The Raft log and vote in sled.
 //!
-//! Durability: `save_vote` returns only after sled has fsynced. `append` hands
+//! Durability: `save_vote` returns only after [`Storage::sync`]. `append` hands
 //! openraft's callback to one flusher thread, which fsyncs once for everything
 //! appended since its last flush (group commit) and only then fires the
 //! callbacks, in order. Nothing is acknowledged on sled's background flush.
@@ -32,7 +32,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 impl LogStore {
     pub fn new(storage: Storage) -> LogStore {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let db = storage.db.clone();
+        let sync_storage = storage.clone();
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
@@ -40,11 +40,11 @@ impl LogStore {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let timer = crate::metrics::METRICS.wal_fsync.start_timer();
-                    let res = db.flush();
+                    let res = sync_storage.sync();
                     timer.observe_duration();
                     for cb in waiting {
                         cb.log_io_completed(match &res {
-                            Ok(_) => Ok(()),
+                            Ok(()) => Ok(()),
                             Err(e) => Err(super::io_err(e)),
                         });
                     }
@@ -122,11 +122,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta("vote", vote)?;
-        self.storage
-            .db
-            .flush_async()
-            .await
-            .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
+        self.storage.flush().await.map_err(|e| {
+            StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(
+                e.to_string(),
+            )))
+        })?;
         Ok(())
     }
 
