@@ -133,6 +133,21 @@ pub enum Command {
         member: u64,
         alarm: i32,
     },
+    /// Requests the leader batched into one entry (see `batcher`); each is
+    /// applied in order as if it had an entry of its own.
+    Batch(Vec<Request>),
+}
+
+impl Command {
+    /// Rough encoded size, to keep batches bounded without encoding twice.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Put(Proto(p)) => p.key.len() + p.value.len() + 32,
+            Command::Txn(Proto(t)) => prost::Message::encoded_len(t),
+            Command::Batch(reqs) => reqs.iter().map(|r| r.command().approx_size()).sum(),
+            _ => 64,
+        }
+    }
 }
 
 /// What applying an entry answered. Response headers carry only the revision
@@ -151,6 +166,8 @@ pub enum Response {
     LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
     /// Alarms raised after an `Alarm` command, as (member, type).
     Alarms(Vec<(u64, i32)>),
+    /// One response per request of a `Command::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 #[cfg(test)]

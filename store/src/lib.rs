@@ -3,6 +3,7 @@
 //! Map of the crate:
 //! - [`config`]: etcd's flags and `ETCD_*` variables.
 //! - [`server`]: start-up (bootstrap / join / restart) and the listeners.
+//! - [`batcher`]: concurrent writes proposed as one Raft entry.
 //! - [`node`]: a running member: propose through the leader, read-index barrier.
 //! - [`command`]: the Raft log entry format (versioned, carries the user).
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
@@ -23,6 +24,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod batcher;
 pub mod command;
 pub mod compactor;
 pub mod config;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_proto::etcdserverpb::ResponseHeader;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batcher::Outcome;
 use crate::command::{Command, Request, Response};
 use crate::error::EtcdError;
 use crate::lease::{LeaseAnswer, LeaseCall, Lessor};
@@ -43,6 +44,7 @@ pub struct Node {
 
     pub lessor: Lessor,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
+    batcher: crate::batcher::Batcher,
 }
 
 impl Node {
@@ -64,6 +66,7 @@ impl Node {
         quota_bytes: u64,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
+        let batcher = crate::batcher::Batcher::start(raft.clone(), request_timeout);
         let node = Arc::new(Node {
             id,
             cluster_id,
@@ -79,6 +82,8 @@ impl Node {
             min_lease_ttl,
             cluster_token,
             quota_bytes,
+            batcher,
+
             lessor: Lessor::default(),
             read_tx,
         });
@@ -178,13 +183,10 @@ impl Node {
         let req = Request::new(user, cmd);
         let deadline = Instant::now() + self.request_timeout;
         loop {
-            match self.raft.client_write(req.clone()).await {
-                Ok(r) => return Ok(r.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(EtcdError::Internal(e.to_string()))
-                }
-                Err(RaftError::Fatal(_)) => return Err(EtcdError::Stopped),
+            match self.batcher.write(req.clone()).await {
+                Outcome::Applied { response, .. } => return Ok(response),
+                Outcome::NotLeader => {}
+                Outcome::Failed(e) => return Err(e),
             }
             let leader = self.wait_leader(deadline).await?;
             if leader == self.id {
@@ -281,22 +283,12 @@ impl Node {
 
     /// Serves a request forwarded by a follower: propose only if leader.
     pub async fn propose_as_leader(&self, req: Request) -> ForwardReply {
-        let fut = self.raft.client_write(req);
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(Ok(r)) => ForwardReply::Applied {
-                index: r.log_id.index,
-                response: r.data,
+        match self.batcher.write(req).await {
+            Outcome::Applied { index, response } => ForwardReply::Applied { index, response },
+            Outcome::NotLeader => ForwardReply::NotLeader {
+                leader: self.leader(),
             },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                ForwardReply::NotLeader {
-                    leader: f.leader_id,
-                }
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                ForwardReply::Failed(EtcdError::Internal(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(_))) => ForwardReply::Failed(EtcdError::Stopped),
-            Err(_) => ForwardReply::Failed(EtcdError::Timeout),
+            Outcome::Failed(e) => ForwardReply::Failed(e),
         }
     }
 

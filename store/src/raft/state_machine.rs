@@ -149,6 +149,11 @@ impl StateMachine {
                 member,
                 alarm,
             } => w.alarm(*activate, *member, *alarm).map(Response::Alarms),
+            Command::Batch(reqs) => Ok(Response::Batch(
+                reqs.iter()
+                    .map(|r| Self::apply_command(w, r.command(), term))
+                    .collect(),
+            )),
         };
         res.unwrap_or_else(Response::Error)
     }
