@@ -1,1 +1,88 @@
+//! `cairn-client`: Cairn's own etcd v3 client, on the tonic stubs of `cairn-proto`.
+//!
+//! - [`Client`] (this file): connect to a list of members; cheap to clone.
+//! - `endpoints`: endpoint URL parsing, one lazily connected channel per member.
+//! - `call`: endpoint choice (sticky with failover), per-attempt timeout, and the
+//!   rule that a mutation is never re-sent once it may have been applied.
+//! - [`error`]: [`Error`], and the classification of a failed attempt
+//!   (server answer / certainly not applied / outcome unknown).
+//! - [`options`]: [`ClientOptions`], [`PutOptions`], [`GetOptions`], [`DeleteOptions`].
+//! - `kv`: put / get / range / delete / txn / compact, and [`prefix_end`].
+//! - [`txn`]: builders for compares and ops.
+//! - `cluster`: status (one member), member list, lease grant/revoke.
+//!
+//! Responses are the raw protobuf types of [`cairn_proto::etcdserverpb`] (header
+//! included), so callers see exactly what the server said.
 
+mod call;
+mod cluster;
+mod endpoints;
+pub mod error;
+mod kv;
+pub mod options;
+pub mod txn;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+pub use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+pub use cairn_proto::{etcdserverpb as pb, mvccpb};
+pub use error::{Error, Result};
+pub use kv::prefix_end;
+pub use options::{ClientOptions, DeleteOptions, GetOptions, KeyRange, PutOptions};
+pub use tonic::Code;
+
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+
+/// An etcd v3 client over several members. Clones share channels and state.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    members: Vec<endpoints::Member>,
+    opts: ClientOptions,
+    /// Index of the member calls start on (see `call`).
+    pinned: AtomicUsize,
+    token: Option<AsciiMetadataValue>,
+}
+
+impl Client {
+    /// Creates a client over `endpoints` (`http://host:port` or `host:port`).
+    /// Nothing is dialed here: each member's channel connects on first use, so
+    /// this succeeds while members are down. Fails only on bad arguments.
+    pub async fn connect(endpoints: Vec<String>, opts: ClientOptions) -> Result<Client> {
+        if endpoints.is_empty() {
+            return Err(Error::InvalidArgument("no endpoints given".into()));
+        }
+        let token = match &opts.token {
+            None => None,
+            Some(t) => Some(
+                MetadataValue::try_from(t.as_str())
+                    .map_err(|e| Error::InvalidArgument(format!("auth token: {e}")))?,
+            ),
+        };
+        let mut members: Vec<endpoints::Member> = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            let url = endpoints::normalize(e)?;
+            if members.iter().all(|m| m.url != url) {
+                members.push(endpoints::member(url, &opts)?);
+            }
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                members,
+                opts,
+                pinned: AtomicUsize::new(0),
+                token,
+            }),
+        })
+    }
+
+    /// The members' normalized URLs (`http://host:port`), in the given order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.members.iter().map(|m| m.url.clone()).collect()
+    }
+}

@@ -1,0 +1,82 @@
+//! Maintenance, Cluster and Lease calls.
+
+use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
+use cairn_proto::etcdserverpb::lease_client::LeaseClient;
+use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    MemberListRequest, MemberListResponse, StatusRequest, StatusResponse,
+};
+
+use crate::call::Kind;
+use crate::endpoints::normalize;
+use crate::error::classify;
+use crate::{Client, Error, Result};
+
+impl Client {
+    /// Maintenance.Status of one specific member (one of [`Client::endpoints`],
+    /// in either accepted spelling). No failover: the caller asked about this
+    /// member. A member that cannot be reached gives [`Error::Unavailable`].
+    pub async fn status(&self, endpoint: &str) -> Result<StatusResponse> {
+        let url = normalize(endpoint)?;
+        let member = self
+            .inner
+            .members
+            .iter()
+            .find(|m| m.url == url)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{endpoint:?} is not an endpoint of this client"))
+            })?;
+        let mut c = MaintenanceClient::new(member.channel.clone())
+            .max_decoding_message_size(self.inner.opts.max_decoding_message_size);
+        let req = self.request(StatusRequest {});
+        match tokio::time::timeout(self.inner.opts.request_timeout, c.status(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => match classify(&status) {
+                crate::error::Verdict::Answer => Err(Error::Status {
+                    code: status.code(),
+                    message: status.message().to_string(),
+                }),
+                _ => Err(Error::Unavailable(format!(
+                    "{url}: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ))),
+            },
+            Err(_) => Err(Error::Unavailable(format!(
+                "{url}: no answer within {:?}",
+                self.inner.opts.request_timeout
+            ))),
+        }
+    }
+
+    /// Cluster.MemberList (from any member).
+    pub async fn member_list(&self) -> Result<MemberListResponse> {
+        self.call(Kind::Read, |ch| {
+            let req = self.request(MemberListRequest {});
+            let mut c = ClusterClient::new(ch);
+            async move { c.member_list(req).await }
+        })
+        .await
+    }
+
+    /// Lease.LeaseGrant (`id` 0 = let the server choose).
+    pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
+        self.call(Kind::Mutation, |ch| {
+            let req = self.request(LeaseGrantRequest { ttl, id });
+            let mut c = LeaseClient::new(ch);
+            async move { c.lease_grant(req).await }
+        })
+        .await
+    }
+
+    /// Lease.LeaseRevoke.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
+        self.call(Kind::Mutation, |ch| {
+            let req = self.request(LeaseRevokeRequest { id });
+            let mut c = LeaseClient::new(ch);
+            async move { c.lease_revoke(req).await }
+        })
+        .await
+    }
+}
