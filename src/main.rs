@@ -2,6 +2,7 @@
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
 //! - `cairn up`: a local three-node cluster for a first try (`up`).
+//! - `cairn bench`: load generator for any etcd v3 cluster (`cairn-bench`).
 
 mod up;
 
@@ -36,6 +37,8 @@ enum Cmd {
     Store(Box<cairn_store::StoreConfig>),
     /// Start a local three-node cluster as child processes.
     Up(up::UpArgs),
+    /// Load generator for any etcd v3 cluster (etcd's `benchmark` flags).
+    Bench(cairn_bench::BenchArgs),
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Store(cfg) => cairn_store::run(*cfg).await,
             Cmd::Up(args) => up::run(args).await,
+            Cmd::Bench(args) => cairn_bench::run(args).await,
         }
     });
     match res {
