@@ -72,9 +72,10 @@ mkdir -p "$WORK/results" "$WORK/logs"
 RES="$WORK/results"
 
 # --- clusters -----------------------------------------------------------------
-# Ports away from 2379/2380 and from the test harness's ranges.
-declare -A CPORT=([etcd]=31379 [cairn]=32379)
-declare -A PPORT=([etcd]=31479 [cairn]=32479)
+# Ports away from 2379/2380, and below the ephemeral range (32768+) so an
+# outgoing connection cannot already hold one.
+declare -A CPORT=([etcd]=21379 [cairn]=22379)
+declare -A PPORT=([etcd]=21479 [cairn]=22479)
 declare -A PIDS=() # "store:i" -> pid
 
 client_url() { echo "http://127.0.0.1:$((CPORT[$1] + $2))"; }
@@ -101,14 +102,40 @@ start_node() { # store i
 
 start_cluster() { for i in 0 1 2; do start_node "$1" "$i"; done; }
 
+# A fresh cluster, up and serving. Cairn (at the time of writing) may refuse to
+# bootstrap a member when a peer that started a few ms earlier already reports
+# it as part of an initialized cluster; then wipe and try again (counted in
+# $RES/bootstrap-retries.STORE, reported in RESULTS.md).
+fresh_cluster() {
+    local s=$1 try
+    for try in 1 2 3 4 5; do
+        rm -rf "${WORK:?}/$s"
+        start_cluster "$s"
+        if wait_ready "$s" && sleep 1 && all_alive "$s"; then return 0; fi
+        echo "$try" >>"$RES/bootstrap-retries.$s"
+        log "$s: fresh cluster failed to form (try $try); retrying"
+        stop_cluster "$s"
+    done
+    return 1
+}
+
+all_alive() { # store: 0 if all three members run
+    local i
+    for i in 0 1 2; do kill -0 "${PIDS[$1:$i]:-0}" 2>/dev/null || return 1; done
+}
+
 # Waits (at most 60 s) until a linearizable get through any member succeeds.
+# Fails at once if a member has exited.
 wait_ready() {
-    local s=$1 n=0
+    local s=$1 deadline=$((SECONDS + 60))
     until etcdctl --endpoints="$(endpoints "$s")" --dial-timeout=1s --command-timeout=1s \
         get ready-probe >/dev/null 2>&1; do
-        n=$((n + 1))
-        if [ $n -ge 3000 ]; then
-            echo "compare.sh: $s did not become ready; logs in $WORK/logs" >&2
+        if ! all_alive "$s"; then
+            echo "compare.sh: a $s member exited; logs in $WORK/logs" >&2
+            return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            echo "compare.sh: $s did not become ready in 60 s; logs in $WORK/logs" >&2
             return 1
         fi
         sleep 0.02
@@ -166,9 +193,8 @@ WORKLOADS=(
     "range-s-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency s"
 )
 
-for s in etcd cairn; do start_cluster "$s"; done
 for s in etcd cairn; do
-    wait_ready "$s"
+    fresh_cluster "$s"
     etcdctl --endpoints="$(endpoints "$s")" put foo "$VAL" >/dev/null
 done
 log "clusters up (etcd $(endpoints etcd); cairn $(endpoints cairn)); $RUNS run(s) of ${#WORKLOADS[@]} workloads"
@@ -209,8 +235,7 @@ for s in etcd cairn; do stop_cluster "$s"; rm -rf "${WORK:?}/$s"; done
 
 # --- 3. footprint: RSS, disk, restart time --------------------------------------
 for s in etcd cairn; do
-    start_cluster "$s"
-    wait_ready "$s"
+    fresh_cluster "$s"
     "$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --target-leader \
         --conns 8 --clients 64 --total "$LOAD_KEYS" --key-space "$LOAD_KEYS" --sequential-keys \
         --json put --key-size 8 --val-size 256 >"$RES/load.$s.json"

@@ -188,6 +188,15 @@ def main():
             o.append(f"| load throughput (puts/s) | {fmt(te, 0)} | {fmt(tc, 0)} | {ratio(tc, te)} |")
         o.append("")
 
+    for s in ("etcd", "cairn"):
+        p = os.path.join(R, f"bootstrap-retries.{s}")
+        if os.path.exists(p):
+            with open(p) as f:
+                n = len([l for l in f if l.strip()])
+            o.append(f"Note: a fresh {s} cluster failed to form {n} time(s) and was wiped and "
+                     "restarted (a member refused to bootstrap because a peer that started a few "
+                     "ms earlier already listed it in an initialized cluster).\n")
+
     o.append("## Not measured yet\n")
     o.append("- Watch latency with 1,000 watchers (etcd's published watch benchmark): the Cairn "
              "store has no watch API yet, so `cairn bench watch` / `watch-fanout` / "
