@@ -8,7 +8,9 @@
 //! logs and snapshots written by older binaries stay readable.
 //!
 //! etcd request and response messages travel as their protobuf encoding
-//! ([`Proto`]), the one format etcd already defines for them.
+//! ([`Proto`]), the one format etcd already defines for them. Variants are
+//! only ever appended, here and in [`Response`] and `EtcdError`, because
+//! members of different versions exchange them during a rolling upgrade.
 
 use std::fmt;
 
@@ -114,6 +116,17 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// Creates a lease. The ID is chosen when the request is received (so
+    /// every member applies the same one) and the TTL already raised to the
+    /// minimum.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes a lease (client request or expiry): its keys are deleted.
+    LeaseRevoke {
+        id: i64,
+    },
 }
 
 /// What applying an entry answered. Response headers carry only the revision
@@ -128,6 +141,8 @@ pub enum Response {
     /// Membership entries, blank entries and attribute updates.
     #[default]
     Done,
+    LeaseGrant(Proto<pb::LeaseGrantResponse>),
+    LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
 }
 
 #[cfg(test)]

@@ -89,6 +89,25 @@ pub struct StoreConfig {
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
 
+    /// Interval (ms) of progress notifications to idle watches that asked
+    /// for them (etcd: 10 minutes; a Cairn flag so tests need not wait that long).
+    #[arg(
+        long,
+        env = "CAIRN_WATCH_PROGRESS_NOTIFY_INTERVAL_MS",
+        default_value_t = 600_000,
+        hide = true
+    )]
+    pub watch_progress_notify_interval_ms: u64,
+
+    /// `periodic` (keep a duration of history) or `revision` (keep N revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// History to keep: in periodic mode hours (or a duration like `30m`), in
+    /// revision mode a count. `0` disables auto compaction (etcd's default).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -118,6 +137,8 @@ pub const KNOWN_ENV: &[&str] = &[
     "ETCD_SNAPSHOT_CATCHUP_ENTRIES",
     "ETCD_MAX_REQUEST_BYTES",
     "ETCD_MAX_TXN_OPS",
+    "ETCD_AUTO_COMPACTION_MODE",
+    "ETCD_AUTO_COMPACTION_RETENTION",
 ];
 
 /// `ETCD_*` variables present in the environment that Cairn does not read.
@@ -194,6 +215,7 @@ impl StoreConfig {
                 self.heartbeat_interval
             );
         }
+        crate::compactor::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.initial_cluster_state == ClusterState::New {
             let mine = self.initial_members()?;
             let mut adv = self.advertise_peer_urls();

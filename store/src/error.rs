@@ -49,6 +49,10 @@ pub enum EtcdError {
     /// A failure inside this node (storage error); the message says what.
     #[error("{0}")]
     Internal(String),
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 impl EtcdError {
@@ -58,7 +62,8 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            LeaseExists => Code::FailedPrecondition,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader
             | LeaderChanged

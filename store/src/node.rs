@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Command, Request, Response};
 use crate::error::EtcdError;
+use crate::lease::{LeaseAnswer, LeaseCall, Lessor};
 use crate::mvcc::Mvcc;
 use crate::raft::network::{ForwardReply, PeerPool};
 use crate::raft::{MemberNode, Raft};
@@ -31,6 +32,11 @@ pub struct Node {
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// How often an idle watch with progress_notify hears from us.
+    pub watch_progress_interval: Duration,
+    /// Smallest lease TTL granted (etcd: 1.5 election timeouts).
+    pub min_lease_ttl: i64,
+    pub lessor: Lessor,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
 }
 
@@ -47,6 +53,8 @@ impl Node {
         request_timeout: Duration,
         max_request_bytes: usize,
         max_txn_ops: usize,
+        watch_progress_interval: Duration,
+        min_lease_ttl: i64,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Node {
@@ -60,9 +68,16 @@ impl Node {
             request_timeout,
             max_request_bytes,
             max_txn_ops,
+            watch_progress_interval,
+            min_lease_ttl,
+            lessor: Lessor::default(),
             read_tx,
         });
         tokio::spawn(read_index_loop(Arc::downgrade(&node), read_rx));
+        tokio::spawn(crate::lease::expiry_loop(
+            Arc::downgrade(&node),
+            Duration::from_millis(100),
+        ));
         node
     }
 
@@ -165,6 +180,37 @@ impl Node {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(false) => return Err(EtcdError::LeaderChanged),
+            }
+        }
+    }
+
+    /// Asks the leader (perhaps this member) to renew a lease or report its
+    /// remaining time. Both are idempotent, so retrying after a leader change
+    /// is safe.
+    pub async fn lease_call(&self, call: LeaseCall) -> Result<LeaseAnswer, EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            let answer = if leader == self.id {
+                crate::lease::answer_as_leader(self, &call)
+            } else if let Some(node) = self.member(leader) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.pool
+                    .lease(&node, &call, left)
+                    .await
+                    .unwrap_or(LeaseAnswer::NotLeader)
+            } else {
+                LeaseAnswer::NotLeader
+            };
+            match answer {
+                LeaseAnswer::NotLeader => {
+                    if Instant::now() >= deadline {
+                        return Err(EtcdError::Timeout);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                LeaseAnswer::Failed(e) => return Err(e),
+                other => return Ok(other),
             }
         }
     }

@@ -105,6 +105,8 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         request_timeout,
         cfg.max_request_bytes,
         cfg.max_txn_ops,
+        Duration::from_millis(cfg.watch_progress_notify_interval_ms),
+        crate::lease::min_ttl(cfg.election_timeout),
     );
 
     // Peer port first: the other members need it to elect a leader.
@@ -137,14 +139,9 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
 
     for url in split_urls(&cfg.listen_client_urls) {
         let listener = bind(&url, "client").await?;
-        let routes = crate::api::routes(node.clone());
+        let router = crate::api::client_router(node.clone());
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_routes(routes)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = axum::serve(NoDelay(listener), router).await {
                 tracing::error!("client server stopped: {e}");
             }
         });
@@ -155,12 +152,47 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         node.clone(),
         cfg.advertise_client_urls(),
     ));
+    let policy =
+        crate::compactor::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)?;
+    if let Some(policy) = policy {
+        info!(?policy, "auto compaction enabled");
+        tokio::spawn(crate::compactor::run(Arc::downgrade(&node), policy));
+    }
 
     shutdown_signal().await;
     info!("shutting down");
     let _ = raft.shutdown().await;
     storage.flush().await?;
     Ok(())
+}
+
+/// Accepts client connections with TCP_NODELAY (small gRPC replies must not
+/// wait for Nagle).
+struct NoDelay(TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, a)) => {
+                    let _ = s.set_nodelay(true);
+                    return (s, a);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 async fn bind(url: &str, what: &str) -> Result<TcpListener> {
@@ -249,10 +281,11 @@ async fn new_cluster_identity(cfg: &StoreConfig, pool: &PeerPool) -> Result<Iden
             let Ok(reply) = pool.hello(url, req, Duration::from_millis(700)).await else {
                 continue;
             };
-            if reply.initialized
-                && reply.cluster_id == cluster_id
-                && reply.members.iter().any(|m| m.id == member_id)
-            {
+            // As etcd: a member counts as bootstrapped once it has published
+            // its attributes. Peers that bootstrapped a moment before us list
+            // us too, but not as started.
+            let started = reply.members.iter().any(|m| m.id == member_id && m.started);
+            if reply.initialized && reply.cluster_id == cluster_id && started {
                 bail!(
                     "member {} ({}) is already part of running cluster {} (member {name} at {url} says so), \
                      but data dir {} is empty: this member's data was lost. Bootstrapping again would fork the \

@@ -1,44 +1,79 @@
 //! The client-facing etcd v3 API, one file per gRPC service.
 //!
+//! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`.
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
+//! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
 //! - [`maintenance`]: Status (more later).
 //! - [`cluster`]: MemberList (membership changes later).
+//! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
 //! - [`validate`]: etcd's request checks, before anything is proposed.
 
 pub mod cluster;
+pub mod gateway;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use tonic::service::Routes;
 
 use crate::node::Node;
 
-/// gRPC routes of the client port.
-pub fn routes(node: Arc<Node>) -> Routes {
+/// Everything the client port serves: etcd's gRPC services, the HTTP/JSON
+/// gateway and `/health`, on one axum router (gRPC needs HTTP/2, the gateway
+/// HTTP/1.1; the server speaks both).
+pub fn client_router(node: Arc<Node>) -> axum::Router {
     // etcd accepts gRPC messages up to the request limit plus 512 KiB, and
     // rejects larger *requests* with "request is too large" itself.
     let max = node.max_request_bytes + 512 * 1024;
+    let services = gateway::Services {
+        kv: Arc::new(kv::KvService { node: node.clone() }),
+        lease: Arc::new(lease::LeaseService { node: node.clone() }),
+        watch: Arc::new(watch::WatchService {
+            node: node.clone(),
+            progress_interval: node.watch_progress_interval,
+        }),
+        cluster: Arc::new(cluster::ClusterService { node: node.clone() }),
+        maintenance: Arc::new(maintenance::MaintenanceService { node: node.clone() }),
+    };
     let mut b = Routes::builder();
     b.add_service(
-        KvServer::new(kv::KvService { node: node.clone() })
+        KvServer::from_arc(services.kv.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );
     b.add_service(
-        MaintenanceServer::new(maintenance::MaintenanceService { node: node.clone() })
+        LeaseServer::from_arc(services.lease.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );
     b.add_service(
-        ClusterServer::new(cluster::ClusterService { node })
+        WatchServer::from_arc(services.watch.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );
+    b.add_service(
+        ClusterServer::from_arc(services.cluster.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    );
+    b.add_service(
+        MaintenanceServer::from_arc(services.maintenance.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    );
+    // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
+    let body_limit = max * 2;
     b.routes()
+        .into_axum_router()
+        .merge(gateway::router(services, body_limit))
+        .merge(gateway::health_router(node))
 }

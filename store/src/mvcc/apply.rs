@@ -7,8 +7,8 @@ use cairn_proto::etcdserverpb::request_op::Request as Op;
 use cairn_proto::etcdserverpb::response_op::Response as OpResp;
 use cairn_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
@@ -16,6 +16,9 @@ use prost::Message;
 use super::keys::{self, KeyRange, Rev};
 use super::view::{delete_event, scan, Overlay, View};
 use crate::error::EtcdError;
+
+/// A raw key and the overlay entry it had before a write (`None`: none).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 /// Pending writes of one apply batch.
 pub struct Writer {
@@ -27,7 +30,7 @@ pub struct Writer {
     /// Events of this batch in revision order, for watchers.
     pub events: Vec<Event>,
     /// Undo records of the request in progress, to roll back on error.
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    undo: Vec<Undo>,
     undo_events: usize,
 }
 
@@ -169,8 +172,10 @@ impl Writer {
         })
     }
 
-    /// Compaction: keeps, per key, the newest revision ≤ `rev` if it is a put,
-    /// and removes every other revision ≤ `rev` from the history.
+    /// Compaction at `rev`: per key, the newest revision below `rev` survives
+    /// if it is a put and nothing newer ≤ `rev` supersedes it; every event at
+    /// exactly `rev` survives (a watch may start there). Everything else below
+    /// `rev` leaves the history.
     pub fn compact(&mut self, r: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {
         if r.revision <= self.compact_rev {
             return Err(EtcdError::Compacted);
@@ -182,29 +187,33 @@ impl Writer {
         let (lo, hi) = all.idx_bounds();
         let mut doomed: Vec<(Vec<u8>, Rev)> = Vec::new();
         let mut group: Option<Vec<u8>> = None;
-        let mut last_put: Option<(Vec<u8>, Rev)> = None;
+        // The newest entry below `rev` seen so far in this key's group.
+        let mut newest_below: Option<(Vec<u8>, Rev, bool)> = None;
+        let settle =
+            |entry: Option<(Vec<u8>, Rev, bool)>, superseded: bool, doomed: &mut Vec<_>| {
+                if let Some((k, rev, is_put)) = entry {
+                    if superseded || !is_put {
+                        doomed.push((k, rev));
+                    }
+                }
+            };
         for item in scan(&self.tree, Some(&self.overlay), lo, hi) {
             let (k, v) = item?;
             let Some((key, rev)) = keys::parse_idx(&k) else {
                 continue;
             };
             if group.as_deref() != Some(&key[..]) {
-                group = Some(key.clone());
-                last_put = None;
+                settle(newest_below.take(), false, &mut doomed);
+                group = Some(key);
             }
-            if rev.main > r.revision {
-                continue;
-            }
-            // The previous newest-≤-rev entry of this key is superseded.
-            if let Some(prev) = last_put.take() {
-                doomed.push(prev);
-            }
-            if v.first() == Some(&0) {
-                last_put = Some((k, rev));
-            } else {
-                doomed.push((k, rev));
+            if rev.main < r.revision {
+                settle(newest_below.take(), true, &mut doomed);
+                newest_below = Some((k, rev, v.first() == Some(&0)));
+            } else if rev.main == r.revision {
+                settle(newest_below.take(), true, &mut doomed);
             }
         }
+        settle(newest_below.take(), false, &mut doomed);
         for (k, rev) in doomed {
             self.overlay.insert(k, None);
             self.overlay.insert(keys::hist_key(rev), None);
@@ -216,11 +225,47 @@ impl Writer {
         })
     }
 
+    /// Creates lease `id` with `ttl` seconds (already raised to the minimum).
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, EtcdError> {
+        if self.view().lease_ttl(id)?.is_some() {
+            return Err(EtcdError::LeaseExists);
+        }
+        self.put_raw(keys::lease_key(id), Some(ttl.to_be_bytes().to_vec()));
+        Ok(LeaseGrantResponse {
+            header: header(self.rev),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Removes lease `id` and deletes its keys, all in one revision.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, EtcdError> {
+        if self.view().lease_ttl(id)?.is_none() {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        let keys = self.view().lease_keys(id)?;
+        self.request(|w, ctx| {
+            for key in &keys {
+                w.do_delete(
+                    ctx,
+                    &DeleteRangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                )?;
+            }
+            w.write(keys::lease_key(id), None);
+            Ok(LeaseRevokeResponse {
+                header: header(ctx.read_rev()),
+            })
+        })
+    }
+
     // --- checks (before any write) ---
 
     fn check_put(&self, r: &PutRequest) -> Result<(), EtcdError> {
-        if r.lease != 0 && !r.ignore_lease {
-            // Leases arrive with the lease API; until a lease exists, none is found.
+        if r.lease != 0 && !r.ignore_lease && self.view().lease_ttl(r.lease)?.is_none() {
             return Err(EtcdError::LeaseNotFound);
         }
         if (r.ignore_value || r.ignore_lease) && self.view().get(&r.key)?.is_none() {
@@ -327,6 +372,14 @@ impl Writer {
             kv: Some(kv.clone()),
             prev_kv: None,
         };
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != lease {
+                self.write(keys::attach_key(p.lease, &r.key), None);
+            }
+        }
+        if lease != 0 {
+            self.write(keys::attach_key(lease, &r.key), Some(Vec::new()));
+        }
         self.write(keys::kv_key(&r.key), Some(kv.encode_to_vec()));
         self.write(keys::hist_key(rev), Some(event.encode_to_vec()));
         self.write(keys::idx_key(&r.key, rev), Some(vec![0]));
@@ -349,6 +402,9 @@ impl Writer {
         for kv in &kvs {
             let rev = ctx.next();
             let event = delete_event(&kv.key, rev.main);
+            if kv.lease != 0 {
+                self.write(keys::attach_key(kv.lease, &kv.key), None);
+            }
             self.write(keys::kv_key(&kv.key), None);
             self.write(keys::hist_key(rev), Some(event.encode_to_vec()));
             self.write(keys::idx_key(&kv.key, rev), Some(vec![1]));

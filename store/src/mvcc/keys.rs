@@ -9,6 +9,8 @@
 //! | `i`    | escaped user key + main + sub         | `[0]` put / `[1]` delete       |
 //! | `m`    | meta name                             | meta value (revision, applied…)|
 //! | `n`    | member id (8 BE)                      | member attributes (JSON)       |
+//! | `l`    | lease id (8 BE)                       | granted TTL in seconds (8 BE)  |
+//! | `a`    | lease id (8 BE) + user key            | empty: the key uses the lease  |
 //!
 //! `k` answers reads at the current revision with one lookup per key. `h` is
 //! the history in revision order: watch replays it. `i` lists the revisions of
@@ -23,6 +25,8 @@ pub const HIST: u8 = b'h';
 pub const IDX: u8 = b'i';
 pub const META: u8 = b'm';
 pub const MEMBER: u8 = b'n';
+pub const LEASE: u8 = b'l';
+pub const ATTACH: u8 = b'a';
 
 /// Revision as etcd's (main, sub): main is the store revision, sub orders the
 /// changes made by one transaction.
@@ -74,6 +78,25 @@ pub fn meta_key(name: &str) -> Vec<u8> {
 pub fn member_key(id: u64) -> Vec<u8> {
     let mut k = vec![MEMBER];
     k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn lease_key(id: i64) -> Vec<u8> {
+    let mut k = vec![LEASE];
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+/// Prefix of every attachment of lease `id`.
+pub fn attach_prefix(id: i64) -> Vec<u8> {
+    let mut k = vec![ATTACH];
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+pub fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = attach_prefix(id);
+    k.extend_from_slice(key);
     k
 }
 

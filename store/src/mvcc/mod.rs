@@ -12,6 +12,9 @@ pub mod apply;
 pub mod keys;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::RwLock;
 
 use apply::Writer;
@@ -29,6 +32,8 @@ struct State {
 /// Shared handle on the key-value state.
 pub struct Mvcc {
     state: RwLock<State>,
+    /// The committed revision, for watchers to wait on.
+    rev_tx: tokio::sync::watch::Sender<i64>,
 }
 
 fn read_i64(tree: &sled::Tree, name: &str) -> Result<Option<i64>, EtcdError> {
@@ -50,6 +55,7 @@ impl Mvcc {
                 rev,
                 compact_rev,
             }),
+            rev_tx: tokio::sync::watch::channel(rev).0,
         })
     }
 
@@ -66,6 +72,11 @@ impl Mvcc {
             rev: s.rev,
             compact_rev: s.compact_rev,
         })
+    }
+
+    /// Notifies of every newly committed revision (latest value only).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.rev_tx.subscribe()
     }
 
     pub fn revision(&self) -> i64 {
@@ -101,6 +112,8 @@ impl Mvcc {
         s.tree.apply_batch(batch).map_err(storage_err)?;
         s.rev = w.rev;
         s.compact_rev = w.compact_rev;
+        drop(s);
+        self.rev_tx.send_replace(w.rev);
         Ok(w.events)
     }
 
@@ -112,6 +125,8 @@ impl Mvcc {
         let old = std::mem::replace(&mut s.tree, tree);
         s.rev = rev;
         s.compact_rev = compact_rev;
+        drop(s);
+        self.rev_tx.send_replace(rev);
         Ok(old)
     }
 }

@@ -32,6 +32,12 @@ fn decode<M: Message + Default>(b: &[u8]) -> Result<M, EtcdError> {
     M::decode(b).map_err(storage_err)
 }
 
+type OverlayIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>;
+
+/// While walking `i`: the key being looked at and its newest revision ≤ the
+/// read revision, with whether that revision was a put.
+type Candidate = Option<(Vec<u8>, Option<(Rev, bool)>)>;
+
 /// Raw tree entries in a key range, with the overlay merged on top.
 pub fn scan<'a>(
     tree: &'a sled::Tree,
@@ -40,7 +46,7 @@ pub fn scan<'a>(
     hi: Bound<Vec<u8>>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), EtcdError>> + 'a {
     let base = tree.range((lo.clone(), hi.clone()));
-    let ov: Box<dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)>> = match overlay {
+    let ov: OverlayIter<'a> = match overlay {
         Some(o) => Box::new(o.range((lo, hi))),
         None => Box::new(std::iter::empty()),
     };
@@ -52,7 +58,7 @@ pub fn scan<'a>(
 
 struct Merge<'a, B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     base: std::iter::Peekable<B>,
-    ov: std::iter::Peekable<Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>>,
+    ov: std::iter::Peekable<OverlayIter<'a>>,
 }
 
 impl<B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merge<'_, B> {
@@ -124,10 +130,8 @@ impl View<'_> {
         }
         let (lo, hi) = range.idx_bounds();
         // Per key: the newest revision ≤ at, and whether it was a put.
-        let mut cur: Option<(Vec<u8>, Option<(Rev, bool)>)> = None;
-        let flush = |cur: Option<(Vec<u8>, Option<(Rev, bool)>)>,
-                     out: &mut Vec<KeyValue>|
-         -> Result<(), EtcdError> {
+        let mut cur: Candidate = None;
+        let flush = |cur: Candidate, out: &mut Vec<KeyValue>| -> Result<(), EtcdError> {
             if let Some((_, Some((rev, true)))) = cur {
                 if let Some(ev) = self.event_at(rev)? {
                     out.extend(ev.kv);
@@ -175,6 +179,83 @@ impl View<'_> {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The granted TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        Ok(self
+            .get_raw(&keys::lease_key(id))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Every lease as (id, granted TTL).
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>, EtcdError> {
+        let lo = Bound::Included(vec![keys::LEASE]);
+        let hi = Bound::Excluded(vec![keys::LEASE + 1]);
+        let mut out = Vec::new();
+        for item in scan(self.tree, self.overlay, lo, hi) {
+            let (k, v) = item?;
+            let id = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let ttl = <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(i64::from_be_bytes);
+            if let (Some(id), Some(ttl)) = (id, ttl) {
+                out.push((id as i64, ttl));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        let prefix = keys::attach_prefix(id);
+        let mut out = Vec::new();
+        for item in scan(
+            self.tree,
+            self.overlay,
+            Bound::Included(prefix.clone()),
+            Bound::Unbounded,
+        ) {
+            let (k, _) = item?;
+            match k.strip_prefix(prefix.as_slice()) {
+                Some(key) => out.push(key.to_vec()),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// History from revision `from` on: whole revisions, in order, until
+    /// about `max_bytes` of events have been read. Returns the events and the
+    /// last revision read completely (`from - 1` if none), so a watcher can
+    /// report progress up to exactly what it has seen.
+    pub fn history(&self, from: i64, max_bytes: usize) -> Result<(Vec<Event>, i64), EtcdError> {
+        let lo = Bound::Included(keys::hist_key(Rev { main: from, sub: 0 }));
+        let hi = Bound::Excluded(keys::hist_key(Rev {
+            main: self.rev + 1,
+            sub: 0,
+        }));
+        let mut events = Vec::new();
+        let mut upto = from - 1;
+        let mut bytes = 0;
+        for item in scan(self.tree, self.overlay, lo, hi) {
+            let (k, v) = item?;
+            let main = Rev::from_bytes(&k[1..]).map(|r| r.main).unwrap_or(upto);
+            if main != upto && bytes >= max_bytes {
+                // Stop at a revision boundary: a txn's events stay together.
+                return Ok((events, upto));
+            }
+            if main != upto {
+                upto = main;
+            }
+            bytes += v.len();
+            events.push(decode(&v)?);
+        }
+        Ok((events, self.rev))
     }
 
     /// Checks a read revision against the compacted and current revisions.

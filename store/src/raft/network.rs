@@ -114,6 +114,21 @@ impl PeerPool {
         Ok(reply.index)
     }
 
+    /// Sends a lease call to `leader`.
+    pub async fn lease(
+        &self,
+        leader: &MemberNode,
+        call: &crate::lease::LeaseCall,
+        timeout: Duration,
+    ) -> Result<crate::lease::LeaseAnswer, String> {
+        let mut c = self.client(leader)?;
+        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        let reply = c.lease(r).await.map_err(|e| e.to_string())?;
+        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+
     /// Forwards `req` to `leader`. `Err(true)` means the request certainly
     /// never reached it (safe to retry), `Err(false)` that the outcome is unknown.
     pub async fn forward(

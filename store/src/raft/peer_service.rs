@@ -76,9 +76,15 @@ impl Peer for PeerService {
         encode(&reply)
     }
 
+    async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let call: crate::lease::LeaseCall = decode(req.get_ref())?;
+        encode(&crate::lease::answer_as_leader(&self.node, &call))
+    }
+
     async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let n = &self.node;
         let metrics = n.raft.metrics().borrow().clone();
+        let attrs = crate::raft::state_machine::member_attrs(&n.mvcc);
         let members = metrics
             .membership_config
             .nodes()
@@ -86,6 +92,9 @@ impl Peer for PeerService {
                 id: *id,
                 name: node.name.clone(),
                 peer_urls: node.peer_urls.clone(),
+                started: attrs
+                    .iter()
+                    .any(|(aid, a)| aid == id && !a.client_urls.is_empty()),
             })
             .collect();
         Ok(Response::new(HelloReply {

@@ -136,6 +136,14 @@ impl StateMachine {
                 );
                 Ok(Response::Done)
             }
+            Command::LeaseGrant { id, ttl } => w.lease_grant(*id, *ttl).map(|mut r| {
+                stamp(&mut r.header, term);
+                Response::LeaseGrant(Proto(r))
+            }),
+            Command::LeaseRevoke { id } => w.lease_revoke(*id).map(|mut r| {
+                stamp(&mut r.header, term);
+                Response::LeaseRevoke(Proto(r))
+            }),
         };
         res.unwrap_or_else(Response::Error)
     }

@@ -1,0 +1,295 @@
+//! etcd 3.4's HTTP/JSON gateway (grpc-gateway v1), on the client port next to
+//! gRPC: this is how APISIX (lua-resty-etcd) talks to the store.
+//!
+//! Every route calls the same service implementation as gRPC does; only the
+//! encoding differs. JSON follows protobuf-JSON through the pbjson impls of
+//! `cairn-proto`: proto field names out, proto or lowerCamelCase names in,
+//! int64 as strings (numbers accepted), bytes in base64, enums by name or
+//! number, default values omitted. Streams (`/v3/watch`, `/v3/lease/keepalive`)
+//! answer with one `{"result":…}` object per line; closing the connection
+//! cancels them. Errors are `{"error","message","code"}` with etcd's HTTP
+//! status for the gRPC code.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cairn_proto::etcdserverpb::cluster_server::Cluster;
+use cairn_proto::etcdserverpb::kv_server::Kv;
+use cairn_proto::etcdserverpb::lease_server::Lease;
+use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Code, Status};
+
+use super::cluster::ClusterService;
+use super::kv::KvService;
+use super::lease::LeaseService;
+use super::maintenance::{MaintenanceService, CLUSTER_VERSION, SERVER_VERSION};
+use super::watch::WatchService;
+
+/// The gRPC services the gateway forwards to.
+#[derive(Clone)]
+pub struct Services {
+    pub kv: Arc<KvService>,
+    pub lease: Arc<LeaseService>,
+    pub watch: Arc<WatchService>,
+    pub cluster: Arc<ClusterService>,
+    pub maintenance: Arc<MaintenanceService>,
+}
+
+/// etcd's HTTP status for a gRPC code (grpc-gateway v1's mapping).
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_body(s: &Status) -> serde_json::Value {
+    serde_json::json!({"error": s.message(), "message": s.message(), "code": s.code() as i32})
+}
+
+fn error_response(s: Status) -> Response {
+    (http_status(s.code()), axum::Json(error_body(&s))).into_response()
+}
+
+fn json_response<T: Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => error_response(Status::internal(e.to_string())),
+    }
+}
+
+/// Decodes a request body; an empty body is the default message.
+fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Carries the raw `Authorization` header (etcd's token) as gRPC metadata.
+fn grpc_request<T>(msg: T, headers: &HeaderMap) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        r.metadata_mut().insert("token", v);
+    }
+    r
+}
+
+async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let req = match decode::<Req>(&body) {
+        Ok(r) => r,
+        Err(s) => return error_response(s),
+    };
+    match call(grpc_request(req, &headers)).await {
+        Ok(r) => json_response(&r.into_inner()),
+        Err(s) => error_response(s),
+    }
+}
+
+/// Splits a request body into JSON messages (a client-streaming call sends
+/// them one after another).
+fn json_messages<T: DeserializeOwned + Send + 'static>(
+    body: Body,
+) -> impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static {
+    let chunks = body.into_data_stream();
+    let stream = futures::stream::unfold(
+        (chunks, Vec::<u8>::new(), false),
+        |(mut chunks, mut buf, done)| async move {
+            loop {
+                // A complete message already buffered?
+                let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<T>();
+                match it.next() {
+                    Some(Ok(msg)) => {
+                        let used = it.byte_offset();
+                        buf.drain(..used);
+                        return Some((Ok(msg), (chunks, buf, done)));
+                    }
+                    Some(Err(e)) if !e.is_eof() => {
+                        return Some((
+                            Err(Status::invalid_argument(e.to_string())),
+                            (chunks, Vec::new(), true),
+                        ));
+                    }
+                    _ => {}
+                }
+                if done {
+                    return None;
+                }
+                match chunks.next().await {
+                    Some(Ok(b)) => buf.extend_from_slice(&b),
+                    Some(Err(_)) | None => {
+                        if buf.iter().all(u8::is_ascii_whitespace) {
+                            return None;
+                        }
+                        return Some((
+                            Err(Status::invalid_argument("unexpected EOF")),
+                            (chunks, Vec::new(), true),
+                        ));
+                    }
+                }
+            }
+        },
+    );
+    Box::pin(stream)
+}
+
+/// A streamed answer: one `{"result":…}` (or `{"error":…}`) per line.
+fn json_lines<T: Serialize + Send + 'static>(
+    stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+) -> Response {
+    let lines = stream.map(|item| {
+        let v = match item {
+            Ok(msg) => serde_json::json!({ "result": msg }),
+            Err(s) => serde_json::json!({ "error": {
+                "grpc_code": s.code() as i32,
+                "http_code": http_status(s.code()).as_u16(),
+                "message": s.message(),
+                "http_status": http_status(s.code()).canonical_reason().unwrap_or(""),
+            }}),
+        };
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+macro_rules! unary_route {
+    ($svc:ident . $method:ident) => {
+        post(
+            |State(s): State<Services>, headers: HeaderMap, body: Bytes| async move {
+                unary(headers, body, |r| async move { s.$svc.$method(r).await }).await
+            },
+        )
+    };
+}
+
+/// The gateway routes, under both `/v3` and `/v3beta` as etcd 3.4.
+pub fn router(services: Services, body_limit: usize) -> Router {
+    let v3: Router = Router::new()
+        .route("/kv/range", unary_route!(kv.range))
+        .route("/kv/put", unary_route!(kv.put))
+        .route("/kv/deleterange", unary_route!(kv.delete_range))
+        .route("/kv/txn", unary_route!(kv.txn))
+        .route("/kv/compaction", unary_route!(kv.compact))
+        .route("/lease/grant", unary_route!(lease.lease_grant))
+        .route("/lease/revoke", unary_route!(lease.lease_revoke))
+        .route("/kv/lease/revoke", unary_route!(lease.lease_revoke))
+        .route("/lease/timetolive", unary_route!(lease.lease_time_to_live))
+        .route(
+            "/kv/lease/timetolive",
+            unary_route!(lease.lease_time_to_live),
+        )
+        .route("/lease/leases", unary_route!(lease.lease_leases))
+        .route("/kv/lease/leases", unary_route!(lease.lease_leases))
+        .route("/cluster/member/list", unary_route!(cluster.member_list))
+        .route("/cluster/member/add", unary_route!(cluster.member_add))
+        .route(
+            "/cluster/member/remove",
+            unary_route!(cluster.member_remove),
+        )
+        .route(
+            "/cluster/member/update",
+            unary_route!(cluster.member_update),
+        )
+        .route(
+            "/cluster/member/promote",
+            unary_route!(cluster.member_promote),
+        )
+        .route("/maintenance/status", unary_route!(maintenance.status))
+        .route("/maintenance/alarm", unary_route!(maintenance.alarm))
+        .route(
+            "/maintenance/defragment",
+            unary_route!(maintenance.defragment),
+        )
+        .route("/maintenance/hash", unary_route!(maintenance.hash_kv))
+        .route(
+            "/lease/keepalive",
+            post(|State(s): State<Services>, body: Body| async move {
+                json_lines(s.lease.keep_alive_stream(json_messages(body)))
+            }),
+        )
+        .route(
+            "/watch",
+            post(|State(s): State<Services>, body: Body| async move {
+                match s.watch.open(json_messages(body), false) {
+                    Ok(stream) => json_lines(stream),
+                    Err(st) => error_response(st),
+                }
+            }),
+        )
+        // No auth store yet: say so in etcd's error shape rather than 404.
+        .route(
+            "/auth/{*rest}",
+            post(|| async {
+                error_response(Status::unimplemented("cairn: auth is not supported yet"))
+            }),
+        )
+        .with_state(services);
+    Router::new()
+        .nest("/v3", v3.clone())
+        .nest("/v3beta", v3)
+        .route(
+            "/version",
+            get(|| async {
+                axum::Json(serde_json::json!({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION}))
+            }),
+        )
+        .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// `GET /health`: healthy when a linearizable read succeeds, as etcd's.
+pub fn health_router(node: Arc<crate::node::Node>) -> Router {
+    Router::new().route(
+        "/health",
+        get(move || {
+            let node = node.clone();
+            async move {
+                match node.read_barrier().await {
+                    Ok(()) => (
+                        StatusCode::OK,
+                        axum::Json(serde_json::json!({"health": "true"})),
+                    ),
+                    Err(e) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({"health": "false", "reason": e.to_string()})),
+                    ),
+                }
+            }
+        }),
+    )
+}

@@ -1,0 +1,258 @@
+//! etcd's Watch service: one bidirectional stream carries many watches.
+//!
+//! The stream task owns the watchers of its stream: it answers create, cancel
+//! and progress requests in order, and every watcher sends into the same
+//! bounded channel, so a client that stops reading slows its watchers down
+//! (they read history later) instead of growing a buffer.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::etcdserverpb::watch_request::RequestUnion;
+use cairn_proto::etcdserverpb::watch_server::Watch;
+use cairn_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::EtcdError;
+use crate::node::Node;
+use crate::watch::{self, WatchConfig, WatchSpec, WatcherState};
+
+pub struct WatchService {
+    pub node: Arc<Node>,
+    pub progress_interval: Duration,
+}
+
+type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+
+/// etcd's cancel reason for a client-chosen ID already in use on the stream.
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+struct StreamState {
+    node: Arc<Node>,
+    cfg: WatchConfig,
+    out: Out,
+    watchers: HashMap<i64, (JoinHandle<()>, Arc<WatcherState>)>,
+    next_id: i64,
+}
+
+impl StreamState {
+    fn header(&self, rev: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.node.cluster_id,
+            member_id: self.node.id,
+            revision: rev,
+            raft_term: self.node.term(),
+        })
+    }
+
+    async fn send(&self, r: WatchResponse) -> bool {
+        self.out.send(Ok(r)).await.is_ok()
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> bool {
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                let r = WatchResponse {
+                    header: self.header(self.node.mvcc.revision()),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: DUPLICATE_ID.into(),
+                    ..Default::default()
+                };
+                return self.send(r).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let current = self.node.mvcc.revision();
+        // A watch "from now" starts after the current revision; one from a
+        // past revision reports, as its starting point, what it has not yet
+        // delivered (it must never claim more than it has sent).
+        let (start, created_rev) = if c.start_revision > 0 {
+            (c.start_revision, (c.start_revision - 1).min(current))
+        } else {
+            (current + 1, current)
+        };
+        let spec = WatchSpec {
+            watch_id: id,
+            key: c.key,
+            range_end: c.range_end,
+            start_rev: start,
+            prev_kv: c.prev_kv,
+            no_put: c.filters.contains(&0),
+            no_delete: c.filters.contains(&1),
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+        };
+        let created = WatchResponse {
+            header: self.header(created_rev),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        if !self.send(created).await {
+            return false;
+        }
+        let state = Arc::new(WatcherState {
+            delivered: (start - 1).into(),
+        });
+        let node = self.node.clone();
+        let handle = tokio::spawn(watch::run(
+            self.node.mvcc.clone(),
+            self.cfg.clone(),
+            spec,
+            state.clone(),
+            move || node.term(),
+            self.out.clone(),
+        ));
+        self.watchers.insert(id, (handle, state));
+        true
+    }
+
+    async fn cancel(&mut self, id: i64) -> bool {
+        let Some((handle, _)) = self.watchers.remove(&id) else {
+            return true;
+        };
+        handle.abort();
+        // Wait for it to stop so no event can follow the cancel response.
+        let _ = handle.await;
+        let r = WatchResponse {
+            header: self.header(self.node.mvcc.revision()),
+            watch_id: id,
+            canceled: true,
+            ..Default::default()
+        };
+        self.send(r).await
+    }
+
+    async fn progress(&self) -> bool {
+        // The revision every watcher of the stream has been brought up to.
+        let rev = self
+            .watchers
+            .values()
+            .map(|(_, s)| s.delivered.load(Ordering::Acquire))
+            .min()
+            .unwrap_or_else(|| self.node.mvcc.revision());
+        let r = WatchResponse {
+            header: self.header(rev),
+            watch_id: -1,
+            ..Default::default()
+        };
+        self.send(r).await
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (h, _)) in self.watchers.drain() {
+            h.abort();
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+impl WatchService {
+    /// Opens a watch stream fed by `inbound`; shared by gRPC and the JSON
+    /// gateway. Dropping the returned stream cancels every watch on it.
+    pub fn open<S>(&self, inbound: S, require_leader: bool) -> Result<WatchStream, Status>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
+        // clientv3's WithRequireLeader: a member without a leader must not
+        // keep such a watch open.
+        if require_leader && self.node.leader().is_none() {
+            return Err(EtcdError::NoLeader.into());
+        }
+        let (out, rx) = mpsc::channel(64);
+        let state = StreamState {
+            node: self.node.clone(),
+            cfg: WatchConfig {
+                cluster_id: self.node.cluster_id,
+                member_id: self.node.id,
+                max_response_bytes: self.node.max_request_bytes,
+                progress_interval: self.progress_interval,
+            },
+            out,
+            watchers: HashMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(serve_stream(state, inbound, require_leader));
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let require_leader = req
+            .metadata()
+            .get("hasleader")
+            .map(|v| v.as_bytes() == b"true")
+            .unwrap_or(false);
+        self.open(req.into_inner(), require_leader)
+            .map(Response::new)
+    }
+}
+
+async fn serve_stream<S>(mut st: StreamState, mut inbound: S, require_leader: bool)
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    use futures::StreamExt;
+    let check = st.node.request_timeout / 4;
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(check);
+    loop {
+        tokio::select! {
+            msg = inbound.next() => {
+                let ok = match msg {
+                    Some(Ok(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => st.create(c).await,
+                    Some(Ok(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => st.cancel(c.watch_id).await,
+                    Some(Ok(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(_)) })) => st.progress().await,
+                    Some(Ok(WatchRequest { request_union: None })) => true,
+                    // The client finished sending: keep serving its watches
+                    // until it goes away (grpc-gateway half-closes after the
+                    // single create request of an HTTP watch).
+                    None => {
+                        st.out.closed().await;
+                        false
+                    }
+                    Some(Err(_)) => false,
+                };
+                if !ok {
+                    break;
+                }
+            }
+            _ = st.out.closed() => break,
+            _ = tick.tick(), if require_leader => {
+                if st.node.leader().is_some() {
+                    leaderless_since = None;
+                } else {
+                    let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= check * 2 {
+                        st.stop_all();
+                        let _ = st.out.send(Err(EtcdError::NoLeader.into())).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    st.stop_all();
+}

@@ -1,0 +1,229 @@
+//! Lease deadlines, which live only in the leader's memory (as etcd's lessor).
+//!
+//! The leases themselves (ID, granted TTL, attached keys) are replicated state
+//! in the MVCC tree. Only the leader tracks when each expires: it renews on
+//! keep-alive, and when a deadline passes it proposes a `LeaseRevoke`, whose
+//! apply deletes the keys in one revision. A member that becomes leader gives
+//! every lease a full TTL from that moment, so a failover never expires a
+//! lease whose holder kept it alive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Command;
+use crate::error::EtcdError;
+use crate::node::Node;
+
+/// etcd's upper bound on a lease TTL, in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// etcd's minimum TTL: 1.5 election timeouts, rounded up to whole seconds.
+pub fn min_ttl(election_timeout_ms: u64) -> i64 {
+    ((election_timeout_ms * 3 / 2).div_ceil(1000)).max(1) as i64
+}
+
+/// A lease question only the leader can answer.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum LeaseCall {
+    KeepAlive(i64),
+    TimeToLive { id: i64, keys: bool },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum LeaseAnswer {
+    /// New TTL; 0 for an unknown lease (etcd answers so, without error).
+    KeepAlive(i64),
+    /// Remaining and granted TTL; remaining -1 for an unknown lease.
+    TimeToLive {
+        ttl: i64,
+        granted: i64,
+        keys: Vec<Vec<u8>>,
+    },
+    NotLeader,
+    Failed(EtcdError),
+}
+
+#[derive(Default)]
+pub struct Lessor {
+    deadlines: Mutex<HashMap<i64, Instant>>,
+    /// Leases whose revoke has been proposed, and when to try again.
+    revoking: Mutex<HashMap<i64, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Lessor {
+    pub fn renew(&self, id: i64, ttl: i64) {
+        lock(&self.deadlines).insert(id, Instant::now() + Duration::from_secs(ttl as u64));
+    }
+
+    pub fn remaining(&self, id: i64) -> Option<Duration> {
+        lock(&self.deadlines)
+            .get(&id)
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Aligns deadlines with the replicated leases. `fresh` (just became
+    /// leader) restarts every lease's full TTL.
+    fn sync(&self, leases: &[(i64, i64)], fresh: bool) {
+        let now = Instant::now();
+        let mut d = lock(&self.deadlines);
+        if fresh {
+            d.clear();
+        }
+        d.retain(|id, _| leases.iter().any(|(l, _)| l == id));
+        for (id, ttl) in leases {
+            d.entry(*id)
+                .or_insert(now + Duration::from_secs(*ttl as u64));
+        }
+        lock(&self.revoking).retain(|id, _| d.contains_key(id));
+    }
+
+    /// Expired leases not already being revoked.
+    fn expired(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let d = lock(&self.deadlines);
+        let mut revoking = lock(&self.revoking);
+        let mut out = Vec::new();
+        for (id, deadline) in d.iter() {
+            if *deadline <= now && revoking.get(id).is_none_or(|retry| *retry <= now) {
+                revoking.insert(*id, now + Duration::from_secs(2));
+                out.push(*id);
+            }
+        }
+        out
+    }
+}
+
+/// Answers a lease call on this member, which must be the leader.
+pub fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
+    if node.leader() != Some(node.id) {
+        return LeaseAnswer::NotLeader;
+    }
+    let (id, keys) = match call {
+        LeaseCall::KeepAlive(id) => (*id, false),
+        LeaseCall::TimeToLive { id, keys } => (*id, *keys),
+    };
+    let state = node.mvcc.read(|v| -> Result<_, EtcdError> {
+        let ttl = v.lease_ttl(id)?;
+        let keys = if keys && ttl.is_some() {
+            v.lease_keys(id)?
+        } else {
+            Vec::new()
+        };
+        Ok((ttl, keys))
+    });
+    let (granted, keys) = match state {
+        Ok(s) => s,
+        Err(e) => return LeaseAnswer::Failed(e),
+    };
+    match (call, granted) {
+        (LeaseCall::KeepAlive(_), None) => LeaseAnswer::KeepAlive(0),
+        (LeaseCall::KeepAlive(_), Some(ttl)) => {
+            node.lessor.renew(id, ttl);
+            LeaseAnswer::KeepAlive(ttl)
+        }
+        (LeaseCall::TimeToLive { .. }, None) => LeaseAnswer::TimeToLive {
+            ttl: -1,
+            granted: 0,
+            keys,
+        },
+        (LeaseCall::TimeToLive { .. }, Some(granted)) => LeaseAnswer::TimeToLive {
+            ttl: node
+                .lessor
+                .remaining(id)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(granted),
+            granted,
+            keys,
+        },
+    }
+}
+
+/// The leader's expiry loop: keeps deadlines in step with the replicated
+/// leases and proposes the revocation of expired ones.
+pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
+    let mut led_term: Option<u64> = None;
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        interval.tick().await;
+        let Some(n) = node.upgrade() else { return };
+        let (leader, term) = {
+            let m = n.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(n.id) {
+            led_term = None;
+            continue;
+        }
+        let Ok(leases) = n.mvcc.read(|v| v.leases()) else {
+            continue;
+        };
+        // Wait until this leader has applied everything committed before its
+        // term, so it knows every lease before it starts any clock.
+        let applied_term = n
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.leader_id.term);
+        if applied_term != Some(term) {
+            continue;
+        }
+        n.lessor.sync(&leases, led_term != Some(term));
+        led_term = Some(term);
+        for id in n.lessor.expired() {
+            let n2: Arc<Node> = n.clone();
+            tokio::spawn(async move {
+                // A lease already gone answers "not found": nothing to do.
+                let _ = n2.propose(None, Command::LeaseRevoke { id }).await;
+            });
+        }
+    }
+}
+
+/// A fresh lease ID: positive, unpredictable, unlikely to collide.
+pub fn new_lease_id(member_id: u64) -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(member_id);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 1).max(1) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_ttl_follows_etcd() {
+        assert_eq!(min_ttl(1000), 2, "etcd's default: 2 s");
+        assert_eq!(min_ttl(500), 1);
+    }
+
+    #[test]
+    fn deadlines() {
+        let l = Lessor::default();
+        l.sync(&[(1, 0), (2, 100)], true);
+        let exp = l.expired();
+        assert_eq!(exp, vec![1]);
+        assert!(
+            l.expired().is_empty(),
+            "a revoke in flight is not proposed twice"
+        );
+        l.sync(&[(2, 100)], false);
+        assert!(l.remaining(1).is_none());
+        assert!(l.remaining(2).unwrap() > Duration::from_secs(90));
+    }
+}

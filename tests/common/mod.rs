@@ -1,0 +1,615 @@
+//! Test harness: real 3-member clusters of either the reference `etcd` or
+//! `cairn store`, as child processes on free 127.0.0.1 ports with temp dirs.
+//!
+//! `cairn store` takes etcd's flags, so both implementations are started with the
+//! very same command line (Cairn gets `store` first, and the Cairn-only
+//! `--snapshot-catchup-entries` when asked for).
+//!
+//! Rules kept here: every wait polls a condition under a deadline (no bare
+//! sleeps for synchronization); children are killed by PID on drop; each node's
+//! stdout+stderr goes to `<tempdir>/<name>.log`, and when a test panics the logs'
+//! tails are printed and the temp dir is kept (its path is printed).
+//!
+//! Tools: `/usr/bin/etcd` and `/usr/bin/etcdctl` (override with `ETCD_BIN`,
+//! `ETCDCTL_BIN`). Under `CI=true` a missing tool fails the test; otherwise the
+//! test prints why and returns early.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, ClientOptions};
+
+/// Which server implementation a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impl {
+    /// The reference: Debian's etcd 3.4.23.
+    Etcd,
+    /// `cairn store` (this repository's binary).
+    Cairn,
+}
+
+/// Generous deadline for things that involve elections or process starts on a
+/// loaded 2-core machine. Only an upper bound: tests never assert timings.
+pub const SLOW: Duration = Duration::from_secs(60);
+
+pub fn etcd_bin() -> PathBuf {
+    std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/etcd".into())
+}
+
+pub fn etcdctl_bin() -> PathBuf {
+    std::env::var_os("ETCDCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/etcdctl".into())
+}
+
+pub fn cairn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// True if `tool` exists. Missing: panics under CI, else prints a skip reason.
+pub fn have_tool(tool: &Path) -> bool {
+    if tool.is_file() {
+        return true;
+    }
+    if in_ci() {
+        panic!(
+            "required tool {} is missing (CI=true: this is a failure)",
+            tool.display()
+        );
+    }
+    eprintln!("SKIP: {} is not installed", tool.display());
+    false
+}
+
+/// Whether a test on `imp` can run (the etcd binary for `Impl::Etcd`).
+pub fn available(imp: Impl) -> bool {
+    match imp {
+        Impl::Etcd => have_tool(&etcd_bin()),
+        Impl::Cairn => true,
+    }
+}
+
+/// Generates `mod etcd { #[tokio::test] fn name() }` and `mod cairn { ... }`
+/// wrappers calling `async fn name(imp: Impl)` for each listed test, so one
+/// body runs against both (`cargo test etcd::`, `cargo test cairn::`).
+#[macro_export]
+macro_rules! cluster_tests {
+    ($($name:ident),* $(,)?) => {
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if !$crate::common::available($crate::common::Impl::Etcd) {
+                        return;
+                    }
+                    super::$name($crate::common::Impl::Etcd).await
+                }
+            )*
+        }
+        mod cairn {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::common::Impl::Cairn).await
+                }
+            )*
+        }
+    };
+}
+
+/// Polls `cond` until it is true; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(timeout, what, || {
+        let f = cond();
+        async move { f.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `f` until it returns `Some`; panics naming `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        // Poll interval, not synchronization: the condition decides.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free loopback port below the ephemeral range (so our own outgoing
+/// connections cannot take it between now and the server's bind).
+pub fn free_port() -> u16 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 15000 + (h.finish() % 17000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found");
+}
+
+/// Cluster settings; the defaults are etcd's.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    pub snapshot_count: Option<u64>,
+    /// Cairn only (etcd 3.4 has no such flag; it keeps 5000 entries).
+    pub snapshot_catchup_entries: Option<u64>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            snapshot_count: None,
+            snapshot_catchup_entries: None,
+        }
+    }
+}
+
+/// One member process.
+#[derive(Debug)]
+pub struct Node {
+    pub imp: Impl,
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open log");
+        let mut header = log.try_clone().expect("clone log");
+        let _ = writeln!(
+            header,
+            "==== harness: starting {} {}",
+            self.program.display(),
+            self.args.join(" ")
+        );
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// True while the process exists (stopped by SIGSTOP counts as running).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            None => false,
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// Panics (with the log) if the process has exited on its own.
+    pub fn assert_alive(&mut self) {
+        if let Some(c) = &mut self.child {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!(
+                    "{} exited early ({status}); log:\n{}",
+                    self.name,
+                    tail(&self.log_path, 60)
+                );
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        // SAFETY: kill(2) on the PID of our own child, which we have not reaped yet
+        // (so the PID cannot have been reused).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, wait up to 20 s for the exit, then SIGKILL. Returns whether it
+    /// exited on its own after SIGTERM.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        // A stopped process cannot handle SIGTERM: continue it first.
+        // SAFETY: see `signal`.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+            libc::kill(c.id() as i32, libc::SIGCONT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Starts the node again with the same flags and data dir.
+    pub fn restart(&mut self) {
+        if self.is_running() {
+            panic!("restart of {} while it is running", self.name);
+        }
+        self.child = None;
+        self.spawn();
+    }
+
+    pub fn sigstop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn sigcont(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// A client talking to this member only.
+    pub async fn client(&self) -> Client {
+        Client::connect(vec![self.client_url.clone()], test_client_options())
+            .await
+            .expect("client")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Client options for tests: short per-attempt timeouts so a dead member is
+/// skipped quickly; a generous retry budget to ride through elections.
+pub fn test_client_options() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        retry_budget: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// Last `lines` lines of a file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        s = String::from_utf8_lossy(&buf).into_owned();
+    }
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A running cluster. Dropping it kills every member.
+pub struct Cluster {
+    pub imp: Impl,
+    pub nodes: Vec<Node>,
+    pub dir: PathBuf,
+    tempdir: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts `n` members with default options and waits until they agree on a leader.
+    pub async fn start(imp: Impl, n: usize) -> Cluster {
+        Self::start_with(imp, n, ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(imp: Impl, n: usize, opts: ClusterOptions) -> Cluster {
+        let mut c = Self::spawn(imp, n, &opts);
+        c.wait_ready().await;
+        c
+    }
+
+    /// Spawns the members without waiting for them.
+    pub fn spawn(imp: Impl, n: usize, opts: &ClusterOptions) -> Cluster {
+        let tempdir = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        let mut taken = Vec::new();
+        let mut port = || loop {
+            let p = free_port();
+            if !taken.contains(&p) {
+                taken.push(p);
+                return p;
+            }
+        };
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("cairn-test-{}", free_port());
+        let mut nodes = Vec::new();
+        for (i, (cp, pp)) in ports.iter().enumerate() {
+            let name = format!("n{i}");
+            let client_url = format!("http://127.0.0.1:{cp}");
+            let peer_url = format!("http://127.0.0.1:{pp}");
+            let data_dir = dir.join(format!("{name}.data"));
+            let (program, mut args) = match imp {
+                Impl::Etcd => (etcd_bin(), vec![]),
+                Impl::Cairn => (cairn_bin(), vec!["store".to_string()]),
+            };
+            let flags: Vec<(&str, String)> = vec![
+                ("--name", name.clone()),
+                ("--data-dir", data_dir.display().to_string()),
+                ("--listen-client-urls", client_url.clone()),
+                ("--advertise-client-urls", client_url.clone()),
+                ("--listen-peer-urls", peer_url.clone()),
+                ("--initial-advertise-peer-urls", peer_url.clone()),
+                ("--initial-cluster", initial_cluster.clone()),
+                ("--initial-cluster-state", "new".into()),
+                ("--initial-cluster-token", token.clone()),
+                ("--heartbeat-interval", opts.heartbeat_ms.to_string()),
+                ("--election-timeout", opts.election_ms.to_string()),
+            ];
+            for (k, v) in flags {
+                args.push(k.into());
+                args.push(v);
+            }
+            if let Some(s) = opts.snapshot_count {
+                args.extend(["--snapshot-count".into(), s.to_string()]);
+            }
+            if let (Impl::Cairn, Some(e)) = (imp, opts.snapshot_catchup_entries) {
+                args.extend(["--snapshot-catchup-entries".into(), e.to_string()]);
+            }
+            let mut node = Node {
+                imp,
+                log_path: dir.join(format!("{name}.log")),
+                name,
+                client_url,
+                peer_url,
+                data_dir,
+                program,
+                args,
+                child: None,
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        Cluster {
+            imp,
+            nodes,
+            dir,
+            tempdir: Some(tempdir),
+        }
+    }
+
+    /// Waits until every running member answers Status and all of them name
+    /// the same leader.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            for n in &mut self.nodes {
+                n.assert_alive();
+            }
+            if self.agreed_leader().await.is_some() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "cluster not ready after {SLOW:?} (dir {})",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader's node index if every running member answers Status and
+    /// names the same leader, which is itself running.
+    async fn agreed_leader(&mut self) -> Option<usize> {
+        let mut leader = None;
+        let mut ids = Vec::new();
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                ids.push(None);
+                continue;
+            }
+            let st = self.status(i).await?;
+            if st.leader == 0 || leader.is_some_and(|l| l != st.leader) {
+                return None;
+            }
+            leader = Some(st.leader);
+            ids.push(st.header.map(|h| h.member_id));
+        }
+        let leader = leader?;
+        ids.iter().position(|id| *id == Some(leader))
+    }
+
+    /// Maintenance.Status of node `i`, `None` if it does not answer.
+    pub async fn status(&self, i: usize) -> Option<cairn_client::pb::StatusResponse> {
+        let opts = ClientOptions {
+            request_timeout: Duration::from_secs(2),
+            ..test_client_options()
+        };
+        let c = Client::connect(vec![self.nodes[i].client_url.clone()], opts)
+            .await
+            .ok()?;
+        c.status(&self.nodes[i].client_url).await.ok()
+    }
+
+    /// The current leader's index, as the running members agree (waits for one).
+    pub async fn leader(&mut self) -> usize {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            if let Some(l) = self.agreed_leader().await {
+                return l;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no agreed leader after {SLOW:?} (dir {})",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Indices of the running members other than the leader.
+    pub async fn followers(&mut self) -> Vec<usize> {
+        let l = self.leader().await;
+        (0..self.nodes.len())
+            .filter(|i| *i != l && self.nodes[*i].is_running())
+            .collect()
+    }
+
+    /// Client URLs of all members (running or not).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_url.clone()).collect()
+    }
+
+    /// A cairn-client over all members.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.endpoints(), test_client_options())
+            .await
+            .expect("client")
+    }
+
+    /// Keep the temp dir after the test (its path is printed).
+    pub fn keep_dir(&mut self) {
+        if let Some(t) = self.tempdir.take() {
+            let p = t.keep();
+            eprintln!("harness: kept {}", p.display());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!(
+                    "==== {} ({:?}) log tail [{}]:\n{}",
+                    n.name,
+                    n.imp,
+                    n.log_path.display(),
+                    tail(&n.log_path, 40)
+                );
+            }
+            self.keep_dir();
+        }
+    }
+}
+
+/// Output of a finished command.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `etcdctl` (API v3) against `endpoints` with `args`, feeding `stdin`.
+/// etcdctl's own dial/command timeouts bound it.
+pub fn etcdctl(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn etcdctl");
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().expect("stdin");
+        si.write_all(input.as_bytes()).expect("write etcdctl stdin");
+    }
+    let out = child.wait_with_output().expect("etcdctl output");
+    Output {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Like [`etcdctl`] but panics unless it succeeds; returns stdout.
+pub fn etcdctl_ok(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> String {
+    let o = etcdctl(endpoints, args, stdin);
+    assert!(
+        o.success,
+        "etcdctl {args:?} failed:\nstdout: {}\nstderr: {}",
+        o.stdout, o.stderr
+    );
+    o.stdout
+}
