@@ -216,7 +216,6 @@ done
 # --- 2. failover --------------------------------------------------------------
 for r in $(seq 1 "$RUNS"); do
     for s in etcd cairn; do
-        wait_ready "$s"
         bench "$s" failover --conns 4 --clients 16 --rate 500 --duration "$FO_DUR" \
             --request-timeout 1s failover --kill-after "$FO_KILL" --pids "$(pid_map "$s")" ||
             log "failover on $s failed"
@@ -228,6 +227,15 @@ for r in $(seq 1 "$RUNS"); do
                 start_node "$s" "$i"
             fi
         done
+        # A member that cannot restart after kill -9 is a finding, not the end of
+        # the benchmark: note it (RESULTS.md reports it) and go on with a fresh cluster.
+        if ! { wait_ready "$s" && sleep 1 && all_alive "$s"; }; then
+            echo "$r" >>"$RES/failover-restart-failed.$s"
+            cp "$WORK/logs/$s-"n*.log "$RES/" 2>/dev/null || true
+            log "$s: killed member did not come back (run $r); starting a fresh cluster"
+            stop_cluster "$s"
+            fresh_cluster "$s"
+        fi
     done
 done
 log "failover done"

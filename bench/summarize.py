@@ -150,6 +150,15 @@ def main():
             o.append(f"; errors: " + "; ".join(f"{n} × `{k}`" for k, n in errs.items()))
     o.append("")
 
+    for s in ("etcd", "cairn"):
+        p = os.path.join(R, f"failover-restart-failed.{s}")
+        if os.path.exists(p):
+            with open(p) as f:
+                n = len([l for l in f if l.strip()])
+            o.append(f"**{s}: in {n} of {a.runs} run(s) the killed member (restarted with the "
+                     "same flags and data dir) did not come back**; the next run used a fresh "
+                     "cluster. See the findings below.\n")
+
     o.append(f"## Footprint with {a.load_keys:,} keys of 256 bytes\n")
     fp = {}
     for s in ("etcd", "cairn"):
