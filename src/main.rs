@@ -3,6 +3,7 @@
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
 //! - `cairn up`: a local three-node cluster for a first try (`up`).
 //! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
+//! - `cairn bench`: load generator for any etcd v3 cluster (`cairn-bench`).
 
 mod up;
 
@@ -40,6 +41,8 @@ enum Cmd {
     /// Snapshots taken with `etcdctl snapshot save` against Cairn.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Load generator for any etcd v3 cluster (etcd's `benchmark` flags).
+    Bench(cairn_bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
                     )
                 })
             }
+            Cmd::Bench(args) => cairn_bench::run(args).await,
         }
     });
     match res {

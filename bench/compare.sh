@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: a 3-member etcd 3.4 cluster against a 3-node Cairn
+# cluster on 127.0.0.1, same workloads, same client (`cairn bench`), runs
+# alternated etcd/Cairn/etcd/Cairn... so machine drift hits both; medians go
+# into bench/RESULTS.md.
+#
+#   bench/compare.sh [--quick] [--runs N] [--out FILE]
+#
+# --quick: 1 run per store, short workloads, 20,000 keys for the footprint
+# (under 3 minutes). Default: 3 runs, 100,000 keys (under 20 minutes).
+# Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR (data
+# dirs; default a fresh dir under /tmp, which must be on the same disk for both).
+#
+# Both stores keep fsync on (etcd without --unsafe-no-fsync) and their own
+# default timeouts (etcd heartbeat 100 ms / election 1000 ms; Cairn 50/500).
+# Processes are stopped by PID only; data dirs are removed on exit.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+QUICK=0
+RUNS=""
+OUT="$ROOT/bench/RESULTS.md"
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    --runs) RUNS=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    RUNS=${RUNS:-1}
+    DUR=4s           # per workload run
+    LOAD_KEYS=20000  # footprint load
+    FO_DUR=6s FO_KILL=2s
+else
+    RUNS=${RUNS:-3}
+    DUR=10s
+    LOAD_KEYS=100000
+    FO_DUR=10s FO_KILL=3s
+fi
+
+log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# --- tools ------------------------------------------------------------------
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    log "installing Debian's etcd-server and etcd-client"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+ETCD_VERSION=$(etcd --version | sed -n 's/^etcd Version: //p')
+case "$ETCD_VERSION" in
+3.4.*) ;;
+*) echo "compare.sh: need etcd 3.4, found $ETCD_VERSION" >&2; exit 1 ;;
+esac
+export ETCDCTL_API=3
+
+if [ -z "${CAIRN_BIN:-}" ]; then
+    log "building cairn (release)"
+    cargo build --release --bin cairn -q
+    CAIRN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cairn"
+fi
+[ -x "$CAIRN_BIN" ] || { echo "compare.sh: no cairn binary at $CAIRN_BIN" >&2; exit 1; }
+
+WORK=${BENCH_WORKDIR:-$(mktemp -d /tmp/cairn-compare.XXXXXX)}
+mkdir -p "$WORK/results" "$WORK/logs"
+RES="$WORK/results"
+
+# --- clusters -----------------------------------------------------------------
+# Ports away from 2379/2380, and below the ephemeral range (32768+) so an
+# outgoing connection cannot already hold one.
+declare -A CPORT=([etcd]=21379 [cairn]=22379)
+declare -A PPORT=([etcd]=21479 [cairn]=22479)
+declare -A PIDS=() # "store:i" -> pid
+
+client_url() { echo "http://127.0.0.1:$((CPORT[$1] + $2))"; }
+peer_url() { echo "http://127.0.0.1:$((PPORT[$1] + $2))"; }
+endpoints() { echo "$(client_url "$1" 0),$(client_url "$1" 1),$(client_url "$1" 2)"; }
+initial_cluster() {
+    echo "n0=$(peer_url "$1" 0),n1=$(peer_url "$1" 1),n2=$(peer_url "$1" 2)"
+}
+
+start_node() { # store i
+    local s=$1 i=$2
+    local flags=(--name "n$i" --data-dir "$WORK/$s/n$i"
+        --listen-client-urls "$(client_url "$s" "$i")" --advertise-client-urls "$(client_url "$s" "$i")"
+        --listen-peer-urls "$(peer_url "$s" "$i")" --initial-advertise-peer-urls "$(peer_url "$s" "$i")"
+        --initial-cluster "$(initial_cluster "$s")" --initial-cluster-state new
+        --initial-cluster-token "bench-$s")
+    if [ "$s" = etcd ]; then
+        etcd "${flags[@]}" >>"$WORK/logs/$s-n$i.log" 2>&1 &
+    else
+        "$CAIRN_BIN" --log-level warn store "${flags[@]}" >>"$WORK/logs/$s-n$i.log" 2>&1 &
+    fi
+    PIDS[$s:$i]=$!
+}
+
+start_cluster() { for i in 0 1 2; do start_node "$1" "$i"; done; }
+
+# A fresh cluster, up and serving. Cairn (at the time of writing) may refuse to
+# bootstrap a member when a peer that started a few ms earlier already reports
+# it as part of an initialized cluster; then wipe and try again (counted in
+# $RES/bootstrap-retries.STORE, reported in RESULTS.md).
+fresh_cluster() {
+    local s=$1 try
+    for try in 1 2 3 4 5; do
+        rm -rf "${WORK:?}/$s"
+        start_cluster "$s"
+        if wait_ready "$s" && sleep 1 && all_alive "$s"; then return 0; fi
+        echo "$try" >>"$RES/bootstrap-retries.$s"
+        log "$s: fresh cluster failed to form (try $try); retrying"
+        stop_cluster "$s"
+    done
+    return 1
+}
+
+all_alive() { # store: 0 if all three members run
+    local i
+    for i in 0 1 2; do kill -0 "${PIDS[$1:$i]:-0}" 2>/dev/null || return 1; done
+}
+
+# Waits (at most 60 s) until a linearizable get through any member succeeds.
+# Fails at once if a member has exited.
+wait_ready() {
+    local s=$1 deadline=$((SECONDS + 60))
+    until etcdctl --endpoints="$(endpoints "$s")" --dial-timeout=1s --command-timeout=1s \
+        get ready-probe >/dev/null 2>&1; do
+        if ! all_alive "$s"; then
+            echo "compare.sh: a $s member exited; logs in $WORK/logs" >&2
+            return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            echo "compare.sh: $s did not become ready in 60 s; logs in $WORK/logs" >&2
+            return 1
+        fi
+        sleep 0.02
+    done
+}
+
+stop_node() { # store i [signal]
+    local key="$1:$2" sig=${3:-TERM}
+    local pid=${PIDS[$key]:-}
+    [ -n "$pid" ] || return 0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$key]"
+}
+
+stop_cluster() { for i in 0 1 2; do stop_node "$1" "$i"; done; }
+
+cleanup() {
+    for s in etcd cairn; do stop_cluster "$s"; done
+    if [ -z "${BENCH_KEEP:-}" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pid_map() { # store -> ENDPOINT=PID,...
+    local s=$1 out="" i
+    for i in 0 1 2; do
+        [ -n "${PIDS[$s:$i]:-}" ] && out="$out${out:+,}$(client_url "$s" "$i")=${PIDS[$s:$i]}"
+    done
+    echo "$out"
+}
+
+bench() { # store name args... -> one JSON line into $RES/name.store.jsonl
+    local s=$1 name=$2
+    shift 2
+    "$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --json "$@" \
+        >>"$RES/$name.$s.jsonl"
+}
+
+VAL=$(head -c 256 /dev/zero | tr '\0' v)
+
+# --- 1. steady workloads ------------------------------------------------------
+# etcd's published benchmark: 8-byte keys, 256-byte values; writes to the leader.
+WORKLOADS=(
+    "put-1|--target-leader --conns 1 --clients 1 --duration $DUR put --key-size 8 --val-size 256"
+    "put-64|--target-leader --conns 8 --clients 64 --duration $DUR put --key-size 8 --val-size 256"
+    "range-l-1|--target-leader --conns 1 --clients 1 --duration $DUR range foo --consistency l"
+    "range-l-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency l"
+    "range-s-1|--target-leader --conns 1 --clients 1 --duration $DUR range foo --consistency s"
+    "range-s-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency s"
+)
+
+for s in etcd cairn; do
+    fresh_cluster "$s"
+    etcdctl --endpoints="$(endpoints "$s")" put foo "$VAL" >/dev/null
+done
+log "clusters up (etcd $(endpoints etcd); cairn $(endpoints cairn)); $RUNS run(s) of ${#WORKLOADS[@]} workloads"
+
+for w in "${WORKLOADS[@]}"; do
+    name=${w%%|*}
+    args=${w#*|}
+    for r in $(seq 1 "$RUNS"); do
+        # A B, then B A: each store goes first equally often.
+        if [ $((r % 2)) = 1 ]; then order="etcd cairn"; else order="cairn etcd"; fi
+        for s in $order; do
+            # shellcheck disable=SC2086 # args is a word list on purpose
+            bench "$s" "$name" $args
+        done
+    done
+    log "$name done"
+done
+
+# --- 2. failover --------------------------------------------------------------
+for r in $(seq 1 "$RUNS"); do
+    for s in etcd cairn; do
+        bench "$s" failover --conns 4 --clients 16 --rate 500 --duration "$FO_DUR" \
+            --request-timeout 1s failover --kill-after "$FO_KILL" --pids "$(pid_map "$s")" ||
+            log "failover on $s failed"
+        # Bring the killed member back with the same flags (it must not re-bootstrap).
+        for i in 0 1 2; do
+            pid=${PIDS[$s:$i]:-}
+            if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+                wait "$pid" 2>/dev/null || true
+                start_node "$s" "$i"
+            fi
+        done
+        # A member that cannot restart after kill -9 is a finding, not the end of
+        # the benchmark: note it (RESULTS.md reports it) and go on with a fresh cluster.
+        if ! { wait_ready "$s" && sleep 1 && all_alive "$s"; }; then
+            echo "$r" >>"$RES/failover-restart-failed.$s"
+            cp "$WORK/logs/$s-"n*.log "$RES/" 2>/dev/null || true
+            log "$s: killed member did not come back (run $r); starting a fresh cluster"
+            stop_cluster "$s"
+            fresh_cluster "$s"
+        fi
+    done
+done
+log "failover done"
+for s in etcd cairn; do stop_cluster "$s"; rm -rf "${WORK:?}/$s"; done
+
+# --- 3. footprint: RSS, disk, restart time --------------------------------------
+for s in etcd cairn; do
+    fresh_cluster "$s"
+    "$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --target-leader \
+        --conns 8 --clients 64 --total "$LOAD_KEYS" --key-space "$LOAD_KEYS" --sequential-keys \
+        --json put --key-size 8 --val-size 256 >"$RES/load.$s.json"
+    etcdctl --endpoints="$(endpoints "$s")" put foo "$VAL" >/dev/null
+    rss=() disk=()
+    for i in 0 1 2; do
+        rss+=("$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[$s:$i]}/status")")
+    done
+    # Graceful stop, then measure disk (what a restart has to read).
+    stop_cluster "$s"
+    for i in 0 1 2; do disk+=("$(du -sk "$WORK/$s/n$i" | cut -f1)"); done
+    t0=$(date +%s%N)
+    start_cluster "$s"
+    wait_ready "$s"
+    t1=$(date +%s%N)
+    printf '{"store":"%s","keys":%s,"vmhwm_kb":[%s],"disk_kb":[%s],"restart_ms":%s}\n' \
+        "$s" "$LOAD_KEYS" "$(IFS=,; echo "${rss[*]}")" "$(IFS=,; echo "${disk[*]}")" \
+        "$(((t1 - t0) / 1000000))" >"$RES/footprint.$s.json"
+    stop_cluster "$s"
+    rm -rf "${WORK:?}/$s"
+    log "footprint $s: $(cat "$RES/footprint.$s.json")"
+done
+
+# --- 4. RESULTS.md --------------------------------------------------------------
+MODE=$([ "$QUICK" = 1 ] && echo quick || echo full)
+python3 "$ROOT/bench/summarize.py" "$RES" "$OUT" --mode "$MODE" --runs "$RUNS" \
+    --etcd-version "$ETCD_VERSION" --cairn-rev "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --duration "$DUR" --load-keys "$LOAD_KEYS"
+log "wrote $OUT"
