@@ -308,6 +308,28 @@ async fn stopped_member_catches_up_past_snapshot(imp: Impl) {
     // It keeps following: a new write shows up there too.
     c.put("s/final", "f", PutOptions::default()).await.unwrap();
     member_view(&lc, "s/final", want_rev + 1).await;
+
+    // Every member has snapshotted and purged its log by now: all of them
+    // must come back from a clean stop, and then from kill -9, with the data.
+    let expected = member_view(&c, "s/", want_rev + 1).await;
+    for kill in [false, true] {
+        for n in &mut cl.nodes {
+            if kill {
+                n.kill9();
+            } else {
+                assert!(n.stop(), "{} did not exit on SIGTERM", n.name);
+            }
+        }
+        for n in &mut cl.nodes {
+            n.restart();
+        }
+        cl.wait_ready().await;
+        for n in &cl.nodes {
+            let nc = n.client().await;
+            let view = member_view(&nc, "s/", want_rev + 1).await;
+            assert_eq!(view, expected, "{} after restart (kill -9: {kill})", n.name);
+        }
+    }
 }
 
 async fn sigstopped_leader_is_replaced_and_rejoins(imp: Impl) {

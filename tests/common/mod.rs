@@ -456,6 +456,48 @@ impl Cluster {
         }
     }
 
+    /// Starts a new member that joins this running cluster (after
+    /// `etcdctl member add`): `initial_cluster` is the `ETCD_INITIAL_CLUSTER`
+    /// that `member add` printed; the new member uses `peer_port` and a free
+    /// client port. Returns its index in `nodes`.
+    pub fn join_member(&mut self, name: &str, peer_port: u16, initial_cluster: &str) -> usize {
+        let cp = free_port();
+        let client_url = format!("http://127.0.0.1:{cp}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let data_dir = self.dir.join(format!("{name}.data"));
+        let (program, mut args) = match self.imp {
+            Impl::Etcd => (etcd_bin(), vec![]),
+            Impl::Cairn => (cairn_bin(), vec!["store".to_string()]),
+        };
+        for (k, v) in [
+            ("--name", name.to_string()),
+            ("--data-dir", data_dir.display().to_string()),
+            ("--listen-client-urls", client_url.clone()),
+            ("--advertise-client-urls", client_url.clone()),
+            ("--listen-peer-urls", peer_url.clone()),
+            ("--initial-advertise-peer-urls", peer_url.clone()),
+            ("--initial-cluster", initial_cluster.to_string()),
+            ("--initial-cluster-state", "existing".to_string()),
+        ] {
+            args.push(k.into());
+            args.push(v);
+        }
+        let mut node = Node {
+            imp: self.imp,
+            log_path: self.dir.join(format!("{name}.log")),
+            name: name.to_string(),
+            client_url,
+            peer_url,
+            data_dir,
+            program,
+            args,
+            child: None,
+        };
+        node.spawn();
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
     /// Waits until every running member answers Status and all of them name
     /// the same leader.
     pub async fn wait_ready(&mut self) {

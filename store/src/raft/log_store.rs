@@ -183,7 +183,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The purge point is recorded first: a crash in between leaves entries
         // that get_log_state reports as purged, never a hole.
-        self.put_meta("last_purged", &Some(log_id))?;
+        // Stored as a bare LogId: get_log_state reads it back as one.
+        self.put_meta("last_purged", &log_id)?;
         let mut batch = sled::Batch::default();
         for item in self.storage.log.range(..=log_id.index.to_be_bytes()) {
             let (k, _) = item.map_err(read_err)?;
