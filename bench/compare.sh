@@ -102,10 +102,10 @@ start_node() { # store i
 
 start_cluster() { for i in 0 1 2; do start_node "$1" "$i"; done; }
 
-# A fresh cluster, up and serving. Cairn (at the time of writing) may refuse to
-# bootstrap a member when a peer that started a few ms earlier already reports
-# it as part of an initialized cluster; then wipe and try again (counted in
-# $RES/bootstrap-retries.STORE, reported in RESULTS.md).
+# A fresh cluster, up and serving. If it fails to form (Cairn once refused to
+# bootstrap a member that a peer started a few ms earlier already listed), wipe
+# and try again; retries are counted in $RES/bootstrap-retries.STORE and
+# reported in RESULTS.md.
 fresh_cluster() {
     local s=$1 try
     for try in 1 2 3 4 5; do
