@@ -102,10 +102,10 @@ start_node() { # store i
 
 start_cluster() { for i in 0 1 2; do start_node "$1" "$i"; done; }
 
-# A fresh cluster, up and serving. Cairn (at the time of writing) may refuse to
-# bootstrap a member when a peer that started a few ms earlier already reports
-# it as part of an initialized cluster; then wipe and try again (counted in
-# $RES/bootstrap-retries.STORE, reported in RESULTS.md).
+# A fresh cluster, up and serving. If it fails to form (Cairn once refused to
+# bootstrap a member that a peer started a few ms earlier already listed), wipe
+# and try again; retries are counted in $RES/bootstrap-retries.STORE and
+# reported in RESULTS.md.
 fresh_cluster() {
     local s=$1 try
     for try in 1 2 3 4 5; do
@@ -182,6 +182,10 @@ bench() { # store name args... -> one JSON line into $RES/name.store.jsonl
 
 VAL=$(head -c 256 /dev/zero | tr '\0' v)
 
+# COMPARE_PHASES (default all): any of steady, failover, footprint; with
+# BENCH_WORKDIR and BENCH_KEEP, lets one phase be re-run into the same results.
+PHASES=" ${COMPARE_PHASES:-steady failover footprint} "
+
 # --- 1. steady workloads ------------------------------------------------------
 # etcd's published benchmark: 8-byte keys, 256-byte values; writes to the leader.
 WORKLOADS=(
@@ -193,6 +197,7 @@ WORKLOADS=(
     "range-s-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency s"
 )
 
+if [[ $PHASES == *" steady "* ]]; then
 for s in etcd cairn; do
     fresh_cluster "$s"
     etcdctl --endpoints="$(endpoints "$s")" put foo "$VAL" >/dev/null
@@ -212,8 +217,16 @@ for w in "${WORKLOADS[@]}"; do
     done
     log "$name done"
 done
+fi
 
 # --- 2. failover --------------------------------------------------------------
+if [[ $PHASES == *" failover "* ]]; then
+for s in etcd cairn; do
+    if [ -z "${PIDS[$s:0]:-}" ]; then
+        fresh_cluster "$s"
+        etcdctl --endpoints="$(endpoints "$s")" put foo "$VAL" >/dev/null
+    fi
+done
 for r in $(seq 1 "$RUNS"); do
     for s in etcd cairn; do
         bench "$s" failover --conns 4 --clients 16 --rate 500 --duration "$FO_DUR" \
@@ -239,10 +252,12 @@ for r in $(seq 1 "$RUNS"); do
     done
 done
 log "failover done"
+fi
 for s in etcd cairn; do stop_cluster "$s"; rm -rf "${WORK:?}/$s"; done
 
 # --- 3. footprint: RSS, disk, restart time --------------------------------------
 for s in etcd cairn; do
+    [[ $PHASES == *" footprint "* ]] || break
     fresh_cluster "$s"
     "$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --target-leader \
         --conns 8 --clients 64 --total "$LOAD_KEYS" --key-space "$LOAD_KEYS" --sequential-keys \
@@ -257,11 +272,16 @@ for s in etcd cairn; do
     for i in 0 1 2; do disk+=("$(du -sk "$WORK/$s/n$i" | cut -f1)"); done
     t0=$(date +%s%N)
     start_cluster "$s"
-    wait_ready "$s"
-    t1=$(date +%s%N)
+    if wait_ready "$s"; then
+        restart_ms=$((($(date +%s%N) - t0) / 1000000))
+    else
+        restart_ms=null # reported as a failed restart
+        cp "$WORK/logs/$s-"n*.log "$RES/" 2>/dev/null || true
+        log "$s: did not restart after the load"
+    fi
     printf '{"store":"%s","keys":%s,"vmhwm_kb":[%s],"disk_kb":[%s],"restart_ms":%s}\n' \
         "$s" "$LOAD_KEYS" "$(IFS=,; echo "${rss[*]}")" "$(IFS=,; echo "${disk[*]}")" \
-        "$(((t1 - t0) / 1000000))" >"$RES/footprint.$s.json"
+        "$restart_ms" >"$RES/footprint.$s.json"
     stop_cluster "$s"
     rm -rf "${WORK:?}/$s"
     log "footprint $s: $(cat "$RES/footprint.$s.json")"

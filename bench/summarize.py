@@ -187,7 +187,11 @@ def main():
                 sc = " / ".join(f"{x / scale:.{digits}f}" for x in vc) if vc else "n/a"
                 o.append(f"| {label} | {se} | {sc} | {ratio(max(vc) if vc else None, max(ve))} (max) |")
             else:
-                o.append(f"| {label} | {fmt(ve)} | {fmt(vc)} | {ratio(vc, ve)} |")
+                def show(v, s):
+                    if v is None and s in fp:
+                        return "**failed to restart**"
+                    return fmt(v)
+                o.append(f"| {label} | {show(ve, 'etcd')} | {show(vc, 'cairn')} | {ratio(vc, ve)} |")
         row("peak RSS per member (MiB)", "vmhwm_kb", 1024)
         row("disk per member (MiB)", "disk_kb", 1024)
         row("restart to first linearizable get (ms)", "restart_ms", 1)
