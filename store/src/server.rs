@@ -122,7 +122,10 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         ..Default::default()
     }
     .validate()?;
-    let factory = NetworkFactory { pool: pool.clone() };
+    let factory = NetworkFactory {
+        pool: pool.clone(),
+        retry_base: Duration::from_millis(cfg.heartbeat_interval),
+    };
     let raft = Raft::new(identity.member_id, Arc::new(raft_config), factory, log, sm).await?;
 
     let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout);

@@ -206,6 +206,8 @@ pub fn never_sent(status: &tonic::Status) -> bool {
 
 pub struct NetworkFactory {
     pub pool: PeerPool,
+    /// First retry delay after a peer was unreachable (the heartbeat interval).
+    pub retry_base: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -216,6 +218,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             pool: self.pool.clone(),
+            retry_base: self.retry_base,
         }
     }
 }
@@ -224,6 +227,7 @@ pub struct PeerNetwork {
     target: u64,
     node: MemberNode,
     pool: PeerPool,
+    retry_base: Duration,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, MemberNode, RaftError<u64, E>>;
@@ -310,6 +314,18 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
         self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    /// openraft waits a flat 500 ms before retrying a peer it could not
+    /// reach. After a failover that can hold up the new leader's first commit
+    /// (a member that was restarting is reachable again long before), so the
+    /// wait starts at one heartbeat and doubles up to 500 ms.
+    fn backoff(&self) -> openraft::network::Backoff {
+        let base = self.retry_base.max(Duration::from_millis(10));
+        let cap = Duration::from_millis(500);
+        openraft::network::Backoff::new(
+            (0..).map(move |i: u32| (base * 2u32.saturating_pow(i.min(10))).min(cap)),
+        )
     }
 
     async fn vote(
