@@ -339,14 +339,17 @@ impl Node {
         loop {
             let leader = self.wait_leader(deadline).await?;
             if leader == self.id {
+                // A confirmation round that missed its (heartbeat-long)
+                // deadline, or a leader that just stepped down, is retried
+                // until the request's own deadline.
                 match self.read_index_as_leader().await {
-                    Err(EtcdError::NotCapable) => {}
+                    Err(EtcdError::NotCapable | EtcdError::Timeout) => {}
                     other => return other,
                 }
             } else if let Some(node) = self.member(leader) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.pool.read_index(&node, left).await {
-                    Err(EtcdError::NotCapable) => {}
+                    Err(EtcdError::NotCapable | EtcdError::Timeout) => {}
                     other => return other,
                 }
             }
