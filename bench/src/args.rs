@@ -90,11 +90,11 @@ pub enum Workload {
     },
     /// Write at a steady rate, kill -9 the leader, report the unavailability window.
     Failover(FailoverArgs),
-    /// Not yet: needs the watch API.
+    /// Not written yet (the store supports watch; this workload does not drive it yet).
     Watch,
-    /// Not yet: needs the watch API.
+    /// Not written yet (the store supports watch; this workload does not drive it yet).
     WatchFanout,
-    /// Not yet: needs the lease keep-alive API.
+    /// Not written yet (the store supports leases; this workload does not drive them yet).
     LeaseKeepalive,
 }
 

@@ -12,7 +12,7 @@
 //! - `failover`: steady writes, `kill -9` of the leader, the unavailability window.
 //!
 //! `watch`, `watch-fanout` and `lease-keepalive` exist as subcommands only to
-//! say "not yet": the store has no watch or lease keep-alive API to measure.
+//! say "not yet": the workloads are not written (the store supports both).
 
 pub mod args;
 mod conn;

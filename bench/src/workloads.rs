@@ -76,10 +76,10 @@ impl Op {
                 write_percent: *write_percent,
             },
             Workload::Watch | Workload::WatchFanout => {
-                bail!("not yet: the store has no watch API, so there is nothing to measure")
+                bail!("not yet: cairn bench cannot drive watches yet")
             }
             Workload::LeaseKeepalive => {
-                bail!("not yet: the store has no lease keep-alive API, so there is nothing to measure")
+                bail!("not yet: cairn bench cannot drive lease keep-alives yet")
             }
             Workload::Failover(_) => bail!("failover is not a steady workload"),
         })

@@ -67,7 +67,7 @@ pub struct StoreConfig {
     )]
     pub initial_cluster_token: String,
 
-        /// Time (ms) of a heartbeat interval. openraft also uses it as the
+    /// Time (ms) of a heartbeat interval. openraft also uses it as the
     /// deadline of each AppendEntries and leadership-confirmation round, so
     /// it must stay well above a follower's fsync time: raise it (and the
     /// election timeout) on slow disks or networks. See the README for how
