@@ -380,6 +380,16 @@ async fn apisix_sync_watch_resume_and_compaction(imp: Impl) {
         json!({"revision": now, "physical": true}),
     )
     .await;
+    // Each member applies the compaction itself: wait until the reader has.
+    common::wait_until(common::SLOW, "the reader to apply the compaction", || {
+        let reader = reader.clone();
+        async move {
+            let body = json!({"key": b64("/apisix"), "revision": start, "serializable": true});
+            let (status, _) = http(&reader, "POST", "/v3/kv/range", Some(&body)).await;
+            status == 400
+        }
+    })
+    .await;
     let mut w = Watch::open(
         &reader,
         json!({"create_request": {"key": b64("/apisix"), "range_end": b64("/apisiy"), "start_revision": start}}),

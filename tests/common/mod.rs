@@ -162,6 +162,37 @@ pub fn free_port() -> u16 {
     panic!("no free port found");
 }
 
+/// The program and the etcd flags that place one member: both etcd and
+/// `cairn store` take exactly these.
+fn member_command(
+    imp: Impl,
+    name: &str,
+    data_dir: &Path,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+    state: &str,
+) -> (PathBuf, Vec<String>) {
+    let (program, mut args) = match imp {
+        Impl::Etcd => (etcd_bin(), vec![]),
+        Impl::Cairn => (cairn_bin(), vec!["store".to_string()]),
+    };
+    for (k, v) in [
+        ("--name", name),
+        ("--data-dir", &data_dir.display().to_string()),
+        ("--listen-client-urls", client_url),
+        ("--advertise-client-urls", client_url),
+        ("--listen-peer-urls", peer_url),
+        ("--initial-advertise-peer-urls", peer_url),
+        ("--initial-cluster", initial_cluster),
+        ("--initial-cluster-state", state),
+    ] {
+        args.push(k.to_string());
+        args.push(v.to_string());
+    }
+    (program, args)
+}
+
 /// Cluster settings; the defaults are etcd's.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -406,24 +437,20 @@ impl Cluster {
             let client_url = format!("http://127.0.0.1:{cp}");
             let peer_url = format!("http://127.0.0.1:{pp}");
             let data_dir = dir.join(format!("{name}.data"));
-            let (program, mut args) = match imp {
-                Impl::Etcd => (etcd_bin(), vec![]),
-                Impl::Cairn => (cairn_bin(), vec!["store".to_string()]),
-            };
-            let flags: Vec<(&str, String)> = vec![
-                ("--name", name.clone()),
-                ("--data-dir", data_dir.display().to_string()),
-                ("--listen-client-urls", client_url.clone()),
-                ("--advertise-client-urls", client_url.clone()),
-                ("--listen-peer-urls", peer_url.clone()),
-                ("--initial-advertise-peer-urls", peer_url.clone()),
-                ("--initial-cluster", initial_cluster.clone()),
-                ("--initial-cluster-state", "new".into()),
+            let (program, mut args) = member_command(
+                imp,
+                &name,
+                &data_dir,
+                &client_url,
+                &peer_url,
+                &initial_cluster,
+                "new",
+            );
+            for (k, v) in [
                 ("--initial-cluster-token", token.clone()),
                 ("--heartbeat-interval", opts.heartbeat_ms.to_string()),
                 ("--election-timeout", opts.election_ms.to_string()),
-            ];
-            for (k, v) in flags {
+            ] {
                 args.push(k.into());
                 args.push(v);
             }
@@ -465,23 +492,15 @@ impl Cluster {
         let client_url = format!("http://127.0.0.1:{cp}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let data_dir = self.dir.join(format!("{name}.data"));
-        let (program, mut args) = match self.imp {
-            Impl::Etcd => (etcd_bin(), vec![]),
-            Impl::Cairn => (cairn_bin(), vec!["store".to_string()]),
-        };
-        for (k, v) in [
-            ("--name", name.to_string()),
-            ("--data-dir", data_dir.display().to_string()),
-            ("--listen-client-urls", client_url.clone()),
-            ("--advertise-client-urls", client_url.clone()),
-            ("--listen-peer-urls", peer_url.clone()),
-            ("--initial-advertise-peer-urls", peer_url.clone()),
-            ("--initial-cluster", initial_cluster.to_string()),
-            ("--initial-cluster-state", "existing".to_string()),
-        ] {
-            args.push(k.into());
-            args.push(v);
-        }
+        let (program, args) = member_command(
+            self.imp,
+            name,
+            &data_dir,
+            &client_url,
+            &peer_url,
+            initial_cluster,
+            "existing",
+        );
         let mut node = Node {
             imp: self.imp,
             log_path: self.dir.join(format!("{name}.log")),

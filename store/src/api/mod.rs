@@ -46,32 +46,21 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
         cluster: Arc::new(cluster::ClusterService { node: node.clone() }),
         maintenance: Arc::new(maintenance::MaintenanceService { node: node.clone() }),
     };
+    // Replies are bounded by the request limit of what was written; streamed
+    // ones (watch, snapshot) are split by the services themselves.
+    macro_rules! limited {
+        ($server:ident, $svc:expr) => {
+            $server::from_arc($svc)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX)
+        };
+    }
     let mut b = Routes::builder();
-    b.add_service(
-        KvServer::from_arc(services.kv.clone())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    );
-    b.add_service(
-        LeaseServer::from_arc(services.lease.clone())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    );
-    b.add_service(
-        WatchServer::from_arc(services.watch.clone())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    );
-    b.add_service(
-        ClusterServer::from_arc(services.cluster.clone())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    );
-    b.add_service(
-        MaintenanceServer::from_arc(services.maintenance.clone())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    );
+    b.add_service(limited!(KvServer, services.kv.clone()));
+    b.add_service(limited!(LeaseServer, services.lease.clone()));
+    b.add_service(limited!(WatchServer, services.watch.clone()));
+    b.add_service(limited!(ClusterServer, services.cluster.clone()));
+    b.add_service(limited!(MaintenanceServer, services.maintenance.clone()));
     // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
     let body_limit = max * 2;
     b.routes()

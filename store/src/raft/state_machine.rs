@@ -105,22 +105,10 @@ impl StateMachine {
 
     fn apply_command(w: &mut crate::mvcc::apply::Writer, cmd: &Command, term: u64) -> Response {
         let res = match cmd {
-            Command::Put(Proto(r)) => w.put(r).map(|mut r| {
-                stamp(&mut r.header, term);
-                Response::Put(Proto(r))
-            }),
-            Command::DeleteRange(Proto(r)) => w.delete_range(r).map(|mut r| {
-                stamp(&mut r.header, term);
-                Response::DeleteRange(Proto(r))
-            }),
-            Command::Txn(Proto(r)) => w.txn(r).map(|mut r| {
-                stamp(&mut r.header, term);
-                Response::Txn(Proto(r))
-            }),
-            Command::Compact(Proto(r)) => w.compact(r).map(|mut r| {
-                stamp(&mut r.header, term);
-                Response::Compact(Proto(r))
-            }),
+            Command::Put(Proto(r)) => stamped!(w.put(r), term, Put),
+            Command::DeleteRange(Proto(r)) => stamped!(w.delete_range(r), term, DeleteRange),
+            Command::Txn(Proto(r)) => stamped!(w.txn(r), term, Txn),
+            Command::Compact(Proto(r)) => stamped!(w.compact(r), term, Compact),
             Command::MemberAttributes {
                 id,
                 name,
@@ -136,14 +124,8 @@ impl StateMachine {
                 );
                 Ok(Response::Done)
             }
-            Command::LeaseGrant { id, ttl } => w.lease_grant(*id, *ttl).map(|mut r| {
-                stamp(&mut r.header, term);
-                Response::LeaseGrant(Proto(r))
-            }),
-            Command::LeaseRevoke { id } => w.lease_revoke(*id).map(|mut r| {
-                stamp(&mut r.header, term);
-                Response::LeaseRevoke(Proto(r))
-            }),
+            Command::LeaseGrant { id, ttl } => stamped!(w.lease_grant(*id, *ttl), term, LeaseGrant),
+            Command::LeaseRevoke { id } => stamped!(w.lease_revoke(*id), term, LeaseRevoke),
             Command::Alarm {
                 activate,
                 member,
@@ -158,6 +140,18 @@ impl StateMachine {
         res.unwrap_or_else(Response::Error)
     }
 }
+
+/// Wraps an apply result as a [`Response`], with the entry's term in its
+/// header (as etcd's raft_term).
+macro_rules! stamped {
+    ($res:expr, $term:expr, $variant:ident) => {
+        $res.map(|mut r| {
+            stamp(&mut r.header, $term);
+            Response::$variant(Proto(r))
+        })
+    };
+}
+use stamped;
 
 fn stamp(h: &mut Option<cairn_proto::etcdserverpb::ResponseHeader>, term: u64) {
     h.get_or_insert_with(Default::default).raft_term = term;
