@@ -95,31 +95,38 @@ pub struct GetOptions {
     pub max_create_revision: i64,
 }
 
-impl GetOptions {
-    /// Every key with the given key as prefix.
-    pub fn prefix() -> Self {
-        Self {
-            range: KeyRange::Prefix,
-            ..Default::default()
-        }
-    }
+/// The key-range constructors shared by options that select a range.
+macro_rules! range_constructors {
+    ($options:ident) => {
+        impl $options {
+            /// Every key with the given key as prefix.
+            pub fn prefix() -> Self {
+                Self {
+                    range: KeyRange::Prefix,
+                    ..Default::default()
+                }
+            }
 
-    /// Every key >= the given key.
-    pub fn from_key() -> Self {
-        Self {
-            range: KeyRange::FromKey,
-            ..Default::default()
-        }
-    }
+            /// Every key >= the given key.
+            pub fn from_key() -> Self {
+                Self {
+                    range: KeyRange::FromKey,
+                    ..Default::default()
+                }
+            }
 
-    /// Keys in `[key, range_end)`.
-    pub fn range_end(end: impl Into<Vec<u8>>) -> Self {
-        Self {
-            range: KeyRange::RangeEnd(end.into()),
-            ..Default::default()
+            /// Keys in `[key, range_end)`.
+            pub fn range_end(end: impl Into<Vec<u8>>) -> Self {
+                Self {
+                    range: KeyRange::RangeEnd(end.into()),
+                    ..Default::default()
+                }
+            }
         }
-    }
+    };
 }
+
+range_constructors!(GetOptions);
 
 /// Options of [`crate::Client::delete`].
 #[derive(Debug, Clone, Default)]
@@ -128,28 +135,4 @@ pub struct DeleteOptions {
     pub prev_kv: bool,
 }
 
-impl DeleteOptions {
-    /// Every key with the given key as prefix.
-    pub fn prefix() -> Self {
-        Self {
-            range: KeyRange::Prefix,
-            ..Default::default()
-        }
-    }
-
-    /// Every key >= the given key.
-    pub fn from_key() -> Self {
-        Self {
-            range: KeyRange::FromKey,
-            ..Default::default()
-        }
-    }
-
-    /// Keys in `[key, range_end)`.
-    pub fn range_end(end: impl Into<Vec<u8>>) -> Self {
-        Self {
-            range: KeyRange::RangeEnd(end.into()),
-            ..Default::default()
-        }
-    }
-}
+range_constructors!(DeleteOptions);
