@@ -1,12 +1,15 @@
 //! Small builders for Txn: compares and ops.
 //!
-//! ```ignore
+//! ```no_run
+//! # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
 //! use cairn_client::txn::{self, Txn, CompareResult};
 //! let t = Txn::new()
 //!     .when([txn::value("k", CompareResult::Equal, "v1")])
 //!     .and_then([txn::op_put("k", "v2", Default::default())])
 //!     .or_else([txn::op_range("k", Default::default())]);
 //! client.txn(t).await?;
+//! # Ok(())
+//! # }
 //! ```
 
 pub use cairn_proto::etcdserverpb::compare::CompareResult;
