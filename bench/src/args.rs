@@ -90,12 +90,24 @@ pub enum Workload {
     },
     /// Write at a steady rate, kill -9 the leader, report the unavailability window.
     Failover(FailoverArgs),
-    /// Not written yet (the store supports watch; this workload does not drive it yet).
-    Watch,
-    /// Not written yet (the store supports watch; this workload does not drive it yet).
-    WatchFanout,
+    /// N watchers on one prefix and a writer at --rate (default 100/s):
+    /// put-to-event latency.
+    Watch(WatchArgs),
+    /// The same, the writer unthrottled: events delivered per second.
+    WatchFanout(WatchArgs),
     /// Not written yet (the store supports leases; this workload does not drive them yet).
     LeaseKeepalive,
+}
+
+/// Flags of `cairn bench watch` and `watch-fanout`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Number of watchers, all on the same prefix.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Number of watch streams the watchers are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
 }
 
 /// Read consistency, as etcd's `--consistency`.

@@ -11,8 +11,10 @@
 //! - `report`: the human summary and the `--json` object.
 //! - `failover`: steady writes, `kill -9` of the leader, the unavailability window.
 //!
-//! `watch`, `watch-fanout` and `lease-keepalive` exist as subcommands only to
-//! say "not yet": the workloads are not written (the store supports both).
+//! - `watch`: `watch` (put-to-event latency) and `watch-fanout` (events/s).
+//!
+//! `lease-keepalive` exists as a subcommand only to say "not yet": that
+//! workload is not written (the store supports leases).
 
 pub mod args;
 mod conn;
@@ -22,6 +24,7 @@ mod rate;
 mod report;
 mod schedule;
 mod stats;
+mod watch;
 mod workloads;
 
 pub use args::BenchArgs;
@@ -42,8 +45,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let op = workloads::Op::from_args(common, &args.workload)?;
-    let r = workloads::run(common, op).await?;
+    let r = match &args.workload {
+        Workload::Watch(w) => watch::run(common, w.watchers, w.streams, false).await?,
+        Workload::WatchFanout(w) => watch::run(common, w.watchers, w.streams, true).await?,
+        other => workloads::run(common, workloads::Op::from_args(common, other)?).await?,
+    };
     if common.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -75,8 +75,8 @@ impl Op {
                 serializable: *consistency == Consistency::Serializable,
                 write_percent: *write_percent,
             },
-            Workload::Watch | Workload::WatchFanout => {
-                bail!("not yet: cairn bench cannot drive watches yet")
+            Workload::Watch(_) | Workload::WatchFanout(_) => {
+                bail!("watch workloads run on their own")
             }
             Workload::LeaseKeepalive => {
                 bail!("not yet: cairn bench cannot drive lease keep-alives yet")
