@@ -107,15 +107,10 @@ pub async fn run(
                 }
             }
         }
-        let read = mvcc.read(|v| {
-            if next < v.compact_rev {
-                return Err(v.compact_rev);
-            }
-            let (events, upto) = v
-                .history(next, READ_STEP_BYTES)
-                .map_err(|_| v.compact_rev)?;
+        let read = mvcc.read_history(next, READ_STEP_BYTES, |v, events, upto| {
             let mut out = Vec::new();
-            for mut ev in events.into_iter().filter(|e| spec.matches(e)) {
+            for ev in events.iter().filter(|e| spec.matches(e)) {
+                let mut ev = ev.clone();
                 if spec.prev_kv {
                     if let Some(kv) = &ev.kv {
                         ev.prev_kv = v
@@ -132,7 +127,7 @@ pub async fn run(
                 }
                 out.push(ev);
             }
-            Ok((out, upto))
+            (out, upto)
         });
         let (events, upto) = match read {
             Ok(r) => r,

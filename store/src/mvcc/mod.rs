@@ -36,6 +36,17 @@ pub struct Mvcc {
     state: RwLock<State>,
     /// The committed revision, for watchers to wait on.
     rev_tx: tokio::sync::watch::Sender<i64>,
+    /// The last history read that reached the current revision. Caught-up
+    /// watchers all wake for the same new revisions; the first one reads
+    /// them, the others reuse its read.
+    history_cache: std::sync::Mutex<Option<HistoryChunk>>,
+}
+
+/// Events of revisions `from..=upto`, in order.
+struct HistoryChunk {
+    from: i64,
+    upto: i64,
+    events: std::sync::Arc<Vec<cairn_proto::mvccpb::Event>>,
 }
 
 fn read_i64(tree: &sled::Tree, name: &str) -> Result<Option<i64>, EtcdError> {
@@ -58,6 +69,7 @@ impl Mvcc {
                 compact_rev,
             }),
             rev_tx: tokio::sync::watch::channel(rev).0,
+            history_cache: std::sync::Mutex::new(None),
         })
     }
 
@@ -74,6 +86,44 @@ impl Mvcc {
             rev: s.rev,
             compact_rev: s.compact_rev,
         })
+    }
+
+    /// For a watcher: the history from revision `from` (about `max_bytes`,
+    /// whole revisions), handed to `f` with the view it was read from and the
+    /// last revision read. `Err(compact_rev)` if `from` is compacted away.
+    pub fn read_history<R>(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        f: impl FnOnce(&View, &[cairn_proto::mvccpb::Event], i64) -> R,
+    ) -> Result<R, i64> {
+        let s = self.lock_read();
+        let view = View {
+            tree: &s.tree,
+            overlay: None,
+            rev: s.rev,
+            compact_rev: s.compact_rev,
+        };
+        if from < s.compact_rev {
+            return Err(s.compact_rev);
+        }
+        let mut cache = self.history_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.from == from && c.upto == s.rev) {
+            let events = c.events.clone();
+            drop(cache);
+            return Ok(f(&view, &events, s.rev));
+        }
+        let (events, upto) = view.history(from, max_bytes).map_err(|_| s.compact_rev)?;
+        let events = std::sync::Arc::new(events);
+        if upto == s.rev {
+            *cache = Some(HistoryChunk {
+                from,
+                upto,
+                events: events.clone(),
+            });
+        }
+        drop(cache);
+        Ok(f(&view, &events, upto))
     }
 
     /// Notifies of every newly committed revision (latest value only).
@@ -132,6 +182,8 @@ impl Mvcc {
         let compact_rev = read_i64(&tree, "compact")?.unwrap_or(0);
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut s.tree, tree);
+        // The history may differ entirely after a snapshot install.
+        *self.history_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
         s.rev = rev;
         s.compact_rev = compact_rev;
         drop(s);
