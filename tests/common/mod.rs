@@ -232,6 +232,31 @@ pub struct Node {
 }
 
 impl Node {
+    /// A member logging to `<dir>/<name>.log`, started at once.
+    fn start(
+        imp: Impl,
+        dir: &Path,
+        name: String,
+        client_url: String,
+        peer_url: String,
+        data_dir: PathBuf,
+        (program, args): (PathBuf, Vec<String>),
+    ) -> Node {
+        let mut node = Node {
+            imp,
+            log_path: dir.join(format!("{name}.log")),
+            name,
+            client_url,
+            peer_url,
+            data_dir,
+            program,
+            args,
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = OpenOptions::new()
@@ -461,19 +486,15 @@ impl Cluster {
                 args.extend(["--snapshot-catchup-entries".into(), e.to_string()]);
             }
             args.extend(opts.extra_args.iter().cloned());
-            let mut node = Node {
+            nodes.push(Node::start(
                 imp,
-                log_path: dir.join(format!("{name}.log")),
+                &dir,
                 name,
                 client_url,
                 peer_url,
                 data_dir,
-                program,
-                args,
-                child: None,
-            };
-            node.spawn();
-            nodes.push(node);
+                (program, args),
+            ));
         }
         Cluster {
             imp,
@@ -501,18 +522,15 @@ impl Cluster {
             initial_cluster,
             "existing",
         );
-        let mut node = Node {
-            imp: self.imp,
-            log_path: self.dir.join(format!("{name}.log")),
-            name: name.to_string(),
+        let node = Node::start(
+            self.imp,
+            &self.dir,
+            name.to_string(),
             client_url,
             peer_url,
             data_dir,
-            program,
-            args,
-            child: None,
-        };
-        node.spawn();
+            (program, args),
+        );
         self.nodes.push(node);
         self.nodes.len() - 1
     }
