@@ -862,3 +862,146 @@ async fn generated_admin_key_is_shared_by_every_instance() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn console_sessions_are_shared_signed_and_rate_limited() {
+    let cluster = Cluster::start(Impl::Cairn, 3).await;
+    let cfg = cluster.dir.join("control.yaml");
+    let hash = cairn_control::console::hash_password("pw-bob").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("users:\n  - username: bob\n    password_hash: '{hash}'\n    role: viewer\n"),
+    )
+    .unwrap();
+    let args = ["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()];
+    let a = ControlPlane::start(&cluster, &args).await;
+    let b = ControlPlane::start(&cluster, &args).await;
+    let login = |url: String, body: Value| async move {
+        request("POST", &format!("{url}/login"), &[], Some(body.to_string()))
+            .await
+            .unwrap()
+    };
+    // Both instances load the same session secret from the store.
+    let r = wait_for_login(&a.url, json!({"username": "bob", "password": "pw-bob"})).await;
+    let set_cookie = r.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    for cp in [&a, &b] {
+        let r = request(
+            "GET",
+            &format!("{}/api/session", cp.url),
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json(), json!({"user": "console:bob", "role": "viewer"}));
+    }
+    // A viewer's session reads but never writes.
+    let r = request(
+        "GET",
+        &format!("{}/apisix/admin/routes", b.url),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = request(
+        "PUT",
+        &format!("{}/apisix/admin/upstreams/1", b.url),
+        &[("cookie", &cookie), ("x-cairn-console", "1")],
+        Some(upstream().to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    // A tampered cookie is no session.
+    let forged = cookie.replace("7669657765", "61646d696e");
+    let r = request(
+        "GET",
+        &format!("{}/api/session", a.url),
+        &[("cookie", &forged)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    // An admin session from an API key; a cookie alone (no console header) cannot write.
+    let r = login(a.url.clone(), json!({"api_key": ADMIN})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let admin_cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let put = |headers: Vec<(&'static str, String)>| {
+        let url = format!("{}/apisix/admin/upstreams/1", b.url);
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            request("PUT", &url, &h, Some(upstream().to_string()))
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(put(vec![("cookie", admin_cookie.clone())]).await, 403);
+    assert_eq!(
+        put(vec![
+            ("cookie", admin_cookie.clone()),
+            ("x-cairn-console", "1".into())
+        ])
+        .await,
+        201
+    );
+    let audit = cp_audit(&a).await;
+    assert_eq!(audit["list"][0]["who"], "api-key:admin");
+    // Logins are rate-limited per instance and address.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            login(
+                b.url.clone(),
+                json!({"username": "bob", "password": "wrong"}),
+            )
+            .await
+            .status,
+        );
+    }
+    assert!(statuses.contains(&401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    // The other instance counts on its own.
+    assert_eq!(
+        login(
+            a.url.clone(),
+            json!({"username": "bob", "password": "pw-bob"})
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+/// Logs in, waiting for the instance to have loaded the session secret.
+async fn wait_for_login(url: &str, body: Value) -> common::control::Resp {
+    common::wait_for(SLOW, "a successful login", || {
+        let (url, body) = (url.to_string(), body.clone());
+        async move {
+            let r = request("POST", &format!("{url}/login"), &[], Some(body.to_string()))
+                .await
+                .ok()?;
+            (r.status == 200).then_some(r)
+        }
+    })
+    .await
+}
+
+async fn cp_audit(cp: &ControlPlane) -> Value {
+    cp.call("GET", "/api/audit", Some(ADMIN), None).await.json()
+}
