@@ -747,6 +747,35 @@ async fn history_and_rollback_survive_compaction() {
     assert_eq!(a["list"][0]["action"], "rollback");
     assert_eq!(a["list"][0]["old_value"]["uri"], "/v1");
     assert!(a["list"][0]["new_revision"].as_i64() > a["list"][0]["old_revision"].as_i64());
+
+    // A deleted route keeps its history, and a rollback brings it back.
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/routes/h", k, None)
+            .await
+            .status,
+        200
+    );
+    let h = cp
+        .call("GET", "/apisix/admin/routes/h/history", k, None)
+        .await
+        .json();
+    let list = h["list"].as_array().unwrap();
+    assert_eq!(list[0]["action"], "delete");
+    assert!(list[0]["value"].is_null(), "{h}");
+    let r = cp
+        .call(
+            "POST",
+            &format!("/apisix/admin/routes/h/rollback?revision={}", revs[2]),
+            k,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let back = cp
+        .call("GET", "/apisix/admin/routes/h", k, None)
+        .await
+        .json();
+    assert_eq!(back["value"]["uri"], "/v3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -65,6 +65,8 @@ async function boot() {
   try {
     const me = await api("GET", "/api/session");
     $("#who").textContent = `${me.user} (${me.role})`;
+    // A viewer sees no write buttons (the API refuses viewer writes anyway).
+    document.body.dataset.role = me.role;
     $("#login-view").hidden = true; $("#nav").hidden = false; $("#logout").hidden = false;
     route();
   } catch (_) { showLogin(); }
@@ -100,7 +102,7 @@ async function listPage(res, query = "") {
   const v = $("#view");
   v.innerHTML = `<h1>${p.title}</h1>
     <div class="toolbar"><input id="search" placeholder="Search by name or URI" value="${esc(query)}">
-    <button id="new">Create</button><span id="list-error" class="error"></span></div>
+    <button id="new" class="write">Create</button><span id="list-error" class="error"></span></div>
     <table id="list"><thead><tr><th>ID</th><th>Name</th><th>${res === "upstreams" ? "Nodes" : res === "routes" ? "URI" : "Details"}</th>${res === "routes" ? "<th>Status</th>" : ""}<th>Updated</th><th></th></tr></thead><tbody></tbody></table>`;
   $("#new").onclick = () => { location.hash = `#/${res}/new`; };
   $("#search").onkeydown = (e) => { if (e.key === "Enter") listPage(res, e.target.value); };
@@ -118,8 +120,8 @@ async function listPage(res, query = "") {
       (res === "routes" ? `<td><span class="pill ${online ? "on" : "off"}">${online ? "published" : "offline"}</span></td>` : "") +
       `<td>${val.update_time ? new Date(val.update_time * 1000).toLocaleString() : ""}</td>
       <td class="actions"><button class="secondary edit">Edit</button><button class="secondary history">History</button>` +
-      (res === "routes" ? `<button class="secondary toggle">${online ? "Offline" : "Publish"}</button>` : "") +
-      `<button class="danger delete">Delete</button></td>`;
+      (res === "routes" ? `<button class="secondary toggle write">${online ? "Offline" : "Publish"}</button>` : "") +
+      `<button class="danger delete write">Delete</button></td>`;
     $(".edit", tr).onclick = () => { location.hash = `#/${res}/edit/${id}`; };
     $(".history", tr).onclick = () => { location.hash = `#/${res}/history/${id}`; };
     const toggle = $(".toggle", tr);
@@ -170,7 +172,7 @@ async function editPage(res, id) {
     <div class="grid"><form id="edit-form" class="card">
       ${id || res === "consumers" ? "" : `<label>ID (empty: generated)<input name="__id"></label>`}
       ${p.fields.map(fieldHtml).join("")}
-      <button id="save" type="submit">Save</button> <button type="button" class="secondary" id="cancel">Cancel</button>
+      <button id="save" class="write" type="submit">Save</button> <button type="button" class="secondary" id="cancel">Cancel</button>
       <p id="form-error" class="error" role="alert"></p></form>
     <div class="card"><label>Raw JSON<textarea id="raw" rows="24" spellcheck="false"></textarea></label>
       <p id="raw-error" class="error"></p></div></div>`;
@@ -241,7 +243,7 @@ async function historyPage(res, id) {
     tr.innerHTML = `<td>${ver.revision}${ver.current ? ' <span class="pill on">current</span>' : ""}</td>
       <td>${ver.when_ms ? new Date(ver.when_ms).toLocaleString() : ""}</td><td>${esc(ver.who || "")}</td>
       <td>${esc(ver.action || "")}</td><td>${esc(ver.source)}</td>
-      <td class="actions"><button class="secondary show">Diff</button>${ver.current || !ver.value ? "" : `<button class="rollback" data-rev="${ver.revision}">Roll back to this</button>`}</td>`;
+      <td class="actions"><button class="secondary show">Diff</button>${ver.current || !ver.value ? "" : `<button class="rollback write" data-rev="${ver.revision}">Roll back to this</button>`}</td>`;
     $(".show", tr).onclick = () => {
       for (const r of document.querySelectorAll("#history tr")) r.classList.remove("selected");
       tr.classList.add("selected");
