@@ -28,6 +28,26 @@ pub struct ClientOptions {
     pub max_decoding_message_size: usize,
     /// Auth token sent as the `token` metadata header (etcd's header name) when set.
     pub token: Option<String>,
+    /// User and password: the client authenticates before its first call and
+    /// again whenever a member answers "invalid auth token" (tokens expire),
+    /// as etcd's clientv3 does. Takes precedence over `token`.
+    pub credentials: Option<Credentials>,
+}
+
+/// A store user and password (etcd's `--user name:password`).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientOptions {
@@ -38,6 +58,7 @@ impl Default for ClientOptions {
             retry_budget: Duration::from_secs(5),
             max_decoding_message_size: 64 * 1024 * 1024,
             token: None,
+            credentials: None,
         }
     }
 }

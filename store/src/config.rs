@@ -120,6 +120,15 @@ pub struct StoreConfig {
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+
+    /// Token kind. Accepted for etcd compatibility: Cairn always issues
+    /// signed tokens that every member accepts (see the README's auth section).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Seconds an auth token stays valid after it is issued.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
 }
 
 /// `--initial-cluster-state`.
@@ -149,6 +158,8 @@ pub const KNOWN_ENV: &[&str] = &[
     "ETCD_QUOTA_BACKEND_BYTES",
     "ETCD_AUTO_COMPACTION_MODE",
     "ETCD_AUTO_COMPACTION_RETENTION",
+    "ETCD_AUTH_TOKEN",
+    "ETCD_AUTH_TOKEN_TTL",
 ];
 
 /// `ETCD_*` variables present in the environment that Cairn does not read.

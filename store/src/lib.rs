@@ -9,6 +9,7 @@
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
 //! - [`compactor`]: `--auto-compaction-*`, proposed by the leader.
 //! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
+//! - [`auth`]: users, roles, permissions and tokens (etcd's v3 auth).
 //! - [`membership`]: member add/remove/update/promote with etcd's checks.
 //! - [`watch`]: watchers, reading the store's history.
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
@@ -24,6 +25,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod auth;
 pub mod batcher;
 pub mod command;
 pub mod compactor;

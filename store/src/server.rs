@@ -148,6 +148,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         } else {
             cfg.quota_backend_bytes
         },
+        Duration::from_secs(cfg.auth_token_ttl),
     );
 
     // Peer port first: the other members need it to elect a leader.
