@@ -77,7 +77,9 @@ async fn etcdctl_users_roles_and_permissions(imp: Impl) {
     assert!(fails(eps, &[ALICE, "put", "/shared", "1"]).contains("permission denied"));
     assert!(fails(eps, &[ALICE, "get", "/", "--prefix"]).contains("permission denied"));
     assert!(fails(eps, &[ALICE, "user", "list"]).contains("permission denied"));
-    assert!(fails(&eps[..1], &[ALICE, "snapshot", "save", "/dev/null"]).contains("permission denied"));
+    assert!(
+        fails(&eps[..1], &[ALICE, "snapshot", "save", "/dev/null"]).contains("permission denied")
+    );
 
     // What alice may do.
     etcdctl_ok(eps, &[ALICE, "put", "/app/x", "1"], None);

@@ -39,7 +39,9 @@ pub use cairn_proto::{etcdserverpb as pb, mvccpb};
 pub use error::{Error, Result};
 pub use kv::prefix_end;
 pub use lease::LeaseKeepAlive;
-pub use options::{ClientOptions, Credentials, DeleteOptions, GetOptions, KeyRange, PutOptions};
+pub use options::{
+    ClientOptions, Credentials, DeleteOptions, GetOptions, KeyRange, PutOptions, TlsOptions,
+};
 pub use tonic::Code;
 pub use watch::{ResumingWatcher, WatchOptions, Watcher};
 
@@ -78,7 +80,7 @@ impl Client {
         };
         let mut members: Vec<endpoints::Member> = Vec::with_capacity(endpoints.len());
         for e in &endpoints {
-            let url = endpoints::normalize(e)?;
+            let url = endpoints::normalize(e, opts.tls.is_some())?;
             if members.iter().all(|m| m.url != url) {
                 members.push(endpoints::member(url, &opts)?);
             }

@@ -15,6 +15,7 @@
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
 //! - [`api`]: the gRPC services clients call.
 //! - [`storage`]: the data dir layout and sled; the only module that opens it.
+//! - [`tls`]: rustls configs for the client and peer ports from etcd's flags.
 //! - [`metrics`]: `/metrics` with etcd's metric names.
 //! - [`restore`]: the snapshot file (`etcdctl snapshot save`) and `cairn snapshot restore`.
 //! - [`error`]: etcd's error codes and message strings.
@@ -41,6 +42,7 @@ pub mod raft;
 pub mod restore;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod watch;
 
 pub use config::StoreConfig;

@@ -203,6 +203,49 @@ pub struct ClusterOptions {
     pub snapshot_catchup_entries: Option<u64>,
     /// Flags both etcd and Cairn take, passed to every member.
     pub extra_args: Vec<String>,
+    /// Serve both ports over TLS with these files (`https://` URLs), and
+    /// give the harness's own clients the matching client settings.
+    pub tls: Option<TestTls>,
+}
+
+/// PEM files of a test PKI: every member presents `cert`/`key` (for
+/// 127.0.0.1) on both ports and requires client certificates signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestTls {
+    fn member_args(&self) -> Vec<String> {
+        let (ca, cert, key) = (
+            self.ca.display().to_string(),
+            self.cert.display().to_string(),
+            self.key.display().to_string(),
+        );
+        [
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .chain([
+            "--client-cert-auth".into(),
+            "--peer-client-cert-auth".into(),
+        ])
+        .collect()
+    }
+
+    /// Client settings presenting the members' own certificate.
+    pub fn client(&self) -> cairn_client::TlsOptions {
+        cairn_client::TlsOptions::from_files(&self.ca, Some(&self.cert), Some(&self.key))
+            .expect("read test PEM files")
+    }
 }
 
 impl Default for ClusterOptions {
@@ -213,6 +256,7 @@ impl Default for ClusterOptions {
             snapshot_count: None,
             snapshot_catchup_entries: None,
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -226,6 +270,8 @@ pub struct Node {
     pub peer_url: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Settings of the harness's clients (TLS when the cluster uses it).
+    pub client_opts: ClientOptions,
     program: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -244,6 +290,7 @@ impl Node {
     ) -> Node {
         let mut node = Node {
             imp,
+            client_opts: test_client_options(),
             log_path: dir.join(format!("{name}.log")),
             name,
             client_url,
@@ -372,7 +419,7 @@ impl Node {
 
     /// A client talking to this member only.
     pub async fn client(&self) -> Client {
-        Client::connect(vec![self.client_url.clone()], test_client_options())
+        Client::connect(vec![self.client_url.clone()], self.client_opts.clone())
             .await
             .expect("client")
     }
@@ -449,18 +496,19 @@ impl Cluster {
             }
         };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let initial_cluster = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}"))
+            .map(|(i, (_, p))| format!("n{i}={scheme}://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("cairn-test-{}", free_port());
         let mut nodes = Vec::new();
         for (i, (cp, pp)) in ports.iter().enumerate() {
             let name = format!("n{i}");
-            let client_url = format!("http://127.0.0.1:{cp}");
-            let peer_url = format!("http://127.0.0.1:{pp}");
+            let client_url = format!("{scheme}://127.0.0.1:{cp}");
+            let peer_url = format!("{scheme}://127.0.0.1:{pp}");
             let data_dir = dir.join(format!("{name}.data"));
             let (program, mut args) = member_command(
                 imp,
@@ -486,7 +534,10 @@ impl Cluster {
                 args.extend(["--snapshot-catchup-entries".into(), e.to_string()]);
             }
             args.extend(opts.extra_args.iter().cloned());
-            nodes.push(Node::start(
+            if let Some(tls) = &opts.tls {
+                args.extend(tls.member_args());
+            }
+            let mut node = Node::start(
                 imp,
                 &dir,
                 name,
@@ -494,7 +545,9 @@ impl Cluster {
                 peer_url,
                 data_dir,
                 (program, args),
-            ));
+            );
+            node.client_opts.tls = opts.tls.as_ref().map(TestTls::client);
+            nodes.push(node);
         }
         Cluster {
             imp,
@@ -581,7 +634,7 @@ impl Cluster {
     pub async fn status(&self, i: usize) -> Option<cairn_client::pb::StatusResponse> {
         let opts = ClientOptions {
             request_timeout: Duration::from_secs(2),
-            ..test_client_options()
+            ..self.nodes[i].client_opts.clone()
         };
         let c = Client::connect(vec![self.nodes[i].client_url.clone()], opts)
             .await
@@ -621,7 +674,7 @@ impl Cluster {
 
     /// A cairn-client over all members.
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), test_client_options())
+        Client::connect(self.endpoints(), self.nodes[0].client_opts.clone())
             .await
             .expect("client")
     }
