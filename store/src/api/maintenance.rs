@@ -222,6 +222,10 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         super::auth::require_admin(&self.node, req.metadata())?;
-        Err(not_yet("MoveLeader"))
+        // openraft 0.9 cannot hand leadership over (0.10 can): say so
+        // rather than pretend.
+        Err(Status::unimplemented(
+            "etcdserver: move-leader is not supported: openraft 0.9.25 has no leadership transfer",
+        ))
     }
 }
