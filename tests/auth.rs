@@ -276,10 +276,34 @@ async fn gateway_token_on_every_member(imp: Impl) {
         "etcdserver: authentication failed, invalid user ID or password"
     );
 
-    // A password change invalidates the token everywhere.
+    // APISIX's startup with auth: version check, authenticate, init dirs.
+    let (status, v) = http(&eps[1], "GET", "/version", &[], None).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["etcdserver"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("3.4")),
+        "{v}"
+    );
     let root = json!({"name": "root", "password": "rootpw"});
-    let (_, v) = http(&eps[0], "POST", "/v3/auth/authenticate", &[], Some(&root)).await;
+    let (_, v) = http(&eps[1], "POST", "/v3/auth/authenticate", &[], Some(&root)).await;
     let root_token = v["token"].as_str().expect("root token").to_string();
+    for dir in ["/apisix/routes/", "/apisix/upstreams/", "/apisix/services/"] {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let init = json!({"key": b64(dir), "value": b64("init_dir")});
+        let (status, v) = http(
+            &eps[1],
+            "POST",
+            "/v3/kv/put",
+            &[("Authorization", &root_token)],
+            Some(&init),
+        )
+        .await;
+        assert_eq!(status, 200, "{dir}: {v}");
+    }
+
+    // A password change invalidates the token everywhere.
     let pw = json!({"name": "alice", "password": "changed"});
     let (status, v) = http(
         &eps[0],
