@@ -230,14 +230,7 @@ async fn gateway_token_on_every_member(imp: Impl) {
     let token = v["token"].as_str().expect("token").to_string();
     let put = json!({"key": "L2FwcC9h", "value": "MQ=="}); // /app/a = 1
     for ep in &eps {
-        let (status, v) = http(
-            ep,
-            "POST",
-            "/v3/kv/put",
-            &[("Authorization", &token)],
-            Some(&put),
-        )
-        .await;
+        let (status, v) = post_as(ep, "/v3/kv/put", &token, &put).await;
         assert_eq!(status, 200, "{ep}: {v}");
     }
     // Errors in etcd's gateway shape.
@@ -247,23 +240,9 @@ async fn gateway_token_on_every_member(imp: Impl) {
         (400, Some("etcdserver: user name is empty"))
     );
     let other = json!({"key": "L290aGVy", "value": "MQ=="}); // /other
-    let (status, v) = http(
-        &eps[2],
-        "POST",
-        "/v3/kv/put",
-        &[("Authorization", &token)],
-        Some(&other),
-    )
-    .await;
+    let (status, v) = post_as(&eps[2], "/v3/kv/put", &token, &other).await;
     assert_eq!((status, v["code"].as_i64()), (403, Some(7)), "{v}");
-    let (status, v) = http(
-        &eps[0],
-        "POST",
-        "/v3/kv/put",
-        &[("Authorization", "garbage")],
-        Some(&put),
-    )
-    .await;
+    let (status, v) = post_as(&eps[0], "/v3/kv/put", "garbage", &put).await;
     assert_eq!(
         (status, v["error"].as_str()),
         (401, Some("etcdserver: invalid auth token"))
@@ -292,42 +271,31 @@ async fn gateway_token_on_every_member(imp: Impl) {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let init = json!({"key": b64(dir), "value": b64("init_dir")});
-        let (status, v) = http(
-            &eps[1],
-            "POST",
-            "/v3/kv/put",
-            &[("Authorization", &root_token)],
-            Some(&init),
-        )
-        .await;
+        let (status, v) = post_as(&eps[1], "/v3/kv/put", &root_token, &init).await;
         assert_eq!(status, 200, "{dir}: {v}");
     }
 
     // A password change invalidates the token everywhere.
     let pw = json!({"name": "alice", "password": "changed"});
-    let (status, v) = http(
-        &eps[0],
-        "POST",
-        "/v3/auth/user/changepw",
-        &[("Authorization", &root_token)],
-        Some(&pw),
-    )
-    .await;
+    let (status, v) = post_as(&eps[0], "/v3/auth/user/changepw", &root_token, &pw).await;
     assert_eq!(status, 200, "{v}");
     for ep in &eps {
         common::wait_until(SLOW, "old token refused", || async {
-            let (status, _) = http(
-                ep,
-                "POST",
-                "/v3/kv/put",
-                &[("Authorization", &token)],
-                Some(&put),
-            )
-            .await;
+            let (status, _) = post_as(ep, "/v3/kv/put", &token, &put).await;
             status == 401
         })
         .await;
     }
+}
+
+/// A gateway POST carrying `token` in `Authorization`, as lua-resty-etcd sends it.
+async fn post_as(
+    ep: &str,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    http(ep, "POST", path, &[("Authorization", token)], Some(body)).await
 }
 
 fn creds(user: &str, password: &str) -> ClientOptions {
