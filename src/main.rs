@@ -1,12 +1,14 @@
 //! The `cairn` binary: parses flags and hands over to the crates.
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
-//! - `cairn up`: a local three-node cluster for a first try (`up`).
+//! - `cairn up`: a local three-node cluster for a first try (`up`); with
+//!   `--drill`, the HA drill against local processes (`drill`).
 //! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
 //! - `cairn bench`: load generator for any etcd v3 cluster (`cairn-bench`).
 //! - `cairn healthcheck URL`: GET, exit 0 on 2xx (compose health checks in a
 //!   `scratch` image, which has no curl) (`healthcheck`).
 
+mod drill;
 mod healthcheck;
 mod up;
 
