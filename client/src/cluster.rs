@@ -18,7 +18,7 @@ impl Client {
     /// in either accepted spelling). No failover: the caller asked about this
     /// member. A member that cannot be reached gives [`Error::Unavailable`].
     pub async fn status(&self, endpoint: &str) -> Result<StatusResponse> {
-        let url = normalize(endpoint)?;
+        let url = normalize(endpoint, self.inner.opts.tls.is_some())?;
         let member = self
             .inner
             .members
