@@ -53,7 +53,7 @@ impl Client {
     /// Maintenance.HashKV of one specific member at `revision` (0 = its
     /// latest), as `etcdctl endpoint hashkv`. No failover, like [`Client::status`].
     pub async fn hash_kv(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse> {
-        let url = normalize(endpoint)?;
+        let url = normalize(endpoint, self.inner.opts.tls.is_some())?;
         let member = self
             .inner
             .members
