@@ -1,10 +1,15 @@
 //! The `cairn` binary: parses flags and hands over to the crates.
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
-//! - `cairn up`: a local three-node cluster for a first try (`up`).
+//! - `cairn up`: a local three-node cluster for a first try (`up`); with
+//!   `--drill`, the HA drill against local processes (`drill`).
 //! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
 //! - `cairn bench`: load generator for any etcd v3 cluster (`cairn-bench`).
+//! - `cairn healthcheck URL`: GET, exit 0 on 2xx (compose health checks in a
+//!   `scratch` image, which has no curl) (`healthcheck`).
 
+mod drill;
+mod healthcheck;
 mod up;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -43,6 +48,8 @@ enum Cmd {
     Snapshot(SnapshotCmd),
     /// Load generator for any etcd v3 cluster (etcd's `benchmark` flags).
     Bench(cairn_bench::BenchArgs),
+    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -92,6 +99,7 @@ fn main() -> std::process::ExitCode {
                 })
             }
             Cmd::Bench(args) => cairn_bench::run(args).await,
+            Cmd::Healthcheck(args) => healthcheck::run(args).await,
         }
     });
     match res {

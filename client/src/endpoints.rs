@@ -56,7 +56,7 @@ pub(crate) fn member(url: String, opts: &ClientOptions) -> Result<Member> {
     let channel = ep
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
-        .connect_lazy();
+        .connect_with_connector_lazy(crate::resolve::connector());
     Ok(Member { url, channel })
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`Client`] (this file): connect to a list of members; cheap to clone.
 //! - `endpoints`: endpoint URL parsing, one lazily connected channel per member.
+//! - [`resolve`]: pure-Rust name resolution and the TCP connector of every
+//!   channel (also the store's peer channels), re-resolving on each reconnect.
 //! - `call`: endpoint choice (sticky with failover), per-attempt timeout, and the
 //!   rule that a mutation is never re-sent once it may have been applied.
 //! - [`error`]: [`Error`], and the classification of a failed attempt
@@ -28,6 +30,7 @@ pub mod error;
 mod kv;
 mod lease;
 pub mod options;
+pub mod resolve;
 pub mod txn;
 pub mod watch;
 

@@ -106,7 +106,7 @@ impl PeerPool {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let ch = ep.connect_lazy();
+        let ch = ep.connect_with_connector_lazy(cairn_client::resolve::connector());
         map.insert(url.to_string(), ch.clone());
         Ok(ch)
     }
@@ -211,6 +211,7 @@ pub fn never_sent(status: &tonic::Status) -> bool {
             || s.contains("tcp connect error")
             || s.contains("Connection refused")
             || s.contains("(Connect)")
+            || s == "dns error"
         {
             return true;
         }
