@@ -195,6 +195,9 @@ WORKLOADS=(
     "range-l-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency l"
     "range-s-1|--target-leader --conns 1 --clients 1 --duration $DUR range foo --consistency s"
     "range-s-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency s"
+    "lease-keepalive-64|--target-leader --conns 8 --clients 64 --duration $DUR lease-keepalive"
+    "watch-1000|--duration $DUR --rate 100 watch --watchers 1000 --streams 10"
+    "watch-fanout-1000|--duration $DUR watch-fanout --watchers 1000 --streams 10"
 )
 
 if [[ $PHASES == *" steady "* ]]; then

@@ -2,10 +2,15 @@
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
 //! - `cairn control`: admin API and web console (`cairn-control`).
-//! - `cairn up`: a local three-node cluster for a first try (`up`).
+//! - `cairn up`: a local three-node cluster for a first try (`up`); with
+//!   `--drill`, the HA drill against local processes (`drill`).
 //! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
 //! - `cairn bench`: load generator for any etcd v3 cluster (`cairn-bench`).
+//! - `cairn healthcheck URL`: GET, exit 0 on 2xx (compose health checks in a
+//!   `scratch` image, which has no curl) (`healthcheck`).
 
+mod drill;
+mod healthcheck;
 mod up;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,6 +51,8 @@ enum Cmd {
     Snapshot(SnapshotCmd),
     /// Load generator for any etcd v3 cluster (etcd's `benchmark` flags).
     Bench(cairn_bench::BenchArgs),
+    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,6 +103,7 @@ fn main() -> std::process::ExitCode {
                 })
             }
             Cmd::Bench(args) => cairn_bench::run(args).await,
+            Cmd::Healthcheck(args) => healthcheck::run(args).await,
         }
     });
     match res {

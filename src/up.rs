@@ -18,9 +18,13 @@ pub struct UpArgs {
     /// Address to bind and advertise.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Run the HA drill (scenarios 1-4 of compose/ha-drill.sh) against fresh
+    /// local processes on these ports instead, then stop (see `drill`).
+    #[arg(long)]
+    drill: bool,
 }
 
-const NODES: [(&str, u16, u16); 3] = [
+pub(crate) const NODES: [(&str, u16, u16); 3] = [
     ("s1", 2379, 2380),
     ("s2", 22379, 22380),
     ("s3", 32379, 32380),
@@ -30,6 +34,9 @@ const NODES: [(&str, u16, u16); 3] = [
 const CONTROL_PORT: u16 = 9000;
 
 pub async fn run(args: UpArgs) -> Result<()> {
+    if args.drill {
+        return crate::drill::run(&args.data_dir, &args.host).await;
+    }
     for (_, client, peer) in NODES {
         for port in [client, peer, CONTROL_PORT] {
             if std::net::TcpListener::bind((args.host.as_str(), port)).is_err() {

@@ -1,5 +1,6 @@
 //! `cairn up`: three local store nodes as child processes, stopped by Ctrl-C
-//! (SIGINT), and a clear error when a port it needs is taken.
+//! (SIGINT), and a clear error when a port it needs is taken; then
+//! `cairn up --drill` on the same ports.
 
 mod common;
 
@@ -122,4 +123,24 @@ async fn up_starts_three_nodes_and_stops_on_ctrl_c() {
         .unwrap_or_else(|| panic!("prints the admin key: {stdout}"));
     assert_eq!(key.len(), 64, "{key}");
     assert!(ports_free(), "every node stopped and released its ports");
+
+    // `cairn up --drill` on the same ports (so in this test, not beside it):
+    // the HA scenarios against local processes, which exits non-zero on any
+    // FAIL and removes its data dir only when everything passed.
+    let out = Command::new(cairn_bin())
+        .args(["up", "--drill", "--data-dir"])
+        .arg(dir.path().join("drill"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cairn up --drill failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for scenario in ["PASS  2a", "PASS  2b", "PASS  3", "PASS  4"] {
+        assert!(stdout.contains(scenario), "{scenario} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(ports_free(), "the drill stopped every node");
 }

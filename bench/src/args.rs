@@ -95,8 +95,13 @@ pub enum Workload {
     Watch(WatchArgs),
     /// The same, the writer unthrottled: events delivered per second.
     WatchFanout(WatchArgs),
-    /// Not written yet (the store supports leases; this workload does not drive them yet).
-    LeaseKeepalive,
+    /// Each client grants one lease (untimed), then renews it over one
+    /// keep-alive stream: each request is one renewal and its answer.
+    LeaseKeepalive {
+        /// TTL (seconds) of each client's lease.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
 }
 
 /// Flags of `cairn bench watch` and `watch-fanout`.

@@ -13,8 +13,7 @@
 //!
 //! - `watch`: `watch` (put-to-event latency) and `watch-fanout` (events/s).
 //!
-//! `lease-keepalive` exists as a subcommand only to say "not yet": that
-//! workload is not written (the store supports leases).
+//! `lease-keepalive`: one lease per client, renewed over a keep-alive stream.
 
 pub mod args;
 mod conn;

@@ -1,5 +1,5 @@
-//! The workloads (`put`, `range`, `txn-put`, `mixed`) and the runner that
-//! drives `--clients` workers over `--conns` connections.
+//! The workloads (`put`, `range`, `txn-put`, `mixed`, `lease-keepalive`)
+//! and the runner that drives `--clients` workers over `--conns` connections.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use cairn_client::pb::{response_op, RangeRequest};
 use cairn_client::txn::{self, CompareResult, Txn};
-use cairn_client::{Client, Error, GetOptions, PutOptions};
+use cairn_client::{Client, Error, GetOptions, LeaseKeepAlive, PutOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{Common, Consistency, Workload};
@@ -38,6 +38,9 @@ pub enum Op {
         value: Vec<u8>,
         serializable: bool,
         write_percent: u8,
+    },
+    LeaseKeepalive {
+        ttl: i64,
     },
 }
 
@@ -78,9 +81,7 @@ impl Op {
             Workload::Watch(_) | Workload::WatchFanout(_) => {
                 bail!("watch workloads run on their own")
             }
-            Workload::LeaseKeepalive => {
-                bail!("not yet: cairn bench cannot drive lease keep-alives yet")
-            }
+            Workload::LeaseKeepalive { ttl } => Op::LeaseKeepalive { ttl: *ttl },
             Workload::Failover(_) => bail!("failover is not a steady workload"),
         })
     }
@@ -92,6 +93,7 @@ impl Op {
             Op::Range { .. } => "range-linearizable",
             Op::TxnPut { .. } => "txn-put",
             Op::Mixed { .. } => "mixed",
+            Op::LeaseKeepalive { .. } => "lease-keepalive",
         }
     }
 }
@@ -102,6 +104,8 @@ pub struct WorkerState {
     /// txn-put: the mod_revision this worker last saw per key index (absent = 0,
     /// "the key does not exist", which is what etcd compares a missing key as).
     seen: HashMap<u64, i64>,
+    /// lease-keepalive: this worker's lease and its stream.
+    lease: Option<LeaseKeepAlive>,
 }
 
 impl WorkerState {
@@ -110,6 +114,7 @@ impl WorkerState {
             // Fixed seeds: two runs draw the same keys, so A/B runs compare like with like.
             rng: fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15 ^ id as u64),
             seen: HashMap::new(),
+            lease: None,
         }
     }
 }
@@ -134,6 +139,34 @@ pub async fn one(op: &Op, ticket: u64, client: &Client, st: &mut WorkerState, re
             ("put", r.map(drop))
         }
         Op::Range { req } => ("range", client.range(req.clone()).await.map(drop)),
+        Op::LeaseKeepalive { ttl } => {
+            if st.lease.is_none() {
+                // Setup, not measured: one lease per worker, as etcd's benchmark.
+                match client.lease_grant(*ttl, 0).await {
+                    Ok(g) => st.lease = Some(client.lease_keep_alive(g.id)),
+                    Err(e) => {
+                        rec.error(error_kind(&e));
+                        return;
+                    }
+                }
+            }
+            let t0 = Instant::now();
+            let r = match st.lease.as_mut() {
+                Some(ka) => ka.keep_alive().await.and_then(|resp| match resp.ttl {
+                    0 => Err(Error::Status {
+                        code: cairn_client::Code::NotFound,
+                        message: "lease expired before it was renewed".into(),
+                    }),
+                    _ => Ok(()),
+                }),
+                None => return,
+            };
+            match r {
+                Ok(()) => rec.ok("keepalive", t0.elapsed()),
+                Err(e) => rec.error(error_kind(&e)),
+            }
+            return;
+        }
         Op::TxnPut { keys, value } => {
             let i = keys.index(ticket, &mut st.rng);
             let k = keys.key(i);

@@ -31,7 +31,8 @@ impl Client {
     /// Builds a request carrying the auth token, if any.
     pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        if let Some(token) = &self.inner.token {
+        let token = self.inner.token.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(token) = token.as_ref() {
             req.metadata_mut().insert("token", token.clone());
         }
         req
@@ -64,8 +65,35 @@ impl Client {
     }
 
     /// [`Client::call`], also returning the index of the member that answered
-    /// (streams remember it, to fail over away from it later).
+    /// (streams remember it, to fail over away from it later). With
+    /// credentials, authenticates first if there is no token yet, and once
+    /// more if the token was refused (nothing was applied then).
     pub(crate) async fn call_indexed<T, F, Fut>(&self, kind: Kind, mut f: F) -> Result<(T, usize)>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.inner.opts.credentials.is_none() {
+            return self.call_unauthenticated(kind, f).await;
+        }
+        if !self.has_token() {
+            self.authenticate().await?;
+        }
+        match self.call_unauthenticated(kind, &mut f).await {
+            Err(e) if crate::auth::token_refused(&e) => {
+                self.authenticate().await?;
+                self.call_unauthenticated(kind, f).await
+            }
+            other => other,
+        }
+    }
+
+    /// The failover loop of [`Client::call_indexed`], with whatever token is set.
+    pub(crate) async fn call_unauthenticated<T, F, Fut>(
+        &self,
+        kind: Kind,
+        mut f: F,
+    ) -> Result<(T, usize)>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,

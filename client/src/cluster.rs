@@ -4,8 +4,8 @@ use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    MemberListRequest, MemberListResponse, StatusRequest, StatusResponse,
+    HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, MemberListRequest, MemberListResponse, StatusRequest, StatusResponse,
 };
 
 use crate::call::Kind;
@@ -18,7 +18,7 @@ impl Client {
     /// in either accepted spelling). No failover: the caller asked about this
     /// member. A member that cannot be reached gives [`Error::Unavailable`].
     pub async fn status(&self, endpoint: &str) -> Result<StatusResponse> {
-        let url = normalize(endpoint)?;
+        let url = normalize(endpoint, self.inner.opts.tls.is_some())?;
         let member = self
             .inner
             .members
@@ -43,6 +43,34 @@ impl Client {
                     status.message()
                 ))),
             },
+            Err(_) => Err(Error::Unavailable(format!(
+                "{url}: no answer within {:?}",
+                self.inner.opts.request_timeout
+            ))),
+        }
+    }
+
+    /// Maintenance.HashKV of one specific member at `revision` (0 = its
+    /// latest), as `etcdctl endpoint hashkv`. No failover, like [`Client::status`].
+    pub async fn hash_kv(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse> {
+        let url = normalize(endpoint, self.inner.opts.tls.is_some())?;
+        let member = self
+            .inner
+            .members
+            .iter()
+            .find(|m| m.url == url)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{endpoint:?} is not an endpoint of this client"))
+            })?;
+        let mut c = MaintenanceClient::new(member.channel.clone())
+            .max_decoding_message_size(self.inner.opts.max_decoding_message_size);
+        let req = self.request(HashKvRequest { revision });
+        match tokio::time::timeout(self.inner.opts.request_timeout, c.hash_kv(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(Error::Status {
+                code: status.code(),
+                message: status.message().to_string(),
+            }),
             Err(_) => Err(Error::Unavailable(format!(
                 "{url}: no answer within {:?}",
                 self.inner.opts.request_timeout

@@ -13,17 +13,18 @@ pub(crate) struct Member {
     pub(crate) channel: Channel,
 }
 
-/// Normalizes `http://host:port` or bare `host:port` to `http://host:port`.
-/// TLS is not supported yet, so `https://` is rejected rather than silently
-/// downgraded.
-pub(crate) fn normalize(endpoint: &str) -> Result<String> {
+/// Normalizes `http://host:port`, `https://host:port` or bare `host:port`
+/// (https when the client has TLS settings, as etcdctl with `--cacert`).
+pub(crate) fn normalize(endpoint: &str, tls: bool) -> Result<String> {
     let e = endpoint.trim().trim_end_matches('/');
-    let url = if e.starts_with("http://") {
+    let url = if e.starts_with("http://") || e.starts_with("https://") {
         e.to_string()
     } else if e.contains("://") {
         return Err(Error::InvalidArgument(format!(
-            "endpoint {endpoint:?}: only http:// endpoints are supported"
+            "endpoint {endpoint:?}: only http:// and https:// endpoints are supported"
         )));
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     };
@@ -40,17 +41,30 @@ pub(crate) fn normalize(endpoint: &str) -> Result<String> {
 }
 
 pub(crate) fn member(url: String, opts: &ClientOptions) -> Result<Member> {
-    let channel = Endpoint::from_shared(url.clone())
-        .map_err(|err| Error::InvalidArgument(format!("endpoint {url:?}: {err}")))?
+    let mut ep = Endpoint::from_shared(url.clone())
+        .map_err(|err| Error::InvalidArgument(format!("endpoint {url:?}: {err}")))?;
+    if url.starts_with("https://") {
+        let tls = opts.tls.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "endpoint {url:?} is https:// but no TLS settings (CA) were given"
+            ))
+        })?;
+        ep = ep
+            .tls_config(tls.tonic_config())
+            .map_err(|err| Error::InvalidArgument(format!("TLS settings: {err}")))?;
+    }
+    let channel = ep
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
-        .connect_lazy();
+        .connect_with_connector_lazy(crate::resolve::connector());
     Ok(Member { url, channel })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    fn normalize(e: &str) -> crate::Result<String> {
+        super::normalize(e, false)
+    }
 
     #[test]
     fn normalizes() {
@@ -67,9 +81,10 @@ mod tests {
 
     #[test]
     fn rejects() {
+        assert_eq!(super::normalize("a:1", true).unwrap(), "https://a:1");
+        assert_eq!(normalize("https://a:1").unwrap(), "https://a:1");
         for bad in [
             "",
-            "https://a:1",
             "unix:///x",
             "127.0.0.1",
             "http://a:1/v3",

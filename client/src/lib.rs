@@ -2,6 +2,8 @@
 //!
 //! - [`Client`] (this file): connect to a list of members; cheap to clone.
 //! - `endpoints`: endpoint URL parsing, one lazily connected channel per member.
+//! - [`resolve`]: pure-Rust name resolution and the TCP connector of every
+//!   channel (also the store's peer channels), re-resolving on each reconnect.
 //! - `call`: endpoint choice (sticky with failover), per-attempt timeout, and the
 //!   rule that a mutation is never re-sent once it may have been applied.
 //! - [`error`]: [`Error`], and the classification of a failed attempt
@@ -12,6 +14,7 @@
 //! - `cluster`: status (one member), member list, lease grant/revoke.
 //! - `lease`: lease keep-alive (a [`LeaseKeepAlive`] stream handle, or once),
 //!   time-to-live, list; retried on other members (renewing is idempotent).
+//! - `auth`: authenticating with [`Credentials`] and refreshing the token.
 //! - [`watch`]: [`Watcher`] (one Watch stream on one member: create, cancel,
 //!   progress; a broken stream is an error) and [`ResumingWatcher`] (reopens
 //!   the watch elsewhere from the revision after the last one delivered).
@@ -19,6 +22,7 @@
 //! Responses are the raw protobuf types of [`cairn_proto::etcdserverpb`] (header
 //! included), so callers see exactly what the server said.
 
+mod auth;
 mod call;
 mod cluster;
 mod endpoints;
@@ -26,6 +30,7 @@ pub mod error;
 mod kv;
 mod lease;
 pub mod options;
+pub mod resolve;
 pub mod txn;
 pub mod watch;
 
@@ -37,7 +42,9 @@ pub use cairn_proto::{etcdserverpb as pb, mvccpb};
 pub use error::{Error, Result};
 pub use kv::prefix_end;
 pub use lease::LeaseKeepAlive;
-pub use options::{ClientOptions, DeleteOptions, GetOptions, KeyRange, PutOptions};
+pub use options::{
+    ClientOptions, Credentials, DeleteOptions, GetOptions, KeyRange, PutOptions, TlsOptions,
+};
 pub use tonic::Code;
 pub use watch::{ResumingWatcher, WatchOptions, Watcher};
 
@@ -55,7 +62,8 @@ struct Inner {
     opts: ClientOptions,
     /// Index of the member calls start on (see `call`).
     pinned: AtomicUsize,
-    token: Option<AsciiMetadataValue>,
+    /// The token sent with every call; refreshed from `opts.credentials`.
+    token: std::sync::RwLock<Option<AsciiMetadataValue>>,
 }
 
 impl Client {
@@ -75,7 +83,7 @@ impl Client {
         };
         let mut members: Vec<endpoints::Member> = Vec::with_capacity(endpoints.len());
         for e in &endpoints {
-            let url = endpoints::normalize(e)?;
+            let url = endpoints::normalize(e, opts.tls.is_some())?;
             if members.iter().all(|m| m.url != url) {
                 members.push(endpoints::member(url, &opts)?);
             }
@@ -85,7 +93,7 @@ impl Client {
                 members,
                 opts,
                 pinned: AtomicUsize::new(0),
-                token,
+                token: std::sync::RwLock::new(token),
             }),
         })
     }

@@ -28,6 +28,74 @@ pub struct ClientOptions {
     pub max_decoding_message_size: usize,
     /// Auth token sent as the `token` metadata header (etcd's header name) when set.
     pub token: Option<String>,
+    /// User and password: the client authenticates before its first call and
+    /// again whenever a member answers "invalid auth token" (tokens expire),
+    /// as etcd's clientv3 does. Takes precedence over `token`.
+    pub credentials: Option<Credentials>,
+    /// TLS for `https://` endpoints (etcdctl's `--cacert`, `--cert`, `--key`).
+    pub tls: Option<TlsOptions>,
+}
+
+/// PEM contents for TLS: the CA that signed the members' certificates, and
+/// optionally this client's certificate and key (for `--client-cert-auth`).
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_pem: Option<Vec<u8>>,
+}
+
+impl TlsOptions {
+    /// Reads the PEM files etcdctl's `--cacert`, `--cert` and `--key` name.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> std::io::Result<TlsOptions> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(TlsOptions {
+            ca_pem: read(ca)?,
+            cert_pem: cert.map(read).transpose()?,
+            key_pem: key.map(read).transpose()?,
+        })
+    }
+
+    pub(crate) fn tonic_config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let (Some(cert), Some(key)) = (&self.cert_pem, &self.key_pem) {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        c
+    }
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsOptions")
+            .field("client_cert", &self.cert_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A store user and password (etcd's `--user name:password`).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientOptions {
@@ -38,6 +106,8 @@ impl Default for ClientOptions {
             retry_budget: Duration::from_secs(5),
             max_decoding_message_size: 64 * 1024 * 1024,
             token: None,
+            credentials: None,
+            tls: None,
         }
     }
 }

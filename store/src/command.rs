@@ -100,6 +100,12 @@ impl Request {
             Request::V1 { cmd, .. } => cmd,
         }
     }
+
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Request::V1 { user, .. } => user.as_deref(),
+        }
+    }
 }
 
 /// What an entry asks the state machine to do.
@@ -136,6 +142,8 @@ pub enum Command {
     /// Requests the leader batched into one entry (see `batcher`); each is
     /// applied in order as if it had an entry of its own.
     Batch(Vec<Request>),
+    /// A change to users, roles, permissions or the auth switch.
+    Auth(crate::auth::AuthCmd),
 }
 
 impl Command {

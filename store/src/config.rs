@@ -120,6 +120,49 @@ pub struct StoreConfig {
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+
+    /// Token kind. Accepted for etcd compatibility: Cairn always issues
+    /// signed tokens that every member accepts (see the README's auth section).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Seconds an auth token stays valid after it is issued.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// Certificate (PEM) this member presents on its client port (`https://` URLs).
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--cert-file`.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) that client certificates are checked against.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Require a client certificate signed by `--trusted-ca-file`.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub client_cert_auth: bool,
+
+    /// Certificate (PEM) this member presents on its peer port (`https://` URLs).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--peer-cert-file`.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) that peer certificates are checked against.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require a peer certificate signed by `--peer-trusted-ca-file`.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub peer_client_cert_auth: bool,
 }
 
 /// `--initial-cluster-state`.
@@ -149,6 +192,16 @@ pub const KNOWN_ENV: &[&str] = &[
     "ETCD_QUOTA_BACKEND_BYTES",
     "ETCD_AUTO_COMPACTION_MODE",
     "ETCD_AUTO_COMPACTION_RETENTION",
+    "ETCD_AUTH_TOKEN",
+    "ETCD_AUTH_TOKEN_TTL",
+    "ETCD_CERT_FILE",
+    "ETCD_KEY_FILE",
+    "ETCD_TRUSTED_CA_FILE",
+    "ETCD_CLIENT_CERT_AUTH",
+    "ETCD_PEER_CERT_FILE",
+    "ETCD_PEER_KEY_FILE",
+    "ETCD_PEER_TRUSTED_CA_FILE",
+    "ETCD_PEER_CLIENT_CERT_AUTH",
 ];
 
 /// `ETCD_*` variables present in the environment that Cairn does not read.

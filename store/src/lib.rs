@@ -9,11 +9,13 @@
 //! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
 //! - [`compactor`]: `--auto-compaction-*`, proposed by the leader.
 //! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
+//! - [`auth`]: users, roles, permissions and tokens (etcd's v3 auth).
 //! - [`membership`]: member add/remove/update/promote with etcd's checks.
 //! - [`watch`]: watchers, reading the store's history.
 //! - [`mvcc`]: etcd's revisioned key-value store over sled.
 //! - [`api`]: the gRPC services clients call.
 //! - [`storage`]: the data dir layout and sled; the only module that opens it.
+//! - [`tls`]: rustls configs for the client and peer ports from etcd's flags.
 //! - [`metrics`]: `/metrics` with etcd's metric names.
 //! - [`restore`]: the snapshot file (`etcdctl snapshot save`) and `cairn snapshot restore`.
 //! - [`error`]: etcd's error codes and message strings.
@@ -24,6 +26,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod auth;
 pub mod batcher;
 pub mod command;
 pub mod compactor;
@@ -39,6 +42,7 @@ pub mod raft;
 pub mod restore;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod watch;
 
 pub use config::StoreConfig;

@@ -41,6 +41,8 @@ pub struct Node {
     pub cluster_token: String,
     /// `--quota-backend-bytes`: above it this member raises NOSPACE.
     pub quota_bytes: u64,
+    /// `--auth-token-ttl`: lifetime of the tokens this member issues.
+    pub auth_token_ttl: Duration,
 
     pub lessor: Lessor,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
@@ -64,6 +66,7 @@ impl Node {
         min_lease_ttl: i64,
         cluster_token: String,
         quota_bytes: u64,
+        auth_token_ttl: Duration,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let batcher = crate::batcher::Batcher::start(raft.clone(), request_timeout);
@@ -82,6 +85,7 @@ impl Node {
             min_lease_ttl,
             cluster_token,
             quota_bytes,
+            auth_token_ttl,
             batcher,
 
             lessor: Lessor::default(),

@@ -76,7 +76,9 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     }
     let dir = cfg.data_dir();
     let (storage, fresh) = Storage::open(&dir)?;
-    let pool = PeerPool::default();
+    let client_tls = crate::tls::TlsFiles::client(&cfg);
+    let peer_tls = crate::tls::TlsFiles::peer(&cfg);
+    let pool = PeerPool::new(crate::tls::peer_client_config(&peer_tls)?);
 
     let identity = if fresh {
         let id = match cfg.initial_cluster_state {
@@ -148,6 +150,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         } else {
             cfg.quota_backend_bytes
         },
+        Duration::from_secs(cfg.auth_token_ttl),
     );
 
     // Peer port first: the other members need it to elect a leader.
@@ -156,8 +159,14 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         let svc = PeerServer::new(PeerService { node: node.clone() })
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut server = tonic::transport::Server::builder();
+        if is_https(&url) {
+            server = server
+                .tls_config(crate::tls::peer_server_config(&peer_tls)?)
+                .context("peer TLS")?;
+        }
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = server
                 .tcp_nodelay(true)
                 .add_service(svc)
                 // tonic applies `tcp_nodelay` only to listeners it binds itself;
@@ -186,11 +195,13 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     for url in split_urls(&cfg.listen_client_urls) {
         let listener = bind(&url, "client").await?;
         let router = crate::api::client_router(node.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(NoDelay(listener), router).await {
-                tracing::error!("client server stopped: {e}");
-            }
-        });
+        let tls = match is_https(&url) {
+            true => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::client_server_config(&client_tls)?,
+            )),
+            false => None,
+        };
+        tokio::spawn(serve_clients(listener, router, tls));
         info!("serving client requests on {url}");
     }
 
@@ -212,33 +223,64 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     Ok(())
 }
 
-/// Accepts client connections with TCP_NODELAY (small gRPC replies must not
-/// wait for Nagle), each wrapped in [`AuthorityFix`] so that etcdctl's
-/// `:authority: http://host:port` does not get its streams reset.
-struct NoDelay(TcpListener);
+fn is_https(url: &str) -> bool {
+    url.trim().starts_with("https://")
+}
 
-impl axum::serve::Listener for NoDelay {
-    type Io = AuthorityFix<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((s, a)) => {
-                    let _ = s.set_nodelay(true);
-                    return (AuthorityFix::new(s), a);
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+/// Serves the client port: each connection gets TCP_NODELAY (small gRPC
+/// replies must not wait for Nagle), its TLS handshake when the URL is
+/// `https://` (in its own task, so a slow handshake holds up no one), and
+/// [`AuthorityFix`] inside the TLS layer, so that etcdctl's
+/// `:authority: http(s)://host:port` does not get its streams reset.
+async fn serve_clients(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (router, tls) = (router.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(AuthorityFix::new(tcp), router).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(s)) => serve_connection(AuthorityFix::new(s), router).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             }
-        }
+        });
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
+/// A client that connects but never finishes its handshake is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1.1 or HTTP/2 (whichever the client speaks) on one connection.
+async fn serve_connection<I>(io: I, router: axum::Router)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let svc = hyper_util::service::TowerToHyperService::new(router);
+    let r = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
+    if let Err(e) = r {
+        tracing::debug!("client connection ended: {e}");
     }
 }
 

@@ -205,6 +205,49 @@ pub struct ClusterOptions {
     pub snapshot_catchup_entries: Option<u64>,
     /// Flags both etcd and Cairn take, passed to every member.
     pub extra_args: Vec<String>,
+    /// Serve both ports over TLS with these files (`https://` URLs), and
+    /// give the harness's own clients the matching client settings.
+    pub tls: Option<TestTls>,
+}
+
+/// PEM files of a test PKI: every member presents `cert`/`key` (for
+/// 127.0.0.1) on both ports and requires client certificates signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestTls {
+    fn member_args(&self) -> Vec<String> {
+        let (ca, cert, key) = (
+            self.ca.display().to_string(),
+            self.cert.display().to_string(),
+            self.key.display().to_string(),
+        );
+        [
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .chain([
+            "--client-cert-auth".into(),
+            "--peer-client-cert-auth".into(),
+        ])
+        .collect()
+    }
+
+    /// Client settings presenting the members' own certificate.
+    pub fn client(&self) -> cairn_client::TlsOptions {
+        cairn_client::TlsOptions::from_files(&self.ca, Some(&self.cert), Some(&self.key))
+            .expect("read test PEM files")
+    }
 }
 
 impl Default for ClusterOptions {
@@ -215,6 +258,7 @@ impl Default for ClusterOptions {
             snapshot_count: None,
             snapshot_catchup_entries: None,
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -228,6 +272,8 @@ pub struct Node {
     pub peer_url: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Settings of the harness's clients (TLS when the cluster uses it).
+    pub client_opts: ClientOptions,
     program: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -246,6 +292,7 @@ impl Node {
     ) -> Node {
         let mut node = Node {
             imp,
+            client_opts: test_client_options(),
             log_path: dir.join(format!("{name}.log")),
             name,
             client_url,
@@ -374,7 +421,7 @@ impl Node {
 
     /// A client talking to this member only.
     pub async fn client(&self) -> Client {
-        Client::connect(vec![self.client_url.clone()], test_client_options())
+        Client::connect(vec![self.client_url.clone()], self.client_opts.clone())
             .await
             .expect("client")
     }
@@ -451,18 +498,19 @@ impl Cluster {
             }
         };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let initial_cluster = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}"))
+            .map(|(i, (_, p))| format!("n{i}={scheme}://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("cairn-test-{}", free_port());
         let mut nodes = Vec::new();
         for (i, (cp, pp)) in ports.iter().enumerate() {
             let name = format!("n{i}");
-            let client_url = format!("http://127.0.0.1:{cp}");
-            let peer_url = format!("http://127.0.0.1:{pp}");
+            let client_url = format!("{scheme}://127.0.0.1:{cp}");
+            let peer_url = format!("{scheme}://127.0.0.1:{pp}");
             let data_dir = dir.join(format!("{name}.data"));
             let (program, mut args) = member_command(
                 imp,
@@ -488,7 +536,10 @@ impl Cluster {
                 args.extend(["--snapshot-catchup-entries".into(), e.to_string()]);
             }
             args.extend(opts.extra_args.iter().cloned());
-            nodes.push(Node::start(
+            if let Some(tls) = &opts.tls {
+                args.extend(tls.member_args());
+            }
+            let mut node = Node::start(
                 imp,
                 &dir,
                 name,
@@ -496,7 +547,9 @@ impl Cluster {
                 peer_url,
                 data_dir,
                 (program, args),
-            ));
+            );
+            node.client_opts.tls = opts.tls.as_ref().map(TestTls::client);
+            nodes.push(node);
         }
         Cluster {
             imp,
@@ -583,7 +636,7 @@ impl Cluster {
     pub async fn status(&self, i: usize) -> Option<cairn_client::pb::StatusResponse> {
         let opts = ClientOptions {
             request_timeout: Duration::from_secs(2),
-            ..test_client_options()
+            ..self.nodes[i].client_opts.clone()
         };
         let c = Client::connect(vec![self.nodes[i].client_url.clone()], opts)
             .await
@@ -623,7 +676,7 @@ impl Cluster {
 
     /// A cairn-client over all members.
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), test_client_options())
+        Client::connect(self.endpoints(), self.nodes[0].client_opts.clone())
             .await
             .expect("client")
     }
@@ -701,4 +754,59 @@ pub fn etcdctl_ok(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> S
         o.stdout, o.stderr
     );
     o.stdout
+}
+
+/// One raw HTTP/1.1 request to `base` (`http://host:port`) with extra
+/// `headers`; returns the status and the JSON body (a string if not JSON;
+/// chunked bodies joined). Raw, because that is what lua-resty-etcd sends.
+pub async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    (status, v)
+}
+
+/// Joins the chunks of a chunked HTTP/1.1 body.
+pub fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after.get(n + 2..).unwrap_or("");
+    }
+    out
 }

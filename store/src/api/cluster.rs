@@ -83,6 +83,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         let r = req.into_inner();
         let unix_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -119,6 +120,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         let id = req.into_inner().id;
         self.change(MemberCall::Remove { id }, |m, id| !has(m, id))
             .await?;
@@ -132,6 +134,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         let r = req.into_inner();
         let mut want: Vec<String> = r
             .peer_ur_ls
@@ -169,6 +172,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         let id = req.into_inner().id;
         self.change(MemberCall::Promote { id }, is_voter).await?;
         Ok(Response::new(MemberPromoteResponse {

@@ -19,6 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use cairn_proto::etcdserverpb::auth_server::Auth;
 use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::kv_server::Kv;
 use cairn_proto::etcdserverpb::lease_server::Lease;
@@ -28,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Code, Status};
 
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::kv::KvService;
 use super::lease::LeaseService;
@@ -42,6 +44,7 @@ pub struct Services {
     pub watch: Arc<WatchService>,
     pub cluster: Arc<ClusterService>,
     pub maintenance: Arc<MaintenanceService>,
+    pub auth: Arc<AuthService>,
 }
 
 /// etcd's HTTP status for a gRPC code (grpc-gateway v1's mapping).
@@ -97,6 +100,11 @@ fn grpc_request<T>(msg: T, headers: &HeaderMap) -> tonic::Request<T> {
         r.metadata_mut().insert("token", v);
     }
     r
+}
+
+/// The request metadata a streaming route hands to its service.
+fn metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
+    grpc_request((), headers).metadata().clone()
 }
 
 async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
@@ -245,19 +253,39 @@ pub fn router(services: Services, body_limit: usize) -> Router {
         )
         .route(
             "/watch",
-            post(|State(s): State<Services>, body: Body| async move {
-                match s.watch.open(json_messages(body), false) {
-                    Ok(stream) => json_lines(stream),
-                    Err(st) => error_response(st),
-                }
-            }),
+            post(
+                |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
+                    match s
+                        .watch
+                        .open(json_messages(body), false, &metadata(&headers))
+                    {
+                        Ok(stream) => json_lines(stream),
+                        Err(st) => error_response(st),
+                    }
+                },
+            ),
         )
-        // No auth store yet: say so in etcd's error shape rather than 404.
+        .route("/auth/enable", unary_route!(auth.auth_enable))
+        .route("/auth/disable", unary_route!(auth.auth_disable))
+        .route("/auth/authenticate", unary_route!(auth.authenticate))
+        .route("/auth/user/add", unary_route!(auth.user_add))
+        .route("/auth/user/get", unary_route!(auth.user_get))
+        .route("/auth/user/list", unary_route!(auth.user_list))
+        .route("/auth/user/delete", unary_route!(auth.user_delete))
         .route(
-            "/auth/{*rest}",
-            post(|| async {
-                error_response(Status::unimplemented("cairn: auth is not supported yet"))
-            }),
+            "/auth/user/changepw",
+            unary_route!(auth.user_change_password),
+        )
+        .route("/auth/user/grant", unary_route!(auth.user_grant_role))
+        .route("/auth/user/revoke", unary_route!(auth.user_revoke_role))
+        .route("/auth/role/add", unary_route!(auth.role_add))
+        .route("/auth/role/get", unary_route!(auth.role_get))
+        .route("/auth/role/list", unary_route!(auth.role_list))
+        .route("/auth/role/delete", unary_route!(auth.role_delete))
+        .route("/auth/role/grant", unary_route!(auth.role_grant_permission))
+        .route(
+            "/auth/role/revoke",
+            unary_route!(auth.role_revoke_permission),
         )
         .with_state(services);
     Router::new()

@@ -9,9 +9,12 @@ use cairn_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use prost::Message;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::validate;
+use crate::auth::perms;
 use crate::command::{Command, Proto, Response as Applied};
 use crate::error::EtcdError;
 use crate::node::Node;
@@ -28,8 +31,10 @@ impl KvService {
         Ok(())
     }
 
-    async fn propose(&self, cmd: Command) -> Result<Applied, Status> {
-        match self.node.propose(None, cmd).await? {
+    /// Proposes as the request's caller; permissions are checked at apply.
+    async fn propose(&self, md: &MetadataMap, cmd: Command) -> Result<Applied, Status> {
+        let user = caller(&self.node, md)?;
+        match self.node.propose(user, cmd).await? {
             Applied::Error(e) => Err(e.into()),
             other => Ok(other),
         }
@@ -56,21 +61,25 @@ fn txn_is_read_only(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let user = caller(&self.node, req.metadata())?;
         let r = req.into_inner();
         validate::range(&r)?;
         if !r.serializable {
             self.node.read_barrier().await?;
         }
-        let mut resp = self.node.mvcc.read(|v| v.range(&r))?;
+        let mut resp = self.node.mvcc.read(|v| {
+            perms::check_range(v, user.as_deref(), &r)?;
+            v.range(&r)
+        })?;
         self.node.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let r = req.into_inner();
+        let (md, r) = (req.metadata().clone(), req.into_inner());
         self.check_size(&r)?;
         validate::put(&r)?;
-        match self.propose(Command::Put(Proto(r))).await? {
+        match self.propose(&md, Command::Put(Proto(r))).await? {
             Applied::Put(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
@@ -83,10 +92,10 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let r = req.into_inner();
+        let (md, r) = (req.metadata().clone(), req.into_inner());
         self.check_size(&r)?;
         validate::delete(&r)?;
-        match self.propose(Command::DeleteRange(Proto(r))).await? {
+        match self.propose(&md, Command::DeleteRange(Proto(r))).await? {
             Applied::DeleteRange(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
@@ -96,21 +105,23 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let r = req.into_inner();
+        let (md, r) = (req.metadata().clone(), req.into_inner());
         self.check_size(&r)?;
         validate::txn(&r, self.node.max_txn_ops)?;
         if txn_is_read_only(&r) {
             // etcd serves read-only txns without a proposal, after the
             // linearizable barrier; evaluating it on a throwaway writer gives
             // exactly the answer applying it would.
+            let user = caller(&self.node, &md)?;
             self.node.read_barrier().await?;
             let mut resp = self.node.mvcc.read(|v| {
+                perms::check_txn(v, user.as_deref(), &r)?;
                 crate::mvcc::apply::Writer::new(v.tree.clone(), v.rev, v.compact_rev).txn(&r)
             })?;
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
-        match self.propose(Command::Txn(Proto(r))).await? {
+        match self.propose(&md, Command::Txn(Proto(r))).await? {
             Applied::Txn(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
@@ -123,8 +134,14 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let r = req.into_inner();
-        match self.propose(Command::Compact(Proto(r))).await? {
+        // etcd 3.4 checks no permission for compaction; Cairn at least wants
+        // a user once auth is on.
+        let user = caller(&self.node, req.metadata())?;
+        if user.is_none() && self.node.mvcc.read(crate::auth::state::enabled)? {
+            return Err(EtcdError::UserEmpty.into());
+        }
+        let (md, r) = (req.metadata().clone(), req.into_inner());
+        match self.propose(&md, Command::Compact(Proto(r))).await? {
             Applied::Compact(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::perms::Need;
 use crate::command::{Command, Proto, Response as Applied};
 use crate::error::EtcdError;
 use crate::lease::{new_lease_id, LeaseAnswer, LeaseCall, MAX_LEASE_TTL};
@@ -111,8 +112,20 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let user = super::auth::caller(&self.node, req.metadata())?;
         let id = req.into_inner().id;
-        match self.node.propose(None, Command::LeaseRevoke { id }).await? {
+        // As etcd: revoking deletes the lease's keys, so it needs write
+        // access to each of them.
+        self.node.mvcc.read(|v| {
+            if !crate::auth::state::enabled(v)? {
+                return Ok(());
+            }
+            for k in v.lease_keys(id)? {
+                crate::auth::perms::check(v, user.as_deref(), &k, &[], Need::Write)?;
+            }
+            Ok::<_, EtcdError>(())
+        })?;
+        match self.node.propose(user, Command::LeaseRevoke { id }).await? {
             Applied::LeaseRevoke(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))

@@ -127,8 +127,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         // sled compacts its own segments as it goes; there is nothing to
         // rewrite. Flushing at least leaves everything on disk, so the call
         // does what an operator expects of "maintenance done, safe to copy".
@@ -142,7 +143,8 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         Err(not_yet("Hash"))
     }
 
@@ -150,6 +152,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         let rev = req.into_inner().revision;
         let mvcc = self.node.mvcc.clone();
         // One read-locked pass over the history: a consistent view, on a
@@ -173,8 +176,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        super::auth::require_admin(&self.node, req.metadata())?;
         let mvcc = self.node.mvcc.clone();
         // Encoded under the MVCC read lock: the state machine cannot commit
         // a batch meanwhile, so the copy is one point in time (one revision).
@@ -215,8 +219,13 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        super::auth::require_admin(&self.node, req.metadata())?;
+        // openraft 0.9 cannot hand leadership over (0.10 can): say so
+        // rather than pretend.
+        Err(Status::unimplemented(
+            "etcdserver: move-leader is not supported: openraft 0.9.25 has no leadership transfer",
+        ))
     }
 }

@@ -4,11 +4,13 @@
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
 //! - [`maintenance`]: Status, Alarm, HashKV, Snapshot, Defragment.
-//! - [`cluster`]: MemberList (membership changes later).
+//! - [`cluster`]: MemberList, MemberAdd/Remove/Update/Promote.
+//! - [`auth`]: the Auth service, and the caller behind a request's token.
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
 //! - [`validate`]: etcd's request checks, before anything is proposed.
 //! - [`authority`]: repairs the `http://`-prefixed `:authority` etcdctl sends.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod gateway;
@@ -20,6 +22,7 @@ pub mod watch;
 
 use std::sync::Arc;
 
+use cairn_proto::etcdserverpb::auth_server::AuthServer;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
@@ -45,6 +48,10 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
         }),
         cluster: Arc::new(cluster::ClusterService { node: node.clone() }),
         maintenance: Arc::new(maintenance::MaintenanceService { node: node.clone() }),
+        auth: Arc::new(auth::AuthService {
+            node: node.clone(),
+            token_ttl: node.auth_token_ttl,
+        }),
     };
     // Replies are bounded by the request limit of what was written; streamed
     // ones (watch, snapshot) are split by the services themselves.
@@ -61,6 +68,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
     b.add_service(limited!(WatchServer, services.watch.clone()));
     b.add_service(limited!(ClusterServer, services.cluster.clone()));
     b.add_service(limited!(MaintenanceServer, services.maintenance.clone()));
+    b.add_service(limited!(AuthServer, services.auth.clone()));
     // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
     let body_limit = max * 2;
     b.routes()

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::perms::Need;
 use crate::error::EtcdError;
 use crate::node::Node;
 use crate::watch::{self, WatchConfig, WatchSpec, WatcherState};
@@ -40,6 +41,8 @@ struct StreamState {
     out: Out,
     watchers: HashMap<i64, (JoinHandle<()>, Arc<WatcherState>)>,
     next_id: i64,
+    /// Who opened the stream (auth): each watch is checked for read access.
+    user: Option<String>,
 }
 
 impl StreamState {
@@ -76,6 +79,28 @@ impl StreamState {
             }
             self.next_id
         };
+        let user = self.user.as_deref();
+        let allowed = self
+            .node
+            .mvcc
+            .read(|v| crate::auth::perms::check(v, user, &c.key, &c.range_end, Need::Read));
+        if let Err(e) = allowed {
+            // etcd puts the whole gRPC error text in the cancel reason.
+            let status = Status::from(e);
+            let r = WatchResponse {
+                header: self.header(self.node.mvcc.revision()),
+                watch_id: id,
+                created: true,
+                canceled: true,
+                cancel_reason: format!(
+                    "rpc error: code = {:?} desc = {}",
+                    status.code(),
+                    status.message()
+                ),
+                ..Default::default()
+            };
+            return self.send(r).await;
+        }
         let current = self.node.mvcc.revision();
         // A watch "from now" starts after the current revision; one from a
         // past revision reports, as its starting point, what it has not yet
@@ -165,10 +190,16 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 impl WatchService {
     /// Opens a watch stream fed by `inbound`; shared by gRPC and the JSON
     /// gateway. Dropping the returned stream cancels every watch on it.
-    pub fn open<S>(&self, inbound: S, require_leader: bool) -> Result<WatchStream, Status>
+    pub fn open<S>(
+        &self,
+        inbound: S,
+        require_leader: bool,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<WatchStream, Status>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
+        let user = super::auth::caller(&self.node, md)?;
         // clientv3's WithRequireLeader: a member without a leader must not
         // keep such a watch open.
         if require_leader && self.node.leader().is_none() {
@@ -186,6 +217,7 @@ impl WatchService {
             out,
             watchers: HashMap::new(),
             next_id: 0,
+            user,
         };
         tokio::spawn(serve_stream(state, inbound, require_leader));
         Ok(Box::pin(ReceiverStream::new(rx)))
@@ -205,7 +237,8 @@ impl Watch for WatchService {
             .get("hasleader")
             .map(|v| v.as_bytes() == b"true")
             .unwrap_or(false);
-        self.open(req.into_inner(), require_leader)
+        let md = req.metadata().clone();
+        self.open(req.into_inner(), require_leader, &md)
             .map(Response::new)
     }
 }

@@ -11,6 +11,8 @@
 //! | `n`    | member id (8 BE)                      | member attributes (JSON)       |
 //! | `l`    | lease id (8 BE)                       | granted TTL in seconds (8 BE)  |
 //! | `a`    | lease id (8 BE) + user key            | empty: the key uses the lease  |
+//! | `u`    | auth user name                        | `authpb.User` (password hashed)|
+//! | `r`    | auth role name                        | `authpb.Role`                  |
 //!
 //! `k` answers reads at the current revision with one lookup per key. `h` is
 //! the history in revision order: watch replays it. `i` lists the revisions of
@@ -27,6 +29,16 @@ pub const META: u8 = b'm';
 pub const MEMBER: u8 = b'n';
 pub const LEASE: u8 = b'l';
 pub const ATTACH: u8 = b'a';
+pub const USER: u8 = b'u';
+pub const ROLE: u8 = b'r';
+
+/// Key of an auth user (`USER`) or role (`ROLE`) record.
+pub fn auth_key(kind: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(kind);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 /// Revision as etcd's (main, sub): main is the store revision, sub orders the
 /// changes made by one transaction.

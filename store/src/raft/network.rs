@@ -42,12 +42,21 @@ pub enum ForwardReply {
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How `https://` peers are dialed (`None`: no `--peer-trusted-ca-file`).
+    tls: Option<tonic::transport::ClientTlsConfig>,
     /// When each member last answered a Raft RPC from this one (the leader's
     /// view of who is reachable, for etcd's reconfiguration safety checks).
     last_ok: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 impl PeerPool {
+    pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> PeerPool {
+        PeerPool {
+            tls,
+            ..Default::default()
+        }
+    }
+
     pub fn mark_ok(&self, id: u64) {
         self.last_ok
             .lock()
@@ -84,13 +93,20 @@ impl PeerPool {
         if let Some(c) = map.get(url) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("bad peer URL {url}: {e}"))?
+        let mut ep = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad peer URL {url}: {e}"))?;
+        if url.starts_with("https://") {
+            let tls = self.tls.clone().ok_or_else(|| {
+                format!("peer URL {url} is https:// but --peer-trusted-ca-file is not set")
+            })?;
+            ep = ep.tls_config(tls).map_err(|e| format!("peer TLS: {e}"))?;
+        }
+        let ep = ep
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let ch = ep.connect_lazy();
+        let ch = ep.connect_with_connector_lazy(cairn_client::resolve::connector());
         map.insert(url.to_string(), ch.clone());
         Ok(ch)
     }
@@ -195,6 +211,7 @@ pub fn never_sent(status: &tonic::Status) -> bool {
             || s.contains("tcp connect error")
             || s.contains("Connection refused")
             || s.contains("(Connect)")
+            || s == "dns error"
         {
             return true;
         }

@@ -19,7 +19,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 
 use super::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::command::{Command, Proto, Response};
+use crate::command::{Command, Proto, Request, Response};
 use crate::error::EtcdError;
 use crate::mvcc::{keys, Mvcc};
 use crate::storage::Storage;
@@ -103,11 +103,20 @@ impl StateMachine {
         })
     }
 
-    fn apply_command(w: &mut crate::mvcc::apply::Writer, cmd: &Command, term: u64) -> Response {
-        let res = match cmd {
-            Command::Put(Proto(r)) => stamped!(w.put(r), term, Put),
-            Command::DeleteRange(Proto(r)) => stamped!(w.delete_range(r), term, DeleteRange),
-            Command::Txn(Proto(r)) => stamped!(w.txn(r), term, Txn),
+    fn apply_command(w: &mut crate::mvcc::apply::Writer, req: &Request, term: u64) -> Response {
+        use crate::auth::perms;
+        let user = req.user();
+        // Writes are permission-checked here, with the state as of this
+        // entry, as etcd's auth applier does.
+        let res = match req.command() {
+            Command::Put(Proto(r)) => {
+                perms::check_put(&w.view(), user, r).and_then(|()| stamped!(w.put(r), term, Put))
+            }
+            Command::DeleteRange(Proto(r)) => perms::check_delete(&w.view(), user, r)
+                .and_then(|()| stamped!(w.delete_range(r), term, DeleteRange)),
+            Command::Txn(Proto(r)) => {
+                perms::check_txn(&w.view(), user, r).and_then(|()| stamped!(w.txn(r), term, Txn))
+            }
             Command::Compact(Proto(r)) => stamped!(w.compact(r), term, Compact),
             Command::MemberAttributes {
                 id,
@@ -133,9 +142,10 @@ impl StateMachine {
             } => w.alarm(*activate, *member, *alarm).map(Response::Alarms),
             Command::Batch(reqs) => Ok(Response::Batch(
                 reqs.iter()
-                    .map(|r| Self::apply_command(w, r.command(), term))
+                    .map(|r| Self::apply_command(w, r, term))
                     .collect(),
             )),
+            Command::Auth(c) => crate::auth::state::apply(w, user, c).map(|()| Response::Done),
         };
         res.unwrap_or_else(Response::Error)
     }
@@ -314,7 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let term = e.log_id.leader_id.term;
             out.push(match &e.payload {
                 EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(req) => Self::apply_command(&mut w, req.command(), term),
+                EntryPayload::Normal(req) => Self::apply_command(&mut w, req, term),
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(e.log_id), m.clone());
                     Response::Done
