@@ -1,6 +1,7 @@
 //! The `cairn` binary: parses flags and hands over to the crates.
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
+//! - `cairn control`: admin API and web console (`cairn-control`).
 //! - `cairn up`: a local three-node cluster for a first try (`up`); with
 //!   `--drill`, the HA drill against local processes (`drill`).
 //! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
@@ -41,6 +42,8 @@ enum LogFormat {
 enum Cmd {
     /// Run one member of the store (takes etcd's flags and ETCD_* variables).
     Store(Box<cairn_store::StoreConfig>),
+    /// Run the control plane: APISIX-compatible admin API and web console.
+    Control(cairn_control::ControlArgs),
     /// Start a local three-node cluster as child processes.
     Up(up::UpArgs),
     /// Snapshots taken with `etcdctl snapshot save` against Cairn.
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async move {
         match cli.cmd {
             Cmd::Store(cfg) => cairn_store::run(*cfg).await,
+            Cmd::Control(args) => cairn_control::run(args).await,
             Cmd::Up(args) => up::run(args).await,
             Cmd::Snapshot(SnapshotCmd::Restore(args)) => {
                 cairn_store::restore::restore(&args).await.map(|r| {

@@ -1,5 +1,6 @@
 //! `cairn up`: a three-node store on this machine, as three child processes
-//! of this same binary, for a first try. Ctrl-C stops all three.
+//! of this same binary, and the control plane on port 9000 as a fourth, for a
+//! first try. Ctrl-C stops them all.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,12 +30,15 @@ pub(crate) const NODES: [(&str, u16, u16); 3] = [
     ("s3", 32379, 32380),
 ];
 
+/// The control plane's port (admin API and console).
+const CONTROL_PORT: u16 = 9000;
+
 pub async fn run(args: UpArgs) -> Result<()> {
     if args.drill {
         return crate::drill::run(&args.data_dir, &args.host).await;
     }
     for (_, client, peer) in NODES {
-        for port in [client, peer] {
+        for port in [client, peer, CONTROL_PORT] {
             if std::net::TcpListener::bind((args.host.as_str(), port)).is_err() {
                 bail!("port {port} on {} is already in use: stop whatever listens there (another etcd or cairn?)", args.host);
             }
@@ -76,6 +80,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .iter()
         .map(|(_, c, _)| format!("http://{h}:{c}"))
         .collect();
+    // A fresh admin key each run, handed over in the environment (not argv,
+    // which `ps` shows), so it can be printed here.
+    let admin_key = cairn_control::auth::random_token();
+    let control_log = std::fs::File::create(args.data_dir.join("control.log"))?;
+    let control = Command::new(&exe)
+        .arg("control")
+        .args(["--listen", &format!("{h}:{CONTROL_PORT}")])
+        .args(["--endpoints", &endpoints.join(",")])
+        .env("CAIRN_ADMIN_KEY", &admin_key)
+        .stdout(Stdio::null())
+        .stderr(control_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the control plane")?;
+    children.push(control);
     println!(
         "cairn: three store nodes starting (logs and data under {})",
         args.data_dir.display()
@@ -89,6 +108,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         "             etcdctl --endpoints={} endpoint status -w table",
         endpoints.join(",")
     );
+    println!("  console:   http://{h}:{CONTROL_PORT}/ (sign in with the admin key)");
+    println!("  admin API: curl -H 'X-API-KEY: {admin_key}' http://{h}:{CONTROL_PORT}/apisix/admin/routes");
+    println!("  admin key: {admin_key}");
     println!("Press Ctrl-C to stop.");
 
     let exited = async {
@@ -115,10 +137,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
     }
     if let Some((i, status)) = outcome {
+        let name = NODES.get(i).map(|n| n.0).unwrap_or("control");
         bail!(
-            "store {} exited ({status}); see {}",
-            NODES[i].0,
-            args.data_dir.join(format!("{}.log", NODES[i].0)).display()
+            "{} exited ({status}); see {}",
+            if i < NODES.len() {
+                format!("store {name}")
+            } else {
+                "the control plane".into()
+            },
+            args.data_dir.join(format!("{name}.log")).display()
         );
     }
     println!("cairn: stopped");

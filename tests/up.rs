@@ -14,7 +14,7 @@ const ENDPOINTS: &str = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379";
 /// `cairn up` needs fixed ports; when something else holds them (another
 /// test run, a local etcd) this test cannot run, and says so.
 fn ports_free() -> bool {
-    [2379, 2380, 22379, 22380, 32379, 32380]
+    [2379, 2380, 22379, 22380, 32379, 32380, 9000]
         .iter()
         .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
@@ -66,6 +66,26 @@ async fn up_starts_three_nodes_and_stops_on_ctrl_c() {
         },
     )
     .await;
+    // The control plane answers on :9000 (admin API behind the printed key).
+    wait_until(
+        Duration::from_secs(30),
+        "the control plane on :9000",
+        || async {
+            common::control::request("GET", "http://127.0.0.1:9000/readyz", &[], None)
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
+    .await;
+    let r = common::control::request(
+        "GET",
+        "http://127.0.0.1:9000/apisix/admin/routes",
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401, "the admin API needs the key: {}", r.body);
     let out = etcdctl(&eps, &["endpoint", "status"], None);
     let status = out.stdout.clone();
     assert_eq!(status.lines().count(), 3, "{status}");
@@ -93,6 +113,15 @@ async fn up_starts_three_nodes_and_stops_on_ctrl_c() {
         stdout.contains("etcdctl --endpoints="),
         "prints a line to try: {stdout}"
     );
+    assert!(
+        stdout.contains("console:   http://127.0.0.1:9000/"),
+        "prints the console URL: {stdout}"
+    );
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("  admin key: "))
+        .unwrap_or_else(|| panic!("prints the admin key: {stdout}"));
+    assert_eq!(key.len(), 64, "{key}");
     assert!(ports_free(), "every node stopped and released its ports");
 
     // `cairn up --drill` on the same ports (so in this test, not beside it):

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{Client, ClientOptions};
 
+pub mod control;
+
 /// Which server implementation a cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Impl {

@@ -1,0 +1,159 @@
+//! Flags of `cairn control`, the YAML config file, and the settings both
+//! resolve to (a flag wins over the file, the file over the default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// `cairn control` flags.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ControlArgs {
+    /// Address of the admin API and console [default: 0.0.0.0:9000].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Store client URLs, comma-separated [default: http://127.0.0.1:2379].
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Key prefix the data planes watch [default: /apisix].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Prefix of Cairn's own keys (admin key hash, session secret, audit log)
+    /// [default: /cairn]. Keep it outside `--prefix`.
+    #[arg(long)]
+    pub cairn_prefix: Option<String>,
+    /// Admin API key (role admin). Without one, the first instance generates
+    /// a key, stores its hash in the store and prints it once.
+    #[arg(long, env = "CAIRN_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// YAML file with the same settings plus console users and viewer keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Read a password from stdin, print its argon2 hash (for `users` in the
+    /// config file) and exit.
+    #[arg(long)]
+    pub hash_password: bool,
+}
+
+/// The YAML config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub prefix: Option<String>,
+    pub cairn_prefix: Option<String>,
+    pub admin_key: Option<String>,
+    /// Keys with role viewer (read-only).
+    #[serde(default)]
+    pub viewer_keys: Vec<String>,
+    /// Secret that signs console sessions; every instance must share it.
+    /// Without it, one is generated and kept in the store.
+    pub session_secret: Option<String>,
+    #[serde(default)]
+    pub users: Vec<User>,
+}
+
+/// A console user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub username: String,
+    /// An argon2 PHC string (`cairn control --hash-password`).
+    pub password_hash: String,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Admin,
+    Viewer,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub cairn_prefix: String,
+    pub admin_key: Option<String>,
+    pub viewer_keys: Vec<String>,
+    pub session_secret: Option<String>,
+    pub users: Vec<User>,
+}
+
+impl Settings {
+    pub fn resolve(args: &ControlArgs) -> Result<Settings> {
+        let file: FileConfig = match &args.config {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                serde_yaml_ng::from_str(&text).with_context(|| format!("config {}", p.display()))?
+            }
+        };
+        let endpoints = if !args.endpoints.is_empty() {
+            args.endpoints.clone()
+        } else if !file.endpoints.is_empty() {
+            file.endpoints
+        } else {
+            vec!["http://127.0.0.1:2379".to_string()]
+        };
+        let prefix = normalize_prefix(args.prefix.clone().or(file.prefix), "/apisix")?;
+        let cairn_prefix =
+            normalize_prefix(args.cairn_prefix.clone().or(file.cairn_prefix), "/cairn")?;
+        if cairn_prefix.starts_with(&format!("{prefix}/")) || cairn_prefix == prefix {
+            bail!("--cairn-prefix {cairn_prefix} must lie outside --prefix {prefix}: data planes watch that prefix");
+        }
+        for u in &file.users {
+            if u.username.is_empty()
+                || !u
+                    .username
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+            {
+                bail!("user name {:?}: use letters, digits and -_.@", u.username);
+            }
+            argon2::PasswordHash::new(&u.password_hash).map_err(|e| {
+                anyhow::anyhow!(
+                    "user {}: password_hash is not an argon2 PHC string: {e}",
+                    u.username
+                )
+            })?;
+        }
+        Ok(Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000))),
+            endpoints,
+            prefix,
+            cairn_prefix,
+            admin_key: args
+                .admin_key
+                .clone()
+                .or(file.admin_key)
+                .filter(|k| !k.is_empty()),
+            viewer_keys: file.viewer_keys,
+            session_secret: file.session_secret,
+            users: file.users,
+        })
+    }
+}
+
+/// `/apisix/` and `apisix` both mean `/apisix`.
+fn normalize_prefix(p: Option<String>, default: &str) -> Result<String> {
+    let p = p.unwrap_or_else(|| default.to_string());
+    let p = format!("/{}", p.trim_matches('/'));
+    if p == "/" {
+        bail!("a key prefix may not be empty");
+    }
+    Ok(p)
+}

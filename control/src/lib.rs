@@ -1,0 +1,173 @@
+//! `cairn-control`: the control plane (`cairn control`), an APISIX Admin
+//! API compatible HTTP API and a web console in front of the Cairn store.
+//! Stateless: run several behind any load balancer.
+//!
+//! - [`config`]: flags, the YAML config file, resolved [`config::Settings`].
+//! - [`store`]: the only path to the store (`cairn-client`, every endpoint);
+//!   the write txn that checks the revision and appends the audit record.
+//! - [`resources`]: the table of Admin API resources (one row per resource).
+//! - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
+//!   `schema_def.lua`), known plugins and the common plugins' schemas.
+//! - [`admin`]: the one generic handler for every resource: list, get, put,
+//!   post, patch, delete, referential checks.
+//! - [`history`]: versions from MVCC history and audit records; rollback.
+//! - [`audit`]: audit records and the audit log endpoint.
+//! - [`auth`]: API keys, roles, the shared-secret bootstrap.
+//! - [`console`]: the embedded web console, login/logout, sessions.
+//! - [`cluster`]: store member status for the console.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`openapi`]: `/openapi.json`, built from the resource table.
+//! - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
+
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod console;
+pub mod error;
+pub mod health;
+pub mod history;
+pub mod openapi;
+pub mod resources;
+pub mod store;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use cairn_client::{Client, ClientOptions};
+
+pub use config::{ControlArgs, Settings};
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: Settings,
+    pub store: store::Store,
+    pub keys: auth::Keys,
+    pub metrics: health::Metrics,
+    pub login_limiter: console::session::RateLimiter,
+}
+
+/// APISIX's Admin API body limit.
+const BODY_LIMIT: usize = 1536 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let authed = Router::new()
+        .route("/apisix/admin/schema/{resource}", get(admin::schema))
+        .route(
+            "/apisix/admin/{resource}",
+            get(admin::collection)
+                .post(admin::collection)
+                .put(admin::collection),
+        )
+        .route(
+            "/apisix/admin/{resource}/{*rest}",
+            get(admin::item)
+                .put(admin::item)
+                .post(admin::item)
+                .patch(admin::item)
+                .delete(admin::item),
+        )
+        .route("/api/session", get(console::whoami))
+        .route("/api/cluster", get(cluster::cluster))
+        .route("/api/audit", get(audit::list))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
+    Router::new()
+        .merge(authed)
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/style.css", get(console::style))
+        .route("/login", post(console::login))
+        .route("/logout", post(console::logout))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::serve))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            health::track,
+        ))
+        .with_state(state)
+}
+
+/// Builds the shared state (no network yet: the client dials lazily).
+pub async fn state(settings: Settings) -> Result<Arc<AppState>> {
+    let opts = ClientOptions {
+        // Short per-attempt deadlines so a dead member is passed over quickly
+        // while the request as a whole still rides out an election.
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(3),
+        retry_budget: Duration::from_secs(8),
+        ..Default::default()
+    };
+    let client = Client::connect(settings.endpoints.clone(), opts)
+        .await
+        .context("store endpoints")?;
+    Ok(Arc::new(AppState {
+        keys: auth::Keys::new(settings.admin_key.as_deref(), &settings.viewer_keys),
+        store: store::Store { client },
+        metrics: health::Metrics::new(),
+        login_limiter: console::session::RateLimiter::new(),
+        settings,
+    }))
+}
+
+/// `cairn control`.
+pub async fn run(args: ControlArgs) -> Result<()> {
+    if args.hash_password {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        println!(
+            "{}",
+            console::hash_password(line.trim_end_matches(['\r', '\n']))?
+        );
+        return Ok(());
+    }
+    let settings = Settings::resolve(&args)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let state = state(settings).await?;
+    serve(state, listener).await
+}
+
+/// Serves on `listener` until Ctrl-C or SIGTERM; the secrets bootstrap runs
+/// in the background (until it is done, only configured keys are accepted).
+pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "control plane on http://{addr} (console at /, admin API at /apisix/admin/), store {}",
+        state.settings.endpoints.join(",")
+    );
+    tokio::spawn(auth::bootstrap(state.clone()));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("http server")
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

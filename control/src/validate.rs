@@ -1,0 +1,396 @@
+//! Validation of a resource value before it is written: the resource's
+//! field rules, its JSON Schema (following APISIX's `schema_def.lua`), the
+//! plugin names and the configs of the common plugins.
+//!
+//! Messages follow APISIX (`property "uri" validation failed: …`) and always
+//! name the field. Schemas compile once, on first use.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use jsonschema::Validator;
+use serde_json::{Map, Value};
+
+use crate::resources::{Resource, Rule, RESOURCES};
+
+/// Plugins APISIX 3.x ships. A name outside this set is refused: APISIX
+/// would drop the whole route at load time.
+pub const KNOWN_PLUGINS: &[&str] = &[
+    "ai",
+    "ai-prompt-decorator",
+    "ai-prompt-template",
+    "ai-proxy",
+    "api-breaker",
+    "authz-casbin",
+    "authz-casdoor",
+    "authz-keycloak",
+    "aws-lambda",
+    "azure-functions",
+    "basic-auth",
+    "batch-requests",
+    "body-transformer",
+    "brotli",
+    "cas-auth",
+    "chaitin-waf",
+    "clickhouse-logger",
+    "client-control",
+    "consumer-restriction",
+    "cors",
+    "csrf",
+    "datadog",
+    "degraphql",
+    "dubbo-proxy",
+    "echo",
+    "elasticsearch-logger",
+    "error-log-logger",
+    "example-plugin",
+    "ext-plugin-post-req",
+    "ext-plugin-post-resp",
+    "ext-plugin-pre-req",
+    "fault-injection",
+    "file-logger",
+    "forward-auth",
+    "google-cloud-logging",
+    "grpc-transcode",
+    "grpc-web",
+    "gzip",
+    "hmac-auth",
+    "http-logger",
+    "inspect",
+    "ip-restriction",
+    "jwe-decrypt",
+    "jwt-auth",
+    "kafka-logger",
+    "kafka-proxy",
+    "key-auth",
+    "ldap-auth",
+    "limit-conn",
+    "limit-count",
+    "limit-req",
+    "log-rotate",
+    "loggly",
+    "loki-logger",
+    "mocking",
+    "multi-auth",
+    "node-status",
+    "ocsp-stapling",
+    "opa",
+    "openfunction",
+    "openid-connect",
+    "opentelemetry",
+    "openwhisk",
+    "prometheus",
+    "proxy-buffering",
+    "proxy-cache",
+    "proxy-control",
+    "proxy-mirror",
+    "proxy-rewrite",
+    "public-api",
+    "real-ip",
+    "redirect",
+    "referer-restriction",
+    "request-id",
+    "request-validation",
+    "response-rewrite",
+    "rocketmq-logger",
+    "server-info",
+    "serverless-post-function",
+    "serverless-pre-function",
+    "skywalking",
+    "skywalking-logger",
+    "sls-logger",
+    "splunk-hec-logging",
+    "syslog",
+    "tcp-logger",
+    "tencent-cloud-cls",
+    "traffic-split",
+    "ua-restriction",
+    "udp-logger",
+    "uri-blocker",
+    "wolf-rbac",
+    "workflow",
+    "zipkin",
+];
+
+/// Secret managers and the fields each requires (APISIX's `secret/*.lua`).
+const SECRET_MANAGERS: &[(&str, &[&str])] = &[
+    ("vault", &["uri", "prefix", "token"]),
+    ("aws", &["access_key_id", "secret_access_key"]),
+    ("gcp", &[]),
+];
+
+struct Compiled {
+    resources: HashMap<&'static str, Validator>,
+    /// plugin name -> (route-level schema, consumer-level schema if any)
+    plugins: HashMap<String, (Validator, Option<Validator>)>,
+}
+
+fn defs() -> Value {
+    serde_json::from_str(include_str!("schemas/defs.json"))
+        .expect("schemas/defs.json is valid JSON")
+}
+
+/// Adds the shared `$defs` to a schema and compiles it. The schemas are
+/// compiled into the binary, so a failure here is a bug caught by the unit
+/// test below, not bad input.
+fn compile(mut schema: Value, defs: &Value) -> Validator {
+    if let Value::Object(m) = &mut schema {
+        m.insert("$defs".into(), defs.clone());
+    }
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("built-in schema: {e}"))
+}
+
+fn compiled() -> &'static Compiled {
+    static C: OnceLock<Compiled> = OnceLock::new();
+    C.get_or_init(|| {
+        let defs = defs();
+        let resources = RESOURCES
+            .iter()
+            .map(|r| {
+                let s: Value = serde_json::from_str(r.schema)
+                    .unwrap_or_else(|e| panic!("schema of {}: {e}", r.name));
+                (r.name, compile(s, &defs))
+            })
+            .collect();
+        let table: Map<String, Value> = serde_json::from_str(include_str!("schemas/plugins.json"))
+            .expect("schemas/plugins.json is valid JSON");
+        let plugins = table
+            .into_iter()
+            .map(|(name, mut v)| {
+                let route = compile(v["schema"].take(), &defs);
+                let consumer = match v["consumer_schema"].take() {
+                    Value::Null => None,
+                    s => Some(compile(s, &defs)),
+                };
+                (name, (route, consumer))
+            })
+            .collect();
+        Compiled { resources, plugins }
+    })
+}
+
+/// Checks `value`, the full value about to be stored (id and timestamps
+/// included), of resource `res` with id `id`. `Err` is the message after
+/// `invalid configuration: `.
+pub fn check(res: &Resource, id: &str, value: &Value) -> Result<(), String> {
+    let Value::Object(obj) = value else {
+        return Err(format!("the {} must be a JSON object", res.singular));
+    };
+    for rule in res.rules {
+        check_rule(rule, obj)?;
+    }
+    let c = compiled();
+    if let Some(v) = c.resources.get(res.name) {
+        schema_errors(v, value)?;
+    }
+    if res.name == "secrets" {
+        check_secret(id, obj)?;
+    }
+    if res.name == "plugin_metadata" && !KNOWN_PLUGINS.contains(&id) {
+        return Err(format!("unknown plugin [{id}]"));
+    }
+    if let Some(plugins) = obj.get("plugins") {
+        check_plugins(plugins, res.name == "consumers")?;
+    }
+    // Upstreams embedded in routes, services and stream routes.
+    if let Some(up) = obj.get("upstream") {
+        if up.get("nodes").is_some() == up.get("service_name").is_some() {
+            return Err(
+                "property \"upstream\" validation failed: exactly one of \"nodes\" and \"service_name\" is required"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_rule(rule: &Rule, obj: &Map<String, Value>) -> Result<(), String> {
+    let quoted = |fields: &[&str]| {
+        fields
+            .iter()
+            .map(|f| format!("\"{f}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match rule {
+        Rule::ExactlyOne(fields) => {
+            let n = fields.iter().filter(|f| obj.contains_key(**f)).count();
+            if n != 1 {
+                return Err(format!(
+                    "exactly one of {} is required, {n} given",
+                    quoted(fields)
+                ));
+            }
+        }
+        Rule::AtLeastOne(fields) => {
+            if !fields.iter().any(|f| obj.contains_key(*f)) {
+                return Err(format!("at least one of {} is required", quoted(fields)));
+            }
+        }
+        Rule::AtMostOne(fields) => {
+            if fields.iter().filter(|f| obj.contains_key(**f)).count() > 1 {
+                return Err(format!("only one of {} may be given", quoted(fields)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first schema error, as APISIX words it: `property "a.b" validation
+/// failed: …`; errors about the object itself (a missing required field, an
+/// unexpected one) name the field in the message.
+fn schema_errors(v: &Validator, value: &Value) -> Result<(), String> {
+    let Some(e) = v.iter_errors(value).next() else {
+        return Ok(());
+    };
+    let path = e
+        .instance_path()
+        .as_str()
+        .trim_start_matches('/')
+        .replace('/', ".");
+    let detail = match e.kind() {
+        // These kinds print the whole instance; APISIX's words are shorter.
+        jsonschema::error::ValidationErrorKind::AnyOf { .. }
+        | jsonschema::error::ValidationErrorKind::OneOfNotValid { .. } => {
+            "value should match only one schema, but matches none".to_string()
+        }
+        jsonschema::error::ValidationErrorKind::OneOfMultipleValid { .. } => {
+            "value should match only one schema, but matches both".to_string()
+        }
+        _ => e.to_string(),
+    };
+    if path.is_empty() {
+        Err(detail)
+    } else {
+        Err(format!("property \"{path}\" validation failed: {detail}"))
+    }
+}
+
+fn check_plugins(plugins: &Value, consumer: bool) -> Result<(), String> {
+    let Value::Object(map) = plugins else {
+        return Err("property \"plugins\" validation failed: wrong type: expected object".into());
+    };
+    let c = compiled();
+    for (name, conf) in map {
+        if !KNOWN_PLUGINS.contains(&name.as_str()) {
+            return Err(format!("unknown plugin [{name}]"));
+        }
+        let Value::Object(conf_map) = conf else {
+            return Err(format!(
+                "failed to check the configuration of plugin {name} err: wrong type: expected object"
+            ));
+        };
+        // APISIX injects `_meta` and `disable` into every plugin schema.
+        if conf_map.get("disable").is_some_and(|d| !d.is_boolean()) {
+            return Err(format!(
+                "failed to check the configuration of plugin {name} err: property \"disable\" validation failed: wrong type: expected boolean"
+            ));
+        }
+        if conf_map.get("_meta").is_some_and(|m| !m.is_object()) {
+            return Err(format!(
+                "failed to check the configuration of plugin {name} err: property \"_meta\" validation failed: wrong type: expected object"
+            ));
+        }
+        let Some((route_schema, consumer_schema)) = c.plugins.get(name) else {
+            continue;
+        };
+        let schema = match (consumer, consumer_schema) {
+            (true, Some(s)) => s,
+            _ => route_schema,
+        };
+        let mut stripped = conf_map.clone();
+        stripped.remove("_meta");
+        stripped.remove("disable");
+        schema_errors(schema, &Value::Object(stripped))
+            .map_err(|e| format!("failed to check the configuration of plugin {name} err: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_secret(id: &str, obj: &Map<String, Value>) -> Result<(), String> {
+    let manager = id.split('/').next().unwrap_or_default();
+    let Some((_, required)) = SECRET_MANAGERS.iter().find(|(m, _)| *m == manager) else {
+        return Err(format!(
+            "unknown secret manager [{manager}] (one of vault, aws, gcp)"
+        ));
+    };
+    for f in *required {
+        if !obj.contains_key(*f) {
+            return Err(format!("\"{f}\" is a required property"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+    use serde_json::json;
+
+    #[test]
+    fn every_builtin_schema_compiles() {
+        let c = compiled();
+        assert_eq!(c.resources.len(), RESOURCES.len());
+        assert_eq!(c.plugins.len(), 12);
+        for name in c.plugins.keys() {
+            assert!(KNOWN_PLUGINS.contains(&name.as_str()), "{name}");
+        }
+    }
+
+    #[test]
+    fn route_messages_name_the_field() {
+        let r = find("routes").unwrap();
+        let ok =
+            json!({"uri": "/a", "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:80": 1}}});
+        check(r, "1", &ok).unwrap();
+        let e = check(r, "1", &json!({"uri": 1, "upstream_id": "1"})).unwrap_err();
+        assert!(e.starts_with("property \"uri\" validation failed"), "{e}");
+        let e = check(r, "1", &json!({"upstream_id": "1"})).unwrap_err();
+        assert!(e.contains("\"uri\", \"uris\""), "{e}");
+        let e = check(
+            r,
+            "1",
+            &json!({"uri": "/a", "upstream_id": "1", "bogus": 1}),
+        )
+        .unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = check(r, "1", &json!({"uri": "/a", "plugins": {"nope": {}}})).unwrap_err();
+        assert_eq!(e, "unknown plugin [nope]");
+        let e = check(
+            r,
+            "1",
+            &json!({"uri": "/a", "plugins": {"limit-count": {"count": 1}}}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("limit-count") && e.contains("time_window"),
+            "{e}"
+        );
+        let e = check(
+            r,
+            "1",
+            &json!({"uri": "/a", "upstream": {"nodes": {"a:1": -1}}}),
+        )
+        .unwrap_err();
+        assert!(e.contains("upstream.nodes"), "{e}");
+    }
+
+    #[test]
+    fn consumer_plugins_use_consumer_schemas() {
+        let c = find("consumers").unwrap();
+        check(
+            c,
+            "jack",
+            &json!({"username": "jack", "plugins": {"key-auth": {"key": "k"}}}),
+        )
+        .unwrap();
+        let e = check(
+            c,
+            "jack",
+            &json!({"username": "jack", "plugins": {"key-auth": {}}}),
+        )
+        .unwrap_err();
+        assert!(e.contains("key"), "{e}");
+    }
+}

@@ -1,0 +1,1036 @@
+//! `cairn control`'s Admin API against a real 3-node Cairn cluster, over real
+//! HTTP, with etcdctl reading what it wrote.
+
+mod common;
+
+use std::time::Duration;
+
+use common::control::{request, ControlPlane};
+use common::{etcdctl_bin, etcdctl_ok, have_tool, wait_until, Cluster, Impl, SLOW};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "test-admin-key-0123456789";
+const VIEWER: &str = "test-viewer-key-0123456789";
+
+async fn setup() -> (Cluster, ControlPlane) {
+    let cluster = Cluster::start(Impl::Cairn, 3).await;
+    let cfg = cluster.dir.join("control.yaml");
+    std::fs::write(&cfg, format!("viewer_keys: [{VIEWER}]\n")).unwrap();
+    let cp = ControlPlane::start(
+        &cluster,
+        &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
+    )
+    .await;
+    (cluster, cp)
+}
+
+fn upstream() -> Value {
+    json!({"type": "roundrobin", "nodes": {"127.0.0.1:1980": 1}})
+}
+
+/// The store's current revision (a write that is refused must not move it).
+async fn revision(c: &Cluster) -> i64 {
+    let r = c.client().await.get("/", Default::default()).await.unwrap();
+    r.header.unwrap().revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl_reads_what_the_api_wrote() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let (cluster, cp) = setup().await;
+    let eps = cluster.endpoints();
+    let k = Some(ADMIN);
+
+    let r = cp
+        .call("PUT", "/apisix/admin/upstreams/1", k, Some(upstream()))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let route = json!({"uri": "/hello", "methods": ["GET"], "upstream_id": "1", "name": "hello"});
+    let r = cp
+        .call("PUT", "/apisix/admin/routes/1", k, Some(route.clone()))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let created = r.json();
+    assert_eq!(created["key"], "/apisix/routes/1");
+    let v = &created["value"];
+    assert_eq!(v["id"], "1");
+    assert!(
+        v["create_time"].is_i64() && v["update_time"].is_i64(),
+        "{v}"
+    );
+    assert_eq!(created["createdIndex"], created["modifiedIndex"]);
+
+    // Byte for byte what the API answered, as APISIX will read it.
+    let stored = etcdctl_ok(
+        &eps,
+        &["get", "/apisix/routes/1", "--print-value-only"],
+        None,
+    );
+    assert_eq!(
+        stored.trim_end_matches('\n'),
+        serde_json::to_string(v).unwrap()
+    );
+    let parsed: Value = serde_json::from_str(stored.trim_end()).unwrap();
+    for (f, want) in route.as_object().unwrap() {
+        assert_eq!(&parsed[f], want, "field {f}");
+    }
+
+    // Replace: 200, create_time kept, modifiedIndex moves.
+    let mut route2 = route.clone();
+    route2["uri"] = json!("/hello2");
+    let r = cp
+        .call("PUT", "/apisix/admin/routes/1", k, Some(route2))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let replaced = r.json();
+    assert_eq!(replaced["value"]["create_time"], v["create_time"]);
+    assert_eq!(replaced["createdIndex"], created["createdIndex"]);
+    assert!(replaced["modifiedIndex"].as_i64() > created["modifiedIndex"].as_i64());
+
+    // Item envelope.
+    let got = cp
+        .call("GET", "/apisix/admin/routes/1", k, None)
+        .await
+        .json();
+    assert_eq!(got, replaced);
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/routes/nope", k, None)
+            .await
+            .status,
+        404
+    );
+
+    // APISIX's init_dir placeholder is not a route.
+    etcdctl_ok(&eps, &["put", "/apisix/routes/", "init_dir"], None);
+    // POST: a 20-digit generated id.
+    let r = cp
+        .call(
+            "POST",
+            "/apisix/admin/routes",
+            k,
+            Some(json!({"uri": "/posted", "upstream": upstream(), "labels": {"env": "dev"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let posted = r.json();
+    let pid = posted["value"]["id"].as_str().unwrap().to_string();
+    assert_eq!(pid.len(), 20, "{pid}");
+    assert!(pid.chars().all(|c| c.is_ascii_digit()));
+    let list = cp.call("GET", "/apisix/admin/routes", k, None).await.json();
+    assert_eq!(list["total"], 2, "{list}");
+    assert_eq!(
+        list["list"][0]["key"], "/apisix/routes/1",
+        "sorted by createdIndex"
+    );
+    let f = cp
+        .call("GET", "/apisix/admin/routes?label=env:dev", k, None)
+        .await
+        .json();
+    assert_eq!(f["total"], 1);
+    assert_eq!(f["list"][0]["value"]["id"], json!(pid));
+    let f = cp
+        .call("GET", "/apisix/admin/routes?name=hel&uri=/hello2", k, None)
+        .await
+        .json();
+    assert_eq!(f["total"], 1);
+    let p = cp
+        .call("GET", "/apisix/admin/routes?page=2&page_size=10", k, None)
+        .await
+        .json();
+    assert_eq!(
+        (p["total"].as_i64(), p["list"].as_array().map(Vec::len)),
+        (Some(2), Some(0))
+    );
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/routes?page=1&page_size=5", k, None)
+            .await
+            .status,
+        400
+    );
+
+    // Consumers are keyed by username.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/consumers",
+            k,
+            Some(json!({"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let c = etcdctl_ok(
+        &eps,
+        &["get", "/apisix/consumers/jack", "--print-value-only"],
+        None,
+    );
+    assert!(c.contains("\"key-auth\":{\"key\":\"jack-key\"}"), "{c}");
+
+    // ?ttl= puts the key under a lease.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams/tmp?ttl=60",
+            k,
+            Some(upstream()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let w = etcdctl_ok(&eps, &["get", "/apisix/upstreams/tmp", "-w", "json"], None);
+    let lease = serde_json::from_str::<Value>(&w).unwrap()["kvs"][0]["lease"]
+        .as_i64()
+        .unwrap_or(0);
+    assert_ne!(lease, 0, "{w}");
+
+    // DELETE, APISIX's answer.
+    let r = cp
+        .call("DELETE", &format!("/apisix/admin/routes/{pid}"), k, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"deleted": "1", "key": format!("/apisix/routes/{pid}")})
+    );
+    let left = etcdctl_ok(&eps, &["get", &format!("/apisix/routes/{pid}")], None);
+    assert!(left.is_empty(), "{left}");
+
+    // Every write left an audit record, outside /apisix.
+    let audit = etcdctl_ok(
+        &eps,
+        &["get", "--prefix", "/cairn/audit/", "--keys-only"],
+        None,
+    );
+    assert_eq!(
+        audit.lines().filter(|l| !l.is_empty()).count(),
+        7,
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_input_is_400_and_writes_nothing() {
+    let (cluster, cp) = setup().await;
+    let k = Some(ADMIN);
+    assert_eq!(
+        cp.call("PUT", "/apisix/admin/upstreams/u1", k, Some(upstream()))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        cp.call(
+            "PUT",
+            "/apisix/admin/routes/r1",
+            k,
+            Some(json!({"uri": "/r1", "upstream_id": "u1"}))
+        )
+        .await
+        .status,
+        201
+    );
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": 1, "upstream_id": "u1"}),
+            "\"uri\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"upstream_id": "u1"}),
+            "\"uri\", \"uris\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "uris": ["/b"], "upstream_id": "u1"}),
+            "\"uris\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a"}),
+            "\"upstream_id\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "upstream_id": "u1", "bogus": true}),
+            "bogus",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "upstream_id": "u1", "methods": ["FETCH"]}),
+            "\"methods.0\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "upstream_id": "u1", "status": 2}),
+            "\"status\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "plugins": {"no-such-plugin": {}}}),
+            "unknown plugin [no-such-plugin]",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "plugins": {"limit-count": {"count": 0, "time_window": 60}}}),
+            "limit-count",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "plugins": {"limit-req": {"rate": 1}}}),
+            "burst",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "plugins": {"proxy-rewrite": {"uri": "no-slash"}}}),
+            "proxy-rewrite",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "plugins": {"ip-restriction": {"whitelist": ["not-an-ip"]}}}),
+            "ip-restriction",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"uri": "/a", "upstream": {"type": "roundrobin", "nodes": {"a:1": -1}}}),
+            "\"upstream.nodes",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/upstreams/2",
+            json!({"type": "magic", "nodes": {"a:1": 1}}),
+            "\"type\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/upstreams/2",
+            json!({"type": "roundrobin"}),
+            "\"nodes\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/consumers/jack",
+            json!({"username": "jack", "plugins": {"key-auth": {}}}),
+            "key-auth",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/consumers",
+            json!({"username": "bad name!"}),
+            "\"username\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/ssls/1",
+            json!({"sni": "a.com", "cert": "short", "key": "short"}),
+            "\"cert\"",
+        ),
+        ("PUT", "/apisix/admin/global_rules/1", json!({}), "plugins"),
+        (
+            "PUT",
+            "/apisix/admin/protos/1",
+            json!({"content": ""}),
+            "\"content\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/secrets/vault/1",
+            json!({"uri": "http://v:8200", "prefix": "p"}),
+            "token",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/plugin_metadata/not-a-plugin",
+            json!({}),
+            "unknown plugin",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/stream_routes/1",
+            json!({"server_port": "x"}),
+            "\"server_port\"",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/bad$id",
+            json!({"uri": "/a", "upstream_id": "u1"}),
+            "id",
+        ),
+        (
+            "PUT",
+            "/apisix/admin/routes/1",
+            json!({"id": "2", "uri": "/a", "upstream_id": "u1"}),
+            "id",
+        ),
+        (
+            "PATCH",
+            "/apisix/admin/routes/r1",
+            json!({"uri": 5}),
+            "\"uri\"",
+        ),
+        (
+            "PATCH",
+            "/apisix/admin/routes/r1/methods",
+            json!(["NOPE"]),
+            "\"methods.0\"",
+        ),
+    ];
+    let before = revision(&cluster).await;
+    for (method, path, body, names) in &cases {
+        let r = cp.call(method, path, Some(ADMIN), Some(body.clone())).await;
+        assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.body);
+        let msg = r.json()["error_msg"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            msg.starts_with("invalid configuration: ") || msg.starts_with("wrong "),
+            "{path} {body}: {msg}"
+        );
+        assert!(
+            msg.contains(names),
+            "{path} {body}: {msg:?} should name {names}"
+        );
+    }
+    // Broken JSON.
+    let r = request(
+        "PUT",
+        &format!("{}/apisix/admin/routes/1", cp.url),
+        &[("x-api-key", ADMIN)],
+        Some("{not json".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    // References: a route naming a missing upstream or service.
+    for (field, what) in [("upstream_id", "upstream"), ("service_id", "service")] {
+        let r = cp
+            .call(
+                "PUT",
+                "/apisix/admin/routes/1",
+                k,
+                Some(json!({"uri": "/a", field: "missing"})),
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.json()["error_msg"],
+            format!("failed to fetch {what} info by {what} id [missing], response code: 404")
+        );
+    }
+    assert_eq!(
+        revision(&cluster).await,
+        before,
+        "a refused write changed the store"
+    );
+
+    // Deleting an upstream a route uses is refused, unless forced.
+    let r = cp
+        .call("DELETE", "/apisix/admin/upstreams/u1", k, None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error_msg"],
+        "can not delete this upstream, route [r1] is still using it now"
+    );
+    assert_eq!(revision(&cluster).await, before);
+    let r = cp
+        .call("DELETE", "/apisix/admin/upstreams/u1?force=true", k, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_roles() {
+    let (_cluster, cp) = setup().await;
+    let r = cp.call("GET", "/apisix/admin/routes", None, None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json(),
+        json!({"error_msg": "failed to check token", "description": "missing apikey"})
+    );
+    let r = cp
+        .call("GET", "/apisix/admin/routes", Some("wrong"), None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["description"], "wrong apikey");
+    let r = cp
+        .call(
+            "GET",
+            &format!("/apisix/admin/routes?api_key={ADMIN}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"total": 0, "list": []}));
+    // Viewer: reads, never writes.
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/upstreams", Some(VIEWER), None)
+            .await
+            .status,
+        200
+    );
+    for m in ["PUT", "PATCH", "DELETE"] {
+        let r = cp
+            .call(
+                m,
+                "/apisix/admin/upstreams/1",
+                Some(VIEWER),
+                Some(upstream()),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{m}: {}", r.body);
+    }
+    let r = cp
+        .call(
+            "POST",
+            "/apisix/admin/upstreams",
+            Some(VIEWER),
+            Some(upstream()),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/upstreams/1", Some(ADMIN), None)
+            .await
+            .status,
+        404
+    );
+    // The console's data calls need a key or session too.
+    assert_eq!(cp.call("GET", "/api/audit", None, None).await.status, 401);
+    // Health, metrics and the API description are open.
+    assert_eq!(cp.call("GET", "/healthz", None, None).await.status, 200);
+    assert_eq!(cp.call("GET", "/readyz", None, None).await.status, 200);
+    let m = cp.call("GET", "/metrics", None, None).await;
+    assert!(
+        m.body.contains("cairn_control_http_requests_total"),
+        "{}",
+        m.body
+    );
+    let api = cp.call("GET", "/openapi.json", None, None).await.json();
+    for res in [
+        "routes",
+        "upstreams",
+        "services",
+        "consumers",
+        "ssls",
+        "global_rules",
+        "plugin_configs",
+        "consumer_groups",
+        "plugin_metadata",
+        "stream_routes",
+        "secrets",
+        "protos",
+    ] {
+        assert!(
+            api["paths"][format!("/apisix/admin/{res}/{{id}}")]["put"].is_object(),
+            "{res}"
+        );
+    }
+    assert!(api["paths"]["/apisix/admin/routes/{id}/history"]["get"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patch_merges_and_conflicts_are_reported() {
+    let (_cluster, cp) = setup().await;
+    let k = Some(ADMIN);
+    let body = json!({"uri": "/p", "upstream": upstream(), "desc": "d", "labels": {"a": "1"}});
+    let r = cp
+        .call("PUT", "/apisix/admin/routes/p", k, Some(body))
+        .await
+        .json();
+    let m1 = r["modifiedIndex"].as_i64().unwrap();
+
+    // Merge: null deletes, objects merge, arrays replace.
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/p",
+            k,
+            Some(json!({"desc": null, "labels": {"b": "2"}, "methods": ["GET"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json()["value"].clone();
+    assert!(v.get("desc").is_none(), "{v}");
+    assert_eq!(v["labels"], json!({"a": "1", "b": "2"}));
+    assert_eq!(v["methods"], json!(["GET"]));
+    // Sub-path.
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/p/methods",
+            k,
+            Some(json!(["POST", "PUT"])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["value"]["methods"], json!(["POST", "PUT"]));
+    let current = cp
+        .call("GET", "/apisix/admin/routes/p", k, None)
+        .await
+        .json();
+
+    // An edit based on the first version conflicts: 409, nothing overwritten.
+    let r = request(
+        "PATCH",
+        &format!("{}/apisix/admin/routes/p", cp.url),
+        &[("x-api-key", ADMIN), ("if-match", &m1.to_string())],
+        Some(json!({"desc": "stale"}).to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["modifiedIndex"], current["modifiedIndex"]);
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/routes/p", k, None)
+            .await
+            .json(),
+        current
+    );
+    // The same with the current revision goes through.
+    let cur = current["modifiedIndex"].to_string();
+    let r = request(
+        "PUT",
+        &format!("{}/apisix/admin/routes/p", cp.url),
+        &[("x-api-key", ADMIN), ("if-match", &cur)],
+        Some(json!({"uri": "/p", "upstream": upstream(), "desc": "fresh"}).to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Concurrent merges of different fields: each one lands or is refused
+    // with 409; none is silently lost.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let url = format!("{}/apisix/admin/routes/p", cp.url);
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"labels": {format!("k{i}"): "v"}}).to_string();
+            let r = request("PATCH", &url, &[("x-api-key", ADMIN)], Some(body))
+                .await
+                .unwrap();
+            (i, r.status)
+        }));
+    }
+    let mut landed = Vec::new();
+    for t in tasks {
+        let (i, status) = t.await.unwrap();
+        assert!(status == 200 || status == 409, "{status}");
+        if status == 200 {
+            landed.push(i);
+        }
+    }
+    assert!(!landed.is_empty());
+    let labels = cp
+        .call("GET", "/apisix/admin/routes/p", k, None)
+        .await
+        .json()["value"]["labels"]
+        .clone();
+    for i in landed {
+        assert_eq!(
+            labels[format!("k{i}")],
+            "v",
+            "a 200 PATCH was lost: {labels}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_and_rollback_survive_compaction() {
+    let (cluster, cp) = setup().await;
+    let k = Some(ADMIN);
+    let mut revs = Vec::new();
+    for uri in ["/v1", "/v2", "/v3"] {
+        let r = cp
+            .call(
+                "PUT",
+                "/apisix/admin/routes/h",
+                k,
+                Some(json!({"uri": uri, "upstream": upstream()})),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+        revs.push(r.json()["modifiedIndex"].as_i64().unwrap());
+    }
+    let h = cp
+        .call("GET", "/apisix/admin/routes/h/history", k, None)
+        .await
+        .json();
+    let list = h["list"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{h}");
+    assert_eq!(list[0]["revision"], revs[2]);
+    assert_eq!(list[0]["current"], true);
+    assert_eq!(list[2]["value"]["uri"], "/v1");
+    assert_eq!(list[2]["source"], "mvcc");
+    assert_eq!(list[2]["who"], "api-key:admin");
+    assert_eq!(list[2]["action"], "update");
+
+    // Roll back to v1: a new revision holding v1's value.
+    let r = cp
+        .call(
+            "POST",
+            &format!("/apisix/admin/routes/h/rollback?revision={}", revs[0]),
+            k,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rb = r.json();
+    assert_eq!(rb["value"]["uri"], "/v1");
+    assert!(rb["modifiedIndex"].as_i64().unwrap() > revs[2]);
+    let stored = common::etcdctl_ok(
+        &cluster.endpoints(),
+        &["get", "/apisix/routes/h", "--print-value-only"],
+        None,
+    );
+    assert!(stored.contains("\"uri\":\"/v1\""), "{stored}");
+    assert_eq!(
+        cp.call(
+            "POST",
+            "/apisix/admin/routes/h/rollback?revision=1",
+            k,
+            None
+        )
+        .await
+        .status,
+        404
+    );
+
+    // Compact everything: earlier versions now come from the audit log.
+    let c = cluster.client().await;
+    let now = c
+        .get("/", Default::default())
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    c.compact(now, true).await.unwrap();
+    let h = cp
+        .call("GET", "/apisix/admin/routes/h/history", k, None)
+        .await
+        .json();
+    let list = h["list"].as_array().unwrap();
+    assert_eq!(list.len(), 4, "{h}");
+    assert_eq!(list[0]["action"], "rollback");
+    assert_eq!(list[3]["value"]["uri"], "/v1");
+    assert_eq!(list[3]["source"], "audit");
+    // And rollback from the audit log works too.
+    let r = cp
+        .call(
+            "POST",
+            &format!("/apisix/admin/routes/h/rollback?revision={}", revs[1]),
+            k,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["value"]["uri"], "/v2");
+
+    // The audit log, newest first.
+    let a = cp.call("GET", "/api/audit", k, None).await.json();
+    assert_eq!(a["list"][0]["action"], "rollback");
+    assert_eq!(a["list"][0]["old_value"]["uri"], "/v1");
+    assert!(a["list"][0]["new_revision"].as_i64() > a["list"][0]["old_revision"].as_i64());
+
+    // A deleted route keeps its history, and a rollback brings it back.
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/routes/h", k, None)
+            .await
+            .status,
+        200
+    );
+    let h = cp
+        .call("GET", "/apisix/admin/routes/h/history", k, None)
+        .await
+        .json();
+    let list = h["list"].as_array().unwrap();
+    assert_eq!(list[0]["action"], "delete");
+    assert!(list[0]["value"].is_null(), "{h}");
+    let r = cp
+        .call(
+            "POST",
+            &format!("/apisix/admin/routes/h/rollback?revision={}", revs[2]),
+            k,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let back = cp
+        .call("GET", "/apisix/admin/routes/h", k, None)
+        .await
+        .json();
+    assert_eq!(back["value"]["uri"], "/v3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_keeps_answering_when_a_store_node_is_killed() {
+    let (mut cluster, cp) = setup().await;
+    let k = Some(ADMIN);
+    assert_eq!(
+        cp.call("PUT", "/apisix/admin/upstreams/1", k, Some(upstream()))
+            .await
+            .status,
+        201
+    );
+    // Kill the leader: the hardest member to lose.
+    let leader = cluster.leader().await;
+    cluster.nodes[leader].kill9();
+    for i in 0..10 {
+        let r = cp
+            .call(
+                "PUT",
+                &format!("/apisix/admin/routes/{i}"),
+                k,
+                Some(json!({"uri": format!("/k{i}"), "upstream_id": "1"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "write {i} after kill -9: {}", r.body);
+        let r = cp
+            .call("GET", &format!("/apisix/admin/routes/{i}"), k, None)
+            .await;
+        assert_eq!(r.status, 200, "read {i} after kill -9: {}", r.body);
+    }
+    assert_eq!(cp.call("GET", "/readyz", None, None).await.status, 200);
+    let cl = cp.call("GET", "/api/cluster", k, None).await.json();
+    let members = cl["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(
+        members.iter().filter(|m| m["healthy"] == true).count(),
+        2,
+        "{cl}"
+    );
+    assert_eq!(
+        members.iter().filter(|m| m["role"] == "leader").count(),
+        1,
+        "{cl}"
+    );
+
+    // Without a quorum, not ready (but alive).
+    let other = (0..3).find(|i| *i != leader).unwrap();
+    cluster.nodes[other].kill9();
+    let url = cp.url.clone();
+    wait_until(SLOW, "/readyz to answer 503 without a quorum", || {
+        let url = url.clone();
+        async move {
+            request("GET", &format!("{url}/readyz"), &[], None)
+                .await
+                .is_ok_and(|r| r.status == 503)
+        }
+    })
+    .await;
+    assert_eq!(cp.call("GET", "/healthz", None, None).await.status, 200);
+    let _ = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generated_admin_key_is_shared_by_every_instance() {
+    let cluster = Cluster::start(Impl::Cairn, 3).await;
+    let first = ControlPlane::start(&cluster, &[]).await;
+    let key = common::wait_for(SLOW, "the first instance to print its admin key", || {
+        let out = first.stdout();
+        async move {
+            out.lines()
+                .find_map(|l| l.split("keep it): ").nth(1).map(|k| k.trim().to_string()))
+        }
+    })
+    .await;
+    let second = ControlPlane::start(&cluster, &[]).await;
+    for cp in [&first, &second] {
+        let url = cp.url.clone();
+        let key = key.clone();
+        // The second instance loads the stored hash in the background.
+        wait_until(SLOW, "the generated key to be accepted", || {
+            let (url, key) = (url.clone(), key.clone());
+            async move {
+                request(
+                    "GET",
+                    &format!("{url}/apisix/admin/routes"),
+                    &[("x-api-key", &key)],
+                    None,
+                )
+                .await
+                .is_ok_and(|r| r.status == 200)
+            }
+        })
+        .await;
+    }
+    assert!(
+        !second.stdout().contains("keep it"),
+        "printed twice: {}",
+        second.stdout()
+    );
+    let stored = common::etcdctl(
+        &cluster.endpoints(),
+        &[
+            "get",
+            "/cairn/control/admin_key_sha256",
+            "--print-value-only",
+        ],
+        None,
+    );
+    if stored.success {
+        assert!(
+            !stored.stdout.contains(&key),
+            "the key itself must not be stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn console_sessions_are_shared_signed_and_rate_limited() {
+    let cluster = Cluster::start(Impl::Cairn, 3).await;
+    let cfg = cluster.dir.join("control.yaml");
+    let hash = cairn_control::console::hash_password("pw-bob").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("users:\n  - username: bob\n    password_hash: '{hash}'\n    role: viewer\n"),
+    )
+    .unwrap();
+    let args = ["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()];
+    let a = ControlPlane::start(&cluster, &args).await;
+    let b = ControlPlane::start(&cluster, &args).await;
+    let login = |url: String, body: Value| async move {
+        request("POST", &format!("{url}/login"), &[], Some(body.to_string()))
+            .await
+            .unwrap()
+    };
+    // Both instances load the same session secret from the store.
+    let r = wait_for_login(&a.url, json!({"username": "bob", "password": "pw-bob"})).await;
+    let set_cookie = r.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    for cp in [&a, &b] {
+        let r = request(
+            "GET",
+            &format!("{}/api/session", cp.url),
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json(), json!({"user": "console:bob", "role": "viewer"}));
+    }
+    // A viewer's session reads but never writes.
+    let r = request(
+        "GET",
+        &format!("{}/apisix/admin/routes", b.url),
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = request(
+        "PUT",
+        &format!("{}/apisix/admin/upstreams/1", b.url),
+        &[("cookie", &cookie), ("x-cairn-console", "1")],
+        Some(upstream().to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    // A tampered cookie is no session.
+    let forged = cookie.replace("7669657765", "61646d696e");
+    let r = request(
+        "GET",
+        &format!("{}/api/session", a.url),
+        &[("cookie", &forged)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    // An admin session from an API key; a cookie alone (no console header) cannot write.
+    let r = login(a.url.clone(), json!({"api_key": ADMIN})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let admin_cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let put = |headers: Vec<(&'static str, String)>| {
+        let url = format!("{}/apisix/admin/upstreams/1", b.url);
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            request("PUT", &url, &h, Some(upstream().to_string()))
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(put(vec![("cookie", admin_cookie.clone())]).await, 403);
+    assert_eq!(
+        put(vec![
+            ("cookie", admin_cookie.clone()),
+            ("x-cairn-console", "1".into())
+        ])
+        .await,
+        201
+    );
+    let audit = cp_audit(&a).await;
+    assert_eq!(audit["list"][0]["who"], "api-key:admin");
+    // Logins are rate-limited per instance and address.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            login(
+                b.url.clone(),
+                json!({"username": "bob", "password": "wrong"}),
+            )
+            .await
+            .status,
+        );
+    }
+    assert!(statuses.contains(&401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    // The other instance counts on its own.
+    assert_eq!(
+        login(
+            a.url.clone(),
+            json!({"username": "bob", "password": "pw-bob"})
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+/// Logs in, waiting for the instance to have loaded the session secret.
+async fn wait_for_login(url: &str, body: Value) -> common::control::Resp {
+    common::wait_for(SLOW, "a successful login", || {
+        let (url, body) = (url.to_string(), body.clone());
+        async move {
+            let r = request("POST", &format!("{url}/login"), &[], Some(body.to_string()))
+                .await
+                .ok()?;
+            (r.status == 200).then_some(r)
+        }
+    })
+    .await
+}
+
+async fn cp_audit(cp: &ControlPlane) -> Value {
+    cp.call("GET", "/api/audit", Some(ADMIN), None).await.json()
+}
