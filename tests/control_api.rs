@@ -1034,3 +1034,81 @@ async fn wait_for_login(url: &str, body: Value) -> common::control::Resp {
 async fn cp_audit(cp: &ControlPlane) -> Value {
     cp.call("GET", "/api/audit", Some(ADMIN), None).await.json()
 }
+
+/// The control plane in front of a store with TLS on both ports and auth
+/// enabled: `--cacert/--cert/--key` and `--user/--password` reach it, and
+/// what the API wrote is readable by etcdctl as that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_with_tls_and_auth() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let pki_dir = tempfile::tempdir().unwrap();
+    let tls = common::tls::write_pki(pki_dir.path());
+    let opts = common::ClusterOptions {
+        tls: Some(tls.clone()),
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(Impl::Cairn, 3, opts).await;
+    let eps = cluster.endpoints();
+    let tls_args = [
+        format!("--cacert={}", tls.ca.display()),
+        format!("--cert={}", tls.cert.display()),
+        format!("--key={}", tls.key.display()),
+    ];
+    let ctl = |extra: &[&str]| {
+        let mut a: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+        a.extend(extra);
+        etcdctl_ok(&eps, &a, None)
+    };
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        ctl(args);
+    }
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    let cp = ControlPlane::start(
+        &cluster,
+        &[
+            "--admin-key",
+            ADMIN,
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--user",
+            "root",
+            "--password",
+            "rootpw",
+        ],
+    )
+    .await;
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams/7",
+            Some(ADMIN),
+            Some(upstream()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let stored = ctl(&[
+        "--user=root:rootpw",
+        "get",
+        "/apisix/upstreams/7",
+        "--print-value-only",
+    ]);
+    let v: Value = serde_json::from_str(stored.trim()).unwrap();
+    assert_eq!(v["nodes"], upstream()["nodes"]);
+    let r = cp.call("GET", "/readyz", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}

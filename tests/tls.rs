@@ -5,58 +5,11 @@
 
 mod common;
 
-use std::path::Path;
-
 use cairn_client::{Client, GetOptions, PutOptions, TlsOptions};
+use common::tls::{pki, write};
 use common::{etcdctl, etcdctl_ok, Cluster, ClusterOptions, Impl, TestTls};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 
 cluster_tests!(mutual_tls_on_client_and_peer_ports);
-
-/// A CA, and a certificate for 127.0.0.1 it signed (server and client use).
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn pki(name: &str) -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("{name} CA"));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "member");
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-fn write(dir: &Path, name: &str, p: &Pki) -> TestTls {
-    let files = TestTls {
-        ca: dir.join(format!("{name}-ca.pem")),
-        cert: dir.join(format!("{name}.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-    };
-    std::fs::write(&files.ca, &p.ca_pem).unwrap();
-    std::fs::write(&files.cert, &p.cert_pem).unwrap();
-    std::fs::write(&files.key, &p.key_pem).unwrap();
-    files
-}
 
 fn tls_args(t: &TestTls) -> Vec<String> {
     vec![

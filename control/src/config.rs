@@ -30,6 +30,22 @@ pub struct ControlArgs {
     /// YAML file with the same settings plus console users and viewer keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Store user (etcd auth); with `--password`, the control plane logs in
+    /// and renews its token by itself.
+    #[arg(long, env = "CAIRN_STORE_USER")]
+    pub user: Option<String>,
+    /// Password of `--user`.
+    #[arg(long, env = "CAIRN_STORE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// CA (PEM) of the store's certificates, for `https://` endpoints.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for stores started with `--client-cert-auth`.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `--cert`.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Read a password from stdin, print its argon2 hash (for `users` in the
     /// config file) and exit.
     #[arg(long)]
@@ -54,6 +70,13 @@ pub struct FileConfig {
     pub session_secret: Option<String>,
     #[serde(default)]
     pub users: Vec<User>,
+    /// Store user and password (etcd auth), as `--user` / `--password`.
+    pub store_user: Option<String>,
+    pub store_password: Option<String>,
+    /// Store TLS files, as `--cacert` / `--cert` / `--key`.
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// A console user.
@@ -87,6 +110,9 @@ pub struct Settings {
     pub viewer_keys: Vec<String>,
     pub session_secret: Option<String>,
     pub users: Vec<User>,
+    /// How the store is reached: auth credentials and TLS.
+    pub store_credentials: Option<cairn_client::Credentials>,
+    pub store_tls: Option<cairn_client::TlsOptions>,
 }
 
 impl Settings {
@@ -128,7 +154,30 @@ impl Settings {
                 )
             })?;
         }
+        let store_credentials = match (
+            args.user.clone().or(file.store_user),
+            args.password.clone().or(file.store_password),
+        ) {
+            (Some(user), Some(password)) => Some(cairn_client::Credentials { user, password }),
+            (None, None) => None,
+            _ => bail!("--user and --password (store auth) go together"),
+        };
+        let cacert = args.cacert.clone().or(file.cacert);
+        let cert = args.cert.clone().or(file.cert);
+        let key = args.key.clone().or(file.key);
+        let store_tls = match cacert {
+            Some(ca) => Some(
+                cairn_client::TlsOptions::from_files(&ca, cert.as_deref(), key.as_deref())
+                    .context("store TLS files")?,
+            ),
+            None if cert.is_some() || key.is_some() => {
+                bail!("--cert/--key need --cacert (the CA of the store's certificates)")
+            }
+            None => None,
+        };
         Ok(Settings {
+            store_credentials,
+            store_tls,
             listen: args
                 .listen
                 .or(file.listen)

@@ -108,6 +108,8 @@ pub async fn state(settings: Settings) -> Result<Arc<AppState>> {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_secs(3),
         retry_budget: Duration::from_secs(8),
+        credentials: settings.store_credentials.clone(),
+        tls: settings.store_tls.clone(),
         ..Default::default()
     };
     let client = Client::connect(settings.endpoints.clone(), opts)

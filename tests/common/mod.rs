@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use cairn_client::{Client, ClientOptions};
 
 pub mod control;
+pub mod tls;
 
 /// Which server implementation a cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
