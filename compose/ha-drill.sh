@@ -11,7 +11,8 @@
 #      has the same HashKV at the same revision, no acknowledged write is lost
 #   4. docker kill (SIGKILL) the leader under a write load: acknowledged
 #      writes survive; prints the time until writes succeed again
-#   5. rolling restart of the three stores under load: no request fails
+#   5. rolling restart of the three stores under load (etcdctl puts, and
+#      admin-API route writes through both control planes): no request fails
 #      beyond one retry; prints each election's duration
 #
 # Prints PASS/FAIL per scenario, exits non-zero on any FAIL, and removes its
@@ -38,6 +39,7 @@ CONTROL_URLS=(http://127.0.0.1:9000 http://127.0.0.1:9001)
 RESULTS=()
 FAILED=0
 LOAD_PID=""
+ADMIN_LOAD_PID=""
 PLACEHOLDER=""
 RETRY_DELAY=1.5
 
@@ -57,6 +59,7 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 cleanup() {
   local rc=$?
   [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null && wait "$LOAD_PID" 2>/dev/null
+  [ -n "$ADMIN_LOAD_PID" ] && kill "$ADMIN_LOAD_PID" 2>/dev/null && wait "$ADMIN_LOAD_PID" 2>/dev/null
   if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
     echo "---- last log lines of each service"
     compose logs --no-color --tail 25 2>/dev/null || true
@@ -142,10 +145,14 @@ put_acked() { # key value
   fi
 }
 
-HAVE_CONTROL=0
+# Bound of one admin API request. The control plane's own store client gives
+# up after its retry budget (8 s, control/src/lib.rs) plus one request
+# timeout (3 s), so an answer within 20 s is the control plane's, and "000"
+# (no answer) means it hung.
+ADMIN_TIMEOUT=${ADMIN_TIMEOUT:-20}
 admin() { # METHOD BASE_URL PATH [BODY] -> prints "CODE BODY"
   local body
-  body=$(curl -sS -m 10 -X "$1" -H "X-API-KEY: $CAIRN_ADMIN_KEY" \
+  body=$(curl -sS -m "$ADMIN_TIMEOUT" -X "$1" -H "X-API-KEY: $CAIRN_ADMIN_KEY" \
     -H 'Content-Type: application/json' ${4:+--data "$4"} \
     -w '\n%{http_code}' "$2$3" 2>&1) || true
   printf '%s %s\n' "$(tail -n1 <<<"$body")" "$(head -n -1 <<<"$body" | tr -d '\n' | cut -c1-300)"
@@ -219,6 +226,51 @@ stop_load() {
   LOAD_PID=""
 }
 
+# Admin API load: route PUTs alternating between the two control planes, one
+# every 0.3 s, each tried once more through the same control plane after a
+# failure (RETRY_DELAY later); lines "start_ms end_ms ok|retry-ok|fail id" go
+# to $1. Stops when $2 exists or after $3 seconds.
+start_admin_load() {
+  local out=$1 stop=$2 max=$3
+  rm -f "$stop"
+  : >"$out"
+  (
+    set +e
+    i=0
+    deadline=$(($(now_ms) + max * 1000))
+    while [ ! -e "$stop" ] && [ "$(now_ms)" -lt "$deadline" ]; do
+      i=$((i + 1))
+      id="s5-$(printf %05d "$i")"
+      base=${CONTROL_URLS[$((i % 2))]}
+      body="{\"uri\":\"/drill/$id\",\"upstream\":{\"type\":\"roundrobin\",\"nodes\":{\"127.0.0.1:1980\":1}}}"
+      s=$(now_ms)
+      out_=$(admin PUT "$base" "/apisix/admin/routes/$id" "$body")
+      if [[ ${out_%% *} == 20[01] ]]; then
+        echo "$s $(now_ms) ok $id" >>"$out"
+        echo "/apisix/routes/$id -" >>"$ACKED"
+      else
+        echo "$(date +%H:%M:%S) $base $id: $out_" >>"$out.err"
+        sleep "$RETRY_DELAY"
+        out_=$(admin PUT "$base" "/apisix/admin/routes/$id" "$body")
+        if [[ ${out_%% *} == 20[01] ]]; then
+          echo "$s $(now_ms) retry-ok $id" >>"$out"
+          echo "/apisix/routes/$id -" >>"$ACKED"
+        else
+          echo "$(date +%H:%M:%S) $base $id (retry): $out_" >>"$out.err"
+          echo "$s $(now_ms) fail $id" >>"$out"
+        fi
+      fi
+      sleep 0.3
+    done
+  ) &
+  ADMIN_LOAD_PID=$!
+}
+stop_admin_load() {
+  touch "$1"
+  wait "$ADMIN_LOAD_PID" || true
+  ADMIN_LOAD_PID=""
+}
+
 # Every acknowledged key is present with its value (read linearizably, or
 # serializably from each member when $1 = each).
 check_acked() {
@@ -275,14 +327,10 @@ for p in 9000 9001 12379 13379 14379; do
 done
 
 # The control plane is a subcommand of the same binary; an image built
-# before it existed can only run the store scenarios, and says so.
-if docker run --rm "$CAIRN_IMAGE" control --help >/dev/null 2>&1; then
-  HAVE_CONTROL=1
-  SERVICES=(store1 store2 store3 control1 control2)
-else
-  log "NOTE: $CAIRN_IMAGE has no 'control' subcommand: control-plane checks are SKIPPED"
-  SERVICES=(store1 store2 store3)
-fi
+# before it existed cannot run this drill.
+docker run --rm "$CAIRN_IMAGE" control --help >/dev/null 2>&1 ||
+  { echo "ha-drill: $CAIRN_IMAGE has no 'control' subcommand; rebuild it with compose/build-image.sh" >&2; exit 2; }
+SERVICES=(store1 store2 store3 control1 control2)
 
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?')), project $PROJECT"
 t0=$(now_ms)
@@ -295,17 +343,19 @@ put_acked /drill/setup/1 v1
 
 # ---- 1: stop control1 ------------------------------------------------------
 
-if [ "$HAVE_CONTROL" = 1 ]; then
-  ok=ok
-  route_rw "${CONTROL_URLS[0]}" s1-before || ok=fail
-  compose stop -t 5 control1
-  route_rw "${CONTROL_URLS[1]}" s1-via-control2 || ok=fail
-  compose start control1
-  wait_healthy control1 || ok=fail
-  result "1 stop control1: admin API via control2 reads and writes" "$ok"
-else
-  RESULTS+=("SKIP  1 stop control1 (no control plane in the image)")
-fi
+ok=ok
+route_rw "${CONTROL_URLS[0]}" s1-before || ok=fail
+compose stop -t 5 control1
+t=$(now_ms)
+route_rw "${CONTROL_URLS[1]}" s1-via-control2 || ok=fail
+# The route written through control1 before it stopped reads through control2.
+out=$(admin GET "${CONTROL_URLS[1]}" /apisix/admin/routes/s1-before)
+[ "${out%% *}" = 200 ] || { log "GET s1-before via control2: $out"; ok=fail; }
+took=$(($(now_ms) - t))
+compose start control1
+wait_healthy control1 || ok=fail
+route_rw "${CONTROL_URLS[0]}" s1-after || ok=fail
+result "1 stop control1: admin API via control2 reads and writes" "$ok" "control2 answered in ${took} ms"
 
 # ---- 2: stop store1, then the leader ---------------------------------------
 
@@ -323,13 +373,9 @@ for i in 1 2 3; do
   put_acked "/drill/s2/etcdctl-$i" "v$i" || { log "etcdctl put failed with store1 down"; ok=fail; }
 done
 [ "$(ectl get /drill/s2/etcdctl-3 --print-value-only)" = v3 ] || { log "etcdctl get failed"; ok=fail; }
-if [ "$HAVE_CONTROL" = 1 ]; then
-  route_rw "${CONTROL_URLS[0]}" s2-control1 || ok=fail
-  route_rw "${CONTROL_URLS[1]}" s2-control2 || ok=fail
-fi
-what="etcdctl"
-[ "$HAVE_CONTROL" = 1 ] && what="etcdctl and both control planes"
-result "2a stop store1: $what read and write" "$ok"
+route_rw "${CONTROL_URLS[0]}" s2-control1 || ok=fail
+route_rw "${CONTROL_URLS[1]}" s2-control2 || ok=fail
+result "2a stop store1: etcdctl and both control planes read and write" "$ok"
 
 ok=ok
 leader=$(leader_service store2 store3) || { log "no leader among store2, store3"; leader=""; }
@@ -358,19 +404,23 @@ else
   fi
   got=$(EPS=$(ep_of "$survivor") ectl get /drill/s2/etcdctl-3 --consistency=s --print-value-only) || got=""
   [ "$got" = v3 ] || { log "serializable read on $survivor gave '$got'"; ok=fail; }
-  if [ "$HAVE_CONTROL" = 1 ]; then
-    for base in "${CONTROL_URLS[@]}"; do
-      s=$(now_ms)
-      out=$(admin PUT "$base" /apisix/admin/routes/s2-no-quorum '{"uri":"/drill/nq","upstream":{"type":"roundrobin","nodes":{"127.0.0.1:1980":1}}}')
-      code=${out%% *}
-      log "admin PUT via $base without quorum: $out ($(($(now_ms) - s)) ms)"
-      case "$code" in
-        2??) log "a write through $base succeeded without quorum"; ok=fail ;;
-        000) log "no answer from $base within 10 s"; ok=fail ;;
-      esac
-    done
-  fi
-  result "2b stop the leader too: writes refused, serializable reads answer" "$ok" "refused in ${took} ms"
+  # The admin API refuses writes too: a 5xx with an error_msg, within
+  # ADMIN_TIMEOUT (curl's bound; "000" = no answer = it hung).
+  admin_took=()
+  for base in "${CONTROL_URLS[@]}"; do
+    s=$(now_ms)
+    out=$(admin PUT "$base" /apisix/admin/routes/s2-no-quorum '{"uri":"/drill/nq","upstream":{"type":"roundrobin","nodes":{"127.0.0.1:1980":1}}}')
+    code=${out%% *}
+    admin_took+=(":${base##*:} in $(($(now_ms) - s)) ms")
+    log "admin PUT via $base without quorum: $out ($(($(now_ms) - s)) ms)"
+    case "$code" in
+      5??) [[ $out == *'"error_msg"'* ]] || { log "a 5xx from $base without an error_msg"; ok=fail; } ;;
+      000) log "no answer from $base within ${ADMIN_TIMEOUT} s"; ok=fail ;;
+      *) log "a write through $base was not refused (HTTP $code)"; ok=fail ;;
+    esac
+  done
+  result "2b stop the leader too: etcdctl and admin API writes refused, serializable reads answer" "$ok" \
+    "etcdctl refused in ${took} ms; admin API via ${admin_took[*]}"
 fi
 
 # ---- 3: restart the stopped stores -----------------------------------------
@@ -388,7 +438,7 @@ docker run -d --name "$PLACEHOLDER" --network "$net" "$CAIRN_IMAGE" \
 # lowest free address, and would otherwise give store1 its old one back).
 [ -n "$leader" ] && compose start "$leader"
 compose start store1
-wait_healthy store1 store2 store3 || ok=fail
+wait_healthy store1 store2 store3 control1 control2 || ok=fail
 new_ip=$(ip_of store1)
 log "store1 was at $store1_ip before it stopped, now at $new_ip"
 if [ "$store1_ip" = "$new_ip" ]; then
@@ -436,7 +486,9 @@ fi
 ok=ok
 elections=()
 start_load /drill/s5 "$WORK/load5" "$WORK/stop5" 240
+start_admin_load "$WORK/admin5" "$WORK/stopadmin5" 240
 wait_for 20 "the load to be writing" grep -q ok "$WORK/load5" || ok=fail
+wait_for 20 "the admin load to be writing" grep -q ok "$WORK/admin5" || ok=fail
 for s in store1 store2 store3; do
   others=()
   for o in store1 store2 store3; do [ "$o" != "$s" ] && others+=("$o"); done
@@ -471,16 +523,23 @@ for s in store1 store2 store3; do
 done
 sleep 1
 stop_load "$WORK/stop5"
+stop_admin_load "$WORK/stopadmin5"
 retries=$(grep -c ' retry-ok ' "$WORK/load5" || true)
 fails=$(grep -c ' fail ' "$WORK/load5" || true)
 total=$(grep -c . "$WORK/load5" || true)
-log "rolling restart: $total writes, $retries needed a retry, $fails failed after a retry"
+log "rolling restart: $total etcdctl writes, $retries needed a retry, $fails failed after a retry"
 [ "$fails" = 0 ] || { ok=fail; grep ' fail ' "$WORK/load5" | head -5; tail -5 "$WORK/load5.err"; }
+aretries=$(grep -c ' retry-ok ' "$WORK/admin5" || true)
+afails=$(grep -c ' fail ' "$WORK/admin5" || true)
+atotal=$(grep -c . "$WORK/admin5" || true)
+log "rolling restart: $atotal admin API route writes, $aretries needed a retry, $afails failed after a retry"
+[ -s "$WORK/admin5.err" ] && tail -5 "$WORK/admin5.err"
+[ "$afails" = 0 ] || { ok=fail; grep ' fail ' "$WORK/admin5" | head -5; }
 check_acked || ok=fail
 same_hashkv || ok=fail
 for e in "${elections[@]}"; do log "election: $e"; done
 result "5 rolling restart under load: no request failed beyond one retry" "$ok" \
-  "$total writes, $retries retried after ${RETRY_DELAY}s; elections: ${elections[*]:-none}"
+  "$total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; elections: ${elections[*]:-none}"
 
 echo
 echo "==== HA drill summary"

@@ -31,7 +31,7 @@ pub(crate) const NODES: [(&str, u16, u16); 3] = [
 ];
 
 /// The control plane's port (admin API and console).
-const CONTROL_PORT: u16 = 9000;
+pub(crate) const CONTROL_PORT: u16 = 9000;
 
 pub async fn run(args: UpArgs) -> Result<()> {
     if args.drill {
