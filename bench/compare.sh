@@ -12,7 +12,7 @@
 # dirs; default a fresh dir under /tmp, which must be on the same disk for both).
 #
 # Both stores keep fsync on (etcd without --unsafe-no-fsync) and their own
-# default timeouts (etcd heartbeat 100 ms / election 1000 ms; Cairn 25/200).
+# default timeouts (etcd heartbeat 100 ms / election 1000 ms; Cairn 25/150).
 # Processes are stopped by PID only; data dirs are removed on exit.
 set -euo pipefail
 

@@ -94,7 +94,7 @@ def main():
              "(release build).")
     o.append("- Both with fsync on (etcd without `--unsafe-no-fsync`), each at its own default "
              "timeouts: **etcd heartbeat 100 ms, election 1000 ms; Cairn heartbeat 25 ms, "
-             "election 200 ms**.")
+             "election 150 ms**.")
     o.append("- Client: `cairn bench` (Cairn's `client/` crate) for both stores, 8-byte keys, "
              "256-byte values (etcd's published benchmark), all requests sent to the leader "
              "(`--target-leader`), latency of successful requests in ms.\n")
@@ -217,7 +217,7 @@ def main():
 
     o.append("## Settings (for the README)\n")
     o.append("Both stores ran with their own defaults: etcd 3.4 with heartbeat 100 ms and "
-             "election timeout 1000 ms, Cairn with heartbeat 25 ms and election timeout 200 ms. "
+             "election timeout 1000 ms, Cairn with heartbeat 25 ms and election timeout 150 ms. "
              "Both fsync every write before acknowledging it. Each member had its own data "
              "directory on the same disk; all traffic stayed on 127.0.0.1, so network latency "
              "is near zero and the numbers show the stores' own costs (fsync, Raft round trips, "

@@ -76,7 +76,7 @@ pub struct StoreConfig {
     pub heartbeat_interval: u64,
 
     /// Time (ms) without a heartbeat before a follower starts an election.
-    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 200)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 150)]
     pub election_timeout: u64,
 
     /// Number of committed entries that trigger a snapshot to disk.
