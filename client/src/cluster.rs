@@ -8,6 +8,8 @@ use cairn_proto::etcdserverpb::{
     LeaseRevokeResponse, MemberListRequest, MemberListResponse, StatusRequest, StatusResponse,
 };
 
+use tonic::transport::Channel;
+
 use crate::call::Kind;
 use crate::endpoints::normalize;
 use crate::error::classify;
@@ -18,6 +20,25 @@ impl Client {
     /// in either accepted spelling). No failover: the caller asked about this
     /// member. A member that cannot be reached gives [`Error::Unavailable`].
     pub async fn status(&self, endpoint: &str) -> Result<StatusResponse> {
+        let req = self.request(StatusRequest {});
+        self.on_member(endpoint, |mut c| async move { c.status(req).await })
+            .await
+    }
+
+    /// Maintenance.HashKV of one specific member at `revision` (0 = its
+    /// latest), as `etcdctl endpoint hashkv`. No failover, like [`Client::status`].
+    pub async fn hash_kv(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse> {
+        let req = self.request(HashKvRequest { revision });
+        self.on_member(endpoint, |mut c| async move { c.hash_kv(req).await })
+            .await
+    }
+
+    /// One Maintenance call on the member `endpoint` names, without failover.
+    async fn on_member<T, F, Fut>(&self, endpoint: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(MaintenanceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let url = normalize(endpoint, self.inner.opts.tls.is_some())?;
         let member = self
             .inner
@@ -27,10 +48,9 @@ impl Client {
             .ok_or_else(|| {
                 Error::InvalidArgument(format!("{endpoint:?} is not an endpoint of this client"))
             })?;
-        let mut c = MaintenanceClient::new(member.channel.clone())
+        let c = MaintenanceClient::new(member.channel.clone())
             .max_decoding_message_size(self.inner.opts.max_decoding_message_size);
-        let req = self.request(StatusRequest {});
-        match tokio::time::timeout(self.inner.opts.request_timeout, c.status(req)).await {
+        match tokio::time::timeout(self.inner.opts.request_timeout, f(c)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => match classify(&status) {
                 crate::error::Verdict::Answer => Err(Error::Status {
@@ -43,34 +63,6 @@ impl Client {
                     status.message()
                 ))),
             },
-            Err(_) => Err(Error::Unavailable(format!(
-                "{url}: no answer within {:?}",
-                self.inner.opts.request_timeout
-            ))),
-        }
-    }
-
-    /// Maintenance.HashKV of one specific member at `revision` (0 = its
-    /// latest), as `etcdctl endpoint hashkv`. No failover, like [`Client::status`].
-    pub async fn hash_kv(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse> {
-        let url = normalize(endpoint, self.inner.opts.tls.is_some())?;
-        let member = self
-            .inner
-            .members
-            .iter()
-            .find(|m| m.url == url)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("{endpoint:?} is not an endpoint of this client"))
-            })?;
-        let mut c = MaintenanceClient::new(member.channel.clone())
-            .max_decoding_message_size(self.inner.opts.max_decoding_message_size);
-        let req = self.request(HashKvRequest { revision });
-        match tokio::time::timeout(self.inner.opts.request_timeout, c.hash_kv(req)).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(Error::Status {
-                code: status.code(),
-                message: status.message().to_string(),
-            }),
             Err(_) => Err(Error::Unavailable(format!(
                 "{url}: no answer within {:?}",
                 self.inner.opts.request_timeout

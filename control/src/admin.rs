@@ -48,6 +48,23 @@ pub fn key_of(state: &AppState, res: &Resource, id: &str) -> String {
     format!("{}/{}/{}", state.settings.prefix, res.name, id)
 }
 
+/// The stored item at `key`, checked against the caller's `If-Match` (the
+/// `modifiedIndex` it last saw) when one was sent.
+async fn current(ctx: &Ctx<'_>, key: &str) -> ApiResult<cairn_client::mvccpb::KeyValue> {
+    let prev = ctx
+        .state
+        .store
+        .get(key)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if let Some(expected) = ctx.if_match {
+        if prev.mod_revision != expected {
+            return Err(ApiError::conflict(key, expected, prev.mod_revision));
+        }
+    }
+    Ok(prev)
+}
+
 /// `{"key","value","createdIndex","modifiedIndex"}`, APISIX's item envelope.
 pub fn envelope(kv: &KeyValue) -> Value {
     json!({
@@ -491,16 +508,7 @@ async fn patch(
 ) -> ApiResult<Response> {
     let state = ctx.state;
     let key = key_of(state, res, id);
-    let prev = state
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    if let Some(expected) = ctx.if_match {
-        if prev.mod_revision != expected {
-            return Err(ApiError::conflict(&key, expected, prev.mod_revision));
-        }
-    }
+    let prev = current(ctx, &key).await?;
     let old = parse_value(&prev.value);
     let mut merged = old.clone();
     if path.is_empty() {
@@ -572,16 +580,7 @@ fn set_path(v: &mut Value, path: &[&str], new: Value) -> ApiResult<()> {
 async fn delete(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Response> {
     let state = ctx.state;
     let key = key_of(state, res, id);
-    let prev = state
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    if let Some(expected) = ctx.if_match {
-        if prev.mod_revision != expected {
-            return Err(ApiError::conflict(&key, expected, prev.mod_revision));
-        }
-    }
+    let prev = current(ctx, &key).await?;
     if ctx.query.get("force").map(String::as_str) != Some("true") {
         for (user, field) in resources::users_of(res.name) {
             let dir = format!("{}/{}/", state.settings.prefix, user.name);
