@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::control::ControlPlane;
 use common::{free_port, have_tool, wait_for, wait_until, Cluster, Impl, SLOW};
@@ -48,6 +47,17 @@ async fn wait_text(c: &Client, css: &str, want: &str) -> String {
         t.contains(want).then_some(t)
     })
     .await
+}
+
+/// Waits until the element at `css` exists and is displayed.
+async fn wait_visible(c: &Client, css: &str, what: &str) {
+    wait_until(SLOW, what, || async {
+        match c.find(Locator::Css(css)).await {
+            Ok(e) => e.is_displayed().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
 }
 
 async fn set_input(c: &Client, css: &str, value: &str) {
@@ -126,15 +136,7 @@ async fn console_in_headless_chromium() {
         .for_element(Locator::Css("#login-user"))
         .await
         .unwrap();
-    wait_until(SLOW, "the login form to show", || async {
-        c.find(Locator::Css("#login-view"))
-            .await
-            .unwrap()
-            .is_displayed()
-            .await
-            .unwrap_or(false)
-    })
-    .await;
+    wait_visible(&c, "#login-view", "the login form to show").await;
     set_input(&c, "#login-user", "alice").await;
     set_input(&c, "#login-pass", "wrong").await;
     click(&c, "#login-submit").await;
@@ -285,15 +287,6 @@ async fn console_in_headless_chromium() {
 
     // Log out: the data calls are refused again.
     click(&c, "#logout").await;
-    wait_until(SLOW, "the login form after logout", || async {
-        c.find(Locator::Css("#login-view"))
-            .await
-            .unwrap()
-            .is_displayed()
-            .await
-            .unwrap_or(false)
-    })
-    .await;
+    wait_visible(&c, "#login-view", "the login form after logout").await;
     c.close().await.unwrap();
-    let _ = Duration::ZERO;
 }
