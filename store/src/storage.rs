@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! <data-dir>/CAIRN_VERSION   "cairn-store 1": written once the node has an identity
+//! <data-dir>/wal/            the Raft log: segment files (see raft::wal)
 //! <data-dir>/db/             sled database
 //!   tree "raft"              vote, last purged log id, identity
-//!   tree "log"               log entries by index (8 bytes BE)
+//!   tree "log"               the Raft log of earlier versions; emptied into
+//!                            wal/ when such a data dir is opened
 //!   tree "sm.<generation>"   state machine (see mvcc::keys); the generation
 //!                            changes when a snapshot is installed
 //! <data-dir>/snapshot        last built or installed snapshot (meta + data)
@@ -160,6 +162,10 @@ impl Storage {
         }
         *synced = present;
         Ok(())
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.dir.join("wal")
     }
 
     pub fn snapshot_path(&self) -> PathBuf {

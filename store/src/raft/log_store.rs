@@ -1,23 +1,32 @@
-//! The Raft log and vote in sled.
+//! The Raft log (in [`Wal`] segment files) and the vote (in sled).
 //!
-//! Durability: `save_vote` returns only after [`Storage::sync`]. `append` hands
-//! openraft's callback to one flusher thread, which fsyncs once for everything
-//! appended since its last flush (group commit) and only then fires the
-//! callbacks, in order. Nothing is acknowledged on sled's background flush.
+//! Durability: `save_vote` returns only after [`Storage::sync`]. `append`
+//! writes the entries and hands openraft's callback to one flusher thread,
+//! which fdatasyncs once for everything appended since its last sync (group
+//! commit) and only then fires the callbacks, in order.
+//!
+//! The state machine (sled) is not synced on the commit path: after a crash it
+//! may be behind the log, and openraft re-applies from its applied index, or
+//! (power loss) ahead of what reached the log's disk, and openraft then starts
+//! the log after the applied index. So the committed index handed back at
+//! start is capped at the log's end: re-applying never asks for an entry the
+//! log does not hold.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
 
+use super::wal::Wal;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::storage::Storage;
 
 #[derive(Clone)]
 pub struct LogStore {
     storage: Storage,
+    wal: Arc<Wal>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
@@ -30,9 +39,23 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(storage: Storage) -> LogStore {
+    /// Opens the log of a data dir (moving a log that older versions kept in
+    /// sled into the segment files first).
+    pub fn open(storage: Storage) -> anyhow::Result<LogStore> {
+        let purged = storage
+            .raft
+            .get("last_purged")?
+            .map(|v| bincode::deserialize::<LogId>(&v))
+            .transpose()?
+            .map(|l| l.index);
+        let wal = Arc::new(Wal::open(&storage.wal_dir(), purged)?);
+        migrate_sled_log(&storage, &wal, purged)?;
+        Ok(LogStore::new(storage, wal))
+    }
+
+    fn new(storage: Storage, wal: Arc<Wal>) -> LogStore {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let sync_storage = storage.clone();
+        let sync_wal = wal.clone();
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
@@ -40,7 +63,7 @@ impl LogStore {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let timer = crate::metrics::METRICS.wal_fsync.start_timer();
-                    let res = sync_storage.sync();
+                    let res = sync_wal.sync();
                     timer.observe_duration();
                     for cb in waiting {
                         cb.log_io_completed(match &res {
@@ -53,6 +76,7 @@ impl LogStore {
             .expect("spawn fsync thread");
         LogStore {
             storage,
+            wal,
             flusher: tx,
         }
     }
@@ -74,26 +98,22 @@ impl LogStore {
     }
 }
 
-fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
-    match b {
-        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let r = (bound_key(range.start_bound()), bound_key(range.end_bound()));
-        let mut out = Vec::new();
-        for item in self.storage.log.range(r) {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(bincode::deserialize::<Entry>(&v).map_err(read_err)?);
-        }
-        Ok(out)
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.wal.read(start, end).map_err(read_err)
     }
 }
 
@@ -102,14 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta("last_purged")?;
-        let last = match self.storage.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(
-                *bincode::deserialize::<Entry>(&v)
-                    .map_err(read_err)?
-                    .get_log_id(),
-            ),
-            None => last_purged,
-        };
+        let last = self.wal.last_log_id().or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -140,7 +153,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+        let committed = self.get_meta::<Option<LogId>>("committed")?.flatten();
+        let end = self.wal.last_log_id().or(self.get_meta("last_purged")?);
+        Ok(committed.min(end))
     }
 
     async fn append<I>(
@@ -152,14 +167,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            let b = bincode::serialize(&e).map_err(|err| {
-                StorageError::from(StorageIOError::write_log_entry(*e.get_log_id(), &err))
-            })?;
-            batch.insert(&e.get_log_id().index.to_be_bytes(), b);
-        }
-        self.storage.log.apply_batch(batch).map_err(write_err)?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.wal.append(&entries).map_err(write_err)?;
         self.flusher.send(callback).map_err(|_| {
             StorageError::from(StorageIOError::new(
                 ErrorSubject::Logs,
@@ -171,26 +180,85 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.storage.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
-        }
-        self.storage.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.wal.truncate(log_id.index).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The purge point is recorded first: a crash in between leaves entries
-        // that get_log_state reports as purged, never a hole.
+        // The purge point is made durable first: a crash in between leaves
+        // entries the log skips when it is opened, never a hole.
         // Stored as a bare LogId: get_log_state reads it back as one.
         self.put_meta("last_purged", &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.storage.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = item.map_err(read_err)?;
-            batch.remove(k);
+        self.storage.flush().await.map_err(|e| {
+            StorageError::from(StorageIOError::write_logs(openraft::AnyError::error(
+                e.to_string(),
+            )))
+        })?;
+        self.wal.purge(log_id.index).map_err(write_err)
+    }
+}
+
+/// Moves a log kept in sled's `log` tree (data dirs of earlier versions)
+/// into the segment files, once: entries are written and synced before the
+/// tree is cleared.
+fn migrate_sled_log(storage: &Storage, wal: &Wal, purged: Option<u64>) -> anyhow::Result<()> {
+    if storage.log.is_empty() {
+        return Ok(());
+    }
+    if wal.last_log_id().is_none() {
+        let mut entries = Vec::new();
+        for item in storage.log.iter() {
+            let (_, v) = item?;
+            let e: Entry = bincode::deserialize(&v)?;
+            if purged.is_none_or(|p| e.get_log_id().index > p) {
+                entries.push(e);
+            }
         }
-        self.storage.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        wal.append(&entries)?;
+        wal.sync()?;
+        tracing::info!(entries = entries.len(), "moved the Raft log out of sled");
+    }
+    storage.log.clear()?;
+    storage.sync()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn a_log_kept_in_sled_moves_into_the_wal_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) = Storage::open(dir.path()).unwrap();
+        // As an earlier version left it: entries 3..=9, purged up to 4.
+        for i in 3..10 {
+            let v = bincode::serialize(&blank(i)).unwrap();
+            storage.log.insert(i.to_be_bytes(), v).unwrap();
+        }
+        let purged = bincode::serialize(&blank(4).log_id).unwrap();
+        storage.raft.insert("last_purged", purged).unwrap();
+        let store = LogStore::open(storage.clone()).unwrap();
+        assert!(storage.log.is_empty());
+        let got: Vec<u64> = store
+            .wal
+            .read(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, (5..10).collect::<Vec<_>>());
+        drop(store);
+        // Opening again finds the entries in the WAL, not twice.
+        let store = LogStore::open(storage).unwrap();
+        assert_eq!(store.wal.read(0, 100).unwrap().len(), 5);
     }
 }

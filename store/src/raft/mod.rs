@@ -1,6 +1,8 @@
 //! Raft: openraft's type configuration and the pieces Cairn plugs into it.
 //!
-//! - [`log_store`]: the Raft log and vote in sled, fsynced before openraft is told.
+//! - [`log_store`]: openraft's log storage: the log in [`wal`], the vote in
+//!   sled, fsynced before openraft is told.
+//! - [`wal`]: the Raft log's segment files (append, fdatasync, read back).
 //! - [`state_machine`]: applies entries to [`crate::mvcc`], builds and installs snapshots.
 //! - [`network`]: the client side of the peer gRPC protocol (cached channels).
 //! - [`peer_service`]: the server side of the peer protocol.
@@ -9,6 +11,7 @@ pub mod log_store;
 pub mod network;
 pub mod peer_service;
 pub mod state_machine;
+pub mod wal;
 
 use std::io::Cursor;
 

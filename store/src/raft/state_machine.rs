@@ -3,8 +3,9 @@
 //!
 //! - A batch of entries becomes one atomic sled `apply_batch` that also records
 //!   the last applied log id and membership, so a restart resumes exactly
-//!   after the last applied entry (sled itself is made durable by the log's
-//!   fsyncs: sled recovers a prefix of its writes).
+//!   after the last applied entry. sled is not synced per apply (only the
+//!   Raft log is, see `log_store`): after a crash it recovers a prefix of its
+//!   batches, and openraft re-applies the rest from the log.
 //! - A snapshot is the whole state tree at one applied index. openraft calls
 //!   `get_snapshot_builder` and `apply` from the same task, so copying the
 //!   tree there sees no concurrent apply: the copy is one point in time.

@@ -1,0 +1,461 @@
+//! The Raft log as append-only segment files (a write-ahead log, as etcd's).
+//!
+//! The log used to live in a sled tree. Every commit then paid for a sled
+//! flush, which hands its buffer to sled's IO thread pool and waits on a
+//! condition variable: several thread switches per fsync, the largest single
+//! cost of a write on a follower. Here an append is one `write` into the
+//! current segment and a sync is one `fdatasync`, both on the caller's thread.
+//!
+//! ```text
+//! <data-dir>/wal/<first index, 16 hex digits>.wal   one segment
+//! record = len u32 LE | crc32 u32 LE (of the payload) | payload (bincode Entry)
+//! ```
+//!
+//! - A segment is closed once it reaches [`SEGMENT_BYTES`]; the next append
+//!   starts a new one named after its first index.
+//! - Opening scans every segment. A torn or corrupt record at the end of the
+//!   last segment (a write cut short by a crash) is cut off: it was never
+//!   synced, so never acknowledged. Anywhere else it is corruption and the
+//!   member refuses to start rather than serve a log with a hole.
+//! - Entries at or below the purge point are skipped when opening, so a
+//!   segment deleted by a purge that the crash undid changes nothing.
+//! - Entries are read back with `pread` (the page cache holds recent ones);
+//!   only each entry's position and log id are kept in memory.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::RaftLogId;
+
+use super::{Entry, LogId};
+
+/// A segment is closed once it holds this many bytes (etcd: 64 MiB too).
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+const HEADER: usize = 8;
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// Where one entry sits.
+#[derive(Clone, Copy)]
+struct Slot {
+    segment_first: u64,
+    offset: u64,
+    len: u32,
+    log_id: LogId,
+}
+
+struct Inner {
+    segments: Vec<Segment>,
+    /// One slot per entry, in index order.
+    slots: VecDeque<Slot>,
+    /// Segments written since the last sync (by first index).
+    unsynced: Vec<Arc<File>>,
+    /// A segment was created or deleted since the last sync.
+    dir_dirty: bool,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:016x}.wal")
+}
+
+/// Records as written, and each one's length and log id.
+type Encoded = (Vec<u8>, Vec<(u32, LogId)>);
+
+/// Encodes entries as records into one buffer.
+fn encode(entries: &[Entry]) -> io::Result<Encoded> {
+    let mut buf = Vec::new();
+    let mut lens = Vec::with_capacity(entries.len());
+    for e in entries {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER]);
+        bincode::serialize_into(&mut buf, e).map_err(io::Error::other)?;
+        let payload = &buf[start + HEADER..];
+        let len = u32::try_from(payload.len()).map_err(|_| corrupt("entry over 4 GiB".into()))?;
+        let crc = crc32fast::hash(payload);
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        lens.push((len + HEADER as u32, *e.get_log_id()));
+    }
+    Ok((buf, lens))
+}
+
+/// Decodes the record at the start of `buf`, checking its checksum.
+/// `None`: too short or corrupt.
+fn decode(buf: &[u8]) -> Option<(Entry, usize)> {
+    let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
+    let payload = buf.get(HEADER..HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let entry = bincode::deserialize(payload).ok()?;
+    Some((entry, HEADER + len))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`. Entries at or below `purged` are
+    /// not part of the log any more.
+    pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
+        Self::open_with(dir, purged, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Wal> {
+        std::fs::create_dir_all(dir)?;
+        let mut firsts: Vec<u64> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".wal")?, 16).ok()
+            })
+            .collect();
+        firsts.sort_unstable();
+        let mut inner = Inner {
+            segments: Vec::new(),
+            slots: VecDeque::new(),
+            unsynced: Vec::new(),
+            dir_dirty: false,
+        };
+        let count = firsts.len();
+        for (i, first) in firsts.into_iter().enumerate() {
+            let last_segment = i + 1 == count;
+            let path = dir.join(segment_name(first));
+            let data = std::fs::read(&path)?;
+            let mut offset = 0usize;
+            while offset < data.len() {
+                let Some((entry, n)) = decode(&data[offset..]) else {
+                    if !last_segment {
+                        return Err(corrupt(format!(
+                            "{}: corrupt record at byte {offset}; the Raft log has a hole",
+                            path.display()
+                        )));
+                    }
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset,
+                        dropped = data.len() - offset,
+                        "cutting a torn write off the end of the Raft log"
+                    );
+                    break;
+                };
+                let log_id = *entry.get_log_id();
+                if purged.is_none_or(|p| log_id.index > p) {
+                    let expected = inner.slots.back().map(|s| s.log_id.index + 1);
+                    if expected.is_some_and(|x| x != log_id.index) {
+                        return Err(corrupt(format!(
+                            "{}: entry {} follows entry {}; the Raft log has a hole",
+                            path.display(),
+                            log_id.index,
+                            log_id.index.saturating_sub(1)
+                        )));
+                    }
+                    inner.slots.push_back(Slot {
+                        segment_first: first,
+                        offset: offset as u64,
+                        len: n as u32,
+                        log_id,
+                    });
+                }
+                offset += n;
+            }
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if (offset as u64) < data.len() as u64 {
+                file.set_len(offset as u64)?;
+                file.sync_all()?;
+            }
+            inner.segments.push(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+                len: offset as u64,
+            });
+        }
+        if let (Some(p), Some(front)) = (purged, inner.slots.front()) {
+            if front.log_id.index != p + 1 {
+                return Err(corrupt(format!(
+                    "{}: the Raft log starts at entry {} but was purged only up to {p}",
+                    dir.display(),
+                    front.log_id.index
+                )));
+            }
+        }
+        // Segments that hold nothing the log still needs go (an empty last
+        // segment from a crash right after it was created, or ones a purge
+        // had deleted before a crash brought them back).
+        let first_kept = inner.slots.front().map(|s| s.segment_first);
+        let mut removed = false;
+        inner.segments.retain(|s| {
+            let keep = first_kept.is_some_and(|f| s.first >= f)
+                && (s.len > 0
+                    || inner
+                        .slots
+                        .back()
+                        .is_some_and(|l| l.segment_first == s.first));
+            if !keep {
+                let _ = std::fs::remove_file(&s.path);
+                removed = true;
+            }
+            keep
+        });
+        if removed {
+            sync_dir(dir)?;
+        }
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.lock().slots.back().map(|s| s.log_id)
+    }
+
+    /// Writes `entries` (consecutive, following the last entry) to the page
+    /// cache. They are durable after the next [`Wal::sync`].
+    pub fn append(&self, entries: &[Entry]) -> io::Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let first = first.get_log_id().index;
+        let (buf, lens) = encode(entries)?;
+        let mut inner = self.lock();
+        if let Some(last) = inner.slots.back() {
+            if last.log_id.index + 1 != first {
+                return Err(corrupt(format!(
+                    "append of entry {first} after entry {}",
+                    last.log_id.index
+                )));
+            }
+        }
+        let roll = inner
+            .segments
+            .last()
+            .is_none_or(|s| s.len >= self.segment_bytes);
+        if roll {
+            let path = self.dir.join(segment_name(first));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            inner.segments.push(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+                len: 0,
+            });
+            inner.dir_dirty = true;
+        }
+        let seg = inner
+            .segments
+            .last_mut()
+            .expect("a segment was just ensured");
+        seg.file.write_all_at(&buf, seg.len)?;
+        let (segment_first, mut offset) = (seg.first, seg.len);
+        seg.len += buf.len() as u64;
+        let file = seg.file.clone();
+        for (len, log_id) in lens {
+            inner.slots.push_back(Slot {
+                segment_first,
+                offset,
+                len,
+                log_id,
+            });
+            offset += len as u64;
+        }
+        if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            inner.unsynced.push(file);
+        }
+        Ok(())
+    }
+
+    /// Makes every append so far durable. Runs the `fdatasync`s outside the
+    /// lock, so appends go on meanwhile (they are covered by the next sync).
+    pub fn sync(&self) -> io::Result<()> {
+        let (files, dir_dirty) = {
+            let mut inner = self.lock();
+            (
+                std::mem::take(&mut inner.unsynced),
+                std::mem::take(&mut inner.dir_dirty),
+            )
+        };
+        let res = (|| {
+            for f in &files {
+                f.sync_data()?;
+            }
+            if dir_dirty {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            // Not known to be durable: the next sync tries again.
+            let mut inner = self.lock();
+            inner.unsynced.extend(files);
+            inner.dir_dirty |= dir_dirty;
+        }
+        res
+    }
+
+    /// Entries with index in `[start, end)` that the log holds.
+    pub fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        // Positions are looked up under the lock, read outside it: one read
+        // per run of adjacent records.
+        let mut runs: Vec<(Arc<File>, u64, usize, usize)> = Vec::new(); // file, offset, bytes, entries
+        {
+            let inner = self.lock();
+            let Some(front) = inner.slots.front() else {
+                return Ok(Vec::new());
+            };
+            let base = front.log_id.index;
+            let lo = (start.max(base) - base) as usize;
+            let hi = (end.saturating_sub(base) as usize).min(inner.slots.len());
+            let mut run_segment = None;
+            for slot in inner.slots.range(lo..hi.max(lo)) {
+                match runs.last_mut() {
+                    Some((_, off, bytes, n))
+                        if run_segment == Some(slot.segment_first)
+                            && *off + *bytes as u64 == slot.offset =>
+                    {
+                        *bytes += slot.len as usize;
+                        *n += 1;
+                    }
+                    _ => {
+                        let seg = inner.segment(slot.segment_first).ok_or_else(|| {
+                            corrupt(format!("no segment for entry {}", slot.log_id.index))
+                        })?;
+                        run_segment = Some(slot.segment_first);
+                        runs.push((seg.file.clone(), slot.offset, slot.len as usize, 1));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(runs.iter().map(|r| r.3).sum());
+        for (file, offset, bytes, n) in runs {
+            let mut buf = vec![0; bytes];
+            file.read_exact_at(&mut buf, offset)?;
+            let mut at = 0;
+            for _ in 0..n {
+                let (entry, used) = decode(&buf[at..]).ok_or_else(|| {
+                    corrupt(format!("corrupt log record at byte {}", offset + at as u64))
+                })?;
+                out.push(entry);
+                at += used;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the entries from `index` on (a conflicting suffix), durably.
+    pub fn truncate(&self, index: u64) -> io::Result<()> {
+        let mut inner = self.lock();
+        let Some(front) = inner.slots.front() else {
+            return Ok(());
+        };
+        let keep = index.saturating_sub(front.log_id.index) as usize;
+        if keep >= inner.slots.len() {
+            return Ok(());
+        }
+        let cut = inner.slots[keep];
+        inner.slots.truncate(keep);
+        let mut dropped = false;
+        while inner
+            .segments
+            .last()
+            .is_some_and(|s| s.first > cut.segment_first)
+        {
+            if let Some(s) = inner.segments.pop() {
+                std::fs::remove_file(&s.path)?;
+                dropped = true;
+            }
+        }
+        if let Some(s) = inner.segments.last_mut() {
+            s.file.set_len(cut.offset)?;
+            s.len = cut.offset;
+            s.file.sync_all()?;
+        }
+        if dropped {
+            inner.forget_deleted();
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the entries up to and including `index`, and deletes the
+    /// segments that hold nothing else. The caller has recorded the purge
+    /// point durably first.
+    pub fn purge(&self, index: u64) -> io::Result<()> {
+        let mut inner = self.lock();
+        while inner.slots.front().is_some_and(|s| s.log_id.index <= index) {
+            inner.slots.pop_front();
+        }
+        let first_kept = inner.slots.front().map(|s| s.segment_first);
+        let mut dropped = false;
+        while let Some(s) = inner.segments.first() {
+            if first_kept.is_some_and(|f| s.first >= f) {
+                break;
+            }
+            let s = inner.segments.remove(0);
+            std::fs::remove_file(&s.path)?;
+            dropped = true;
+        }
+        if dropped {
+            inner.forget_deleted();
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the segments take.
+    pub fn size(&self) -> u64 {
+        self.lock().segments.iter().map(|s| s.len).sum()
+    }
+}
+
+impl Inner {
+    /// Drops deleted segments from the files the next sync covers.
+    fn forget_deleted(&mut self) {
+        let Inner {
+            segments, unsynced, ..
+        } = self;
+        unsynced.retain(|f| segments.iter().any(|s| Arc::ptr_eq(&s.file, f)));
+    }
+
+    fn segment(&self, first: u64) -> Option<&Segment> {
+        self.segments
+            .binary_search_by_key(&first, |s| s.first)
+            .ok()
+            .map(|i| &self.segments[i])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! The log's contract: what was appended and synced comes back after a
+//! reopen, torn tails are cut, holes are refused, truncate and purge stick.
+
+use std::io::Write;
+
+use cairn_proto::etcdserverpb::PutRequest;
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogId};
+
+use super::*;
+use crate::command::{Command, Proto, Request};
+
+fn entry(term: u64, index: u64) -> Entry {
+    let req = Request::new(
+        None,
+        Command::Put(Proto(PutRequest {
+            key: format!("k{index}").into_bytes(),
+            value: vec![b'v'; 40],
+            ..Default::default()
+        })),
+    );
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(req),
+    }
+}
+
+fn entries(term: u64, range: std::ops::Range<u64>) -> Vec<Entry> {
+    range.map(|i| entry(term, i)).collect()
+}
+
+fn ids(es: &[Entry]) -> Vec<(u64, u64)> {
+    es.iter()
+        .map(|e| (e.get_log_id().leader_id.term, e.get_log_id().index))
+        .collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn appended_entries_survive_a_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    for i in 0..20 {
+        wal.append(&entries(1, i * 3..i * 3 + 3)).unwrap();
+        wal.sync().unwrap();
+    }
+    assert!(
+        segment_files(dir.path()).len() > 5,
+        "small segments roll over"
+    );
+    assert_eq!(ids(&wal.read(10, 14).unwrap()), ids(&entries(1, 10..14)));
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    assert_eq!(wal.last_log_id().unwrap().index, 59);
+    let all = wal.read(0, 100).unwrap();
+    assert_eq!(ids(&all), ids(&entries(1, 0..60)));
+    let Some(EntryPayload::Normal(req)) = all.get(7).map(|e| &e.payload) else {
+        panic!("entry 7 lost its payload")
+    };
+    assert!(matches!(req.command(), Command::Put(Proto(p)) if p.key == b"k7"));
+    // Appending goes on where it stopped.
+    wal.append(&entries(1, 60..61)).unwrap();
+    assert!(wal.append(&entries(1, 62..63)).is_err(), "a gap is refused");
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(&entries(1, 0..5)).unwrap();
+    wal.sync().unwrap();
+    let seg = dir.path().join(segment_name(0));
+    let good = std::fs::metadata(&seg).unwrap().len();
+    drop(wal);
+    // Half a record, as a crash during a write leaves it.
+    let (buf, _) = encode(&entries(1, 5..6)).unwrap();
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&buf[..buf.len() / 2]).unwrap();
+    drop(f);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(wal.last_log_id().unwrap().index, 4);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good);
+    wal.append(&entries(1, 5..7)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(ids(&wal.read(0, 10).unwrap()), ids(&entries(1, 0..7)));
+}
+
+#[test]
+fn a_corrupt_record_before_the_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, 200).unwrap();
+    for i in 0..10 {
+        wal.append(&entries(1, i..i + 1)).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let first = dir.path().join(segment_name(0));
+    let mut data = std::fs::read(&first).unwrap();
+    data[HEADER + 3] ^= 0xff;
+    std::fs::write(&first, data).unwrap();
+    let err = Wal::open_with(dir.path(), None, 200)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("hole"), "{err}");
+}
+
+#[test]
+fn truncate_replaces_a_suffix_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    wal.append(&entries(1, 0..20)).unwrap();
+    wal.append(&entries(1, 20..40)).unwrap();
+    wal.sync().unwrap();
+    wal.truncate(15).unwrap();
+    assert_eq!(wal.last_log_id().unwrap().index, 14);
+    wal.append(&entries(2, 15..18)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    let mut want = entries(1, 0..15);
+    want.extend(entries(2, 15..18));
+    assert_eq!(ids(&wal.read(0, 100).unwrap()), ids(&want));
+}
+
+#[test]
+fn purge_deletes_whole_segments_and_reopen_skips_purged_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    for i in 0..10 {
+        wal.append(&entries(1, i * 4..i * 4 + 4)).unwrap();
+    }
+    wal.sync().unwrap();
+    let before = segment_files(dir.path()).len();
+    wal.purge(21).unwrap();
+    assert!(segment_files(dir.path()).len() < before);
+    assert_eq!(ids(&wal.read(0, 25).unwrap()), ids(&entries(1, 22..25)));
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), Some(21), 300).unwrap();
+    assert_eq!(ids(&wal.read(0, 100).unwrap()), ids(&entries(1, 22..40)));
+    // Purging past the end empties the log; it then restarts further on.
+    wal.purge(50).unwrap();
+    assert!(wal.last_log_id().is_none());
+    assert!(segment_files(dir.path()).is_empty());
+    wal.append(&entries(3, 51..53)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), Some(50), 300).unwrap();
+    assert_eq!(ids(&wal.read(0, 100).unwrap()), ids(&entries(3, 51..53)));
+    drop(wal);
+    let err = Wal::open_with(dir.path(), Some(40), 300)
+        .err()
+        .expect("a hole");
+    assert!(err.to_string().contains("purged only up to 40"), "{err}");
+}
