@@ -11,13 +11,18 @@
 //!
 //! - A connection that does not open with the HTTP/2 client preface (HTTP/1.1,
 //!   e.g. a JSON gateway sharing the port) is passed through untouched.
-//! - Otherwise every client header block (HEADERS + CONTINUATION frames) is
-//!   HPACK-decoded with a decoder that follows the client's dynamic table, an
-//!   invalid `:authority` such as `http://host:port/path` becomes `host:port`,
-//!   and the block is re-encoded without the dynamic table (static-table
-//!   indices and literals "without indexing" only), so h2's own decoder never
-//!   depends on what the client put in its table. Re-encoding every block, not
-//!   only the broken ones, keeps the decoder here in step with the client.
+//! - Otherwise the first client header block (HEADERS + CONTINUATION frames)
+//!   is HPACK-decoded. If its `:authority` is valid, it and everything after
+//!   it pass through untouched: a gRPC client sends one authority (its dial
+//!   target) on every request of a connection, so well-behaved clients pay
+//!   nothing per request.
+//! - If it is invalid, every header block of that connection is decoded with a
+//!   decoder that follows the client's dynamic table, an invalid `:authority`
+//!   such as `http://host:port/path` becomes `host:port`, and the block is
+//!   re-encoded without the dynamic table (static-table indices and literals
+//!   "without indexing" only), so h2's own decoder never depends on what the
+//!   client put in its table. Re-encoding every block, not only the broken
+//!   ones, keeps the decoder here in step with the client.
 //! - All other frames, and the whole server-to-client direction, pass through
 //!   byte for byte.
 //!
@@ -311,6 +316,11 @@ impl<S: Connected> Connected for AuthorityFix<S> {
 
 /// Frame-level state of an HTTP/2 connection (client to server).
 struct Frames {
+    /// The first header block was fine: the rest of the connection passes
+    /// through as it is.
+    clean: bool,
+    /// Whether the first header block has been seen.
+    first_seen: bool,
     /// Follows the client's HPACK dynamic table.
     decoder: Decoder<'static>,
     /// Payload bytes of the current pass-through frame still to forward.
@@ -324,6 +334,9 @@ struct Block {
     /// Flags of the HEADERS frame that opened the block.
     flags: u8,
     fragment: Vec<u8>,
+    /// The block's frames as received (kept for the first block only, which
+    /// is forwarded as it came if nothing in it needs fixing).
+    raw: Vec<u8>,
 }
 
 impl Default for Frames {
@@ -331,6 +344,8 @@ impl Default for Frames {
         let mut decoder = Decoder::new();
         decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Frames {
+            clean: false,
+            first_seen: false,
             decoder,
             passing: 0,
             block: None,
@@ -341,6 +356,11 @@ impl Default for Frames {
 impl Frames {
     fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> io::Result<()> {
         loop {
+            if self.clean {
+                let all = input.len();
+                move_bytes(input, output, all);
+                return Ok(());
+            }
             if self.passing > 0 {
                 let n = self.passing.min(input.len());
                 if n == 0 {
@@ -373,7 +393,7 @@ impl Frames {
                 return Ok(());
             }
             let frame = input.split_to(FRAME_HEADER_LEN + len);
-            self.header_frame(kind, flags, stream_id, &frame[FRAME_HEADER_LEN..], output)?;
+            self.header_frame(kind, flags, stream_id, &frame, output)?;
         }
     }
 
@@ -382,15 +402,17 @@ impl Frames {
         kind: u8,
         flags: u8,
         stream_id: u32,
-        payload: &[u8],
+        frame: &[u8],
         output: &mut BytesMut,
     ) -> io::Result<()> {
+        let payload = &frame[FRAME_HEADER_LEN..];
         if kind == TYPE_HEADERS {
             let fragment = headers_fragment(flags, payload)?;
             self.block = Some(Block {
                 stream_id,
                 flags,
                 fragment: fragment.to_vec(),
+                raw: Vec::new(),
             });
         } else {
             let Some(block) = self.block.as_mut() else {
@@ -403,6 +425,11 @@ impl Frames {
                 return Err(bad("header block too large"));
             }
             block.fragment.extend_from_slice(payload);
+        }
+        if !self.first_seen {
+            if let Some(block) = self.block.as_mut() {
+                block.raw.extend_from_slice(frame);
+            }
         }
         if flags & FLAG_END_HEADERS != 0 {
             if let Some(block) = self.block.take() {
@@ -426,6 +453,15 @@ impl Frames {
             .map_err(|e| bad(format!("HPACK: {e}")))?;
         if size > MAX_DECODED {
             return Err(bad("decoded header list too large"));
+        }
+        if !std::mem::replace(&mut self.first_seen, true)
+            && fields
+                .iter()
+                .all(|(n, v)| n.as_slice() != b":authority" || fix_authority(v).is_none())
+        {
+            self.clean = true;
+            output.extend_from_slice(&block.raw);
+            return Ok(());
         }
         let mut encoded = Vec::with_capacity(block.fragment.len() * 2 + 64);
         for (name, value) in &fields {
@@ -836,6 +872,36 @@ mod tests {
         check(&run_whole(&input).await.unwrap(), &expected);
         let chunks = input.chunks(1000).map(<[u8]>::to_vec).collect();
         check(&run(chunks, 4096).await.unwrap(), &expected);
+    }
+
+    #[tokio::test]
+    async fn a_valid_first_authority_makes_the_connection_pass_through() {
+        // RFC 7541 C.4.1 (authority `www.example.com`), then blocks that are
+        // no longer looked at: h2 judges them, not this layer.
+        let c41 = [
+            0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab,
+            0x90, 0xf4, 0xff,
+        ];
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        input.extend(frame(TYPE_HEADERS, 0x1, 1, &c41[..5]));
+        input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &c41[5..]));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            3,
+            &indexed_authority("http://x:1"),
+        ));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            5,
+            &[0xff, 0xff, 0xff],
+        ));
+        input.extend(frame(0x0, 0, 5, b"data"));
+        assert_eq!(run_whole(&input).await.unwrap(), input);
+        let bytes = input.iter().map(|&b| vec![b]).collect();
+        assert_eq!(run(bytes, 5).await.unwrap(), input);
     }
 
     #[tokio::test]
