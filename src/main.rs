@@ -13,6 +13,12 @@ mod drill;
 mod healthcheck;
 mod up;
 
+/// glibc's malloc took about a fifth of a store member's CPU under write
+/// load (its free-list upkeep: `_int_malloc`, `malloc_consolidate`); mimalloc's
+/// thread-local free lists cut that. See bench/RESULTS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
