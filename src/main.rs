@@ -19,6 +19,17 @@ mod up;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages on the arenas it commits up front,
+/// so each first touch of a 4 KiB page brought in 2 MiB: a store member's peak
+/// RSS after loading 20k keys was ~100 MiB; with THP off for the process it is
+/// ~56 MiB, throughput unchanged. (mimalloc's own eager-commit option would
+/// come too late: its first arena exists before `main`. The prctl also covers
+/// mappings that already exist.)
+fn tune_allocator() {
+    // SAFETY: prctl with an integer flag; no pointers are passed.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -81,6 +92,7 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
