@@ -25,9 +25,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// ~56 MiB, throughput unchanged. (mimalloc's own eager-commit option would
 /// come too late: its first arena exists before `main`. The prctl also covers
 /// mappings that already exist.)
+///
+/// mimalloc also keeps freed pages for 10 ms before returning them; returning
+/// them at once took peak RSS after 100k keys from ~90 to ~80 MiB (etcd:
+/// 150-180), throughput unchanged. `MIMALLOC_PURGE_DELAY` still overrides it.
 fn tune_allocator() {
     // SAFETY: prctl with an integer flag; no pointers are passed.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    // mi_option_purge_delay in mimalloc 2.x's `mi_option_t` (the version
+    // libmimalloc-sys builds by default).
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's runtime options; no memory is touched.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
+    }
 }
 
 use clap::{Parser, Subcommand, ValueEnum};
