@@ -200,7 +200,16 @@ impl<S> AuthorityFix<S> {
             self.mode = Mode::Http2(Box::default());
         }
         match &mut self.mode {
-            Mode::Http2(frames) => frames.process(&mut self.input, &mut self.output),
+            Mode::Http2(frames) => {
+                frames.process(&mut self.input, &mut self.output)?;
+                if frames.clean {
+                    // Nothing more to look at: reads go straight through.
+                    self.mode = Mode::Passthrough;
+                    let all = self.input.len();
+                    move_bytes(&mut self.input, &mut self.output, all);
+                }
+                Ok(())
+            }
             Mode::Passthrough => {
                 let all = self.input.len();
                 move_bytes(&mut self.input, &mut self.output, all);
@@ -317,7 +326,7 @@ impl<S: Connected> Connected for AuthorityFix<S> {
 /// Frame-level state of an HTTP/2 connection (client to server).
 struct Frames {
     /// The first header block was fine: the rest of the connection passes
-    /// through as it is.
+    /// through as it is (the caller switches to `Mode::Passthrough`).
     clean: bool,
     /// Whether the first header block has been seen.
     first_seen: bool,
@@ -357,8 +366,6 @@ impl Frames {
     fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> io::Result<()> {
         loop {
             if self.clean {
-                let all = input.len();
-                move_bytes(input, output, all);
                 return Ok(());
             }
             if self.passing > 0 {

@@ -42,12 +42,7 @@ impl LogStore {
     /// Opens the log of a data dir (moving a log that older versions kept in
     /// sled into the segment files first).
     pub fn open(storage: Storage) -> anyhow::Result<LogStore> {
-        let purged = storage
-            .raft
-            .get("last_purged")?
-            .map(|v| bincode::deserialize::<LogId>(&v))
-            .transpose()?
-            .map(|l| l.index);
+        let purged = read_meta::<LogId>(&storage, "last_purged")?.map(|l| l.index);
         let wal = Arc::new(Wal::open(&storage.wal_dir(), purged)?);
         migrate_sled_log(&storage, &wal, purged)?;
         Ok(LogStore::new(storage, wal))
@@ -85,16 +80,24 @@ impl LogStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError> {
-        match self.storage.raft.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(read_err)?)),
-            None => Ok(None),
-        }
+        read_meta(&self.storage, key)
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &str, v: &T) -> Result<(), StorageError> {
         let b = bincode::serialize(v).map_err(write_err)?;
         self.storage.raft.insert(key, b).map_err(write_err)?;
         Ok(())
+    }
+}
+
+/// A bincode value of the `raft` tree (vote, purge point, committed index).
+fn read_meta<T: serde::de::DeserializeOwned>(
+    storage: &Storage,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    match storage.raft.get(key).map_err(read_err)? {
+        Some(v) => Ok(Some(bincode::deserialize(&v).map_err(read_err)?)),
+        None => Ok(None),
     }
 }
 

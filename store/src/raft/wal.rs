@@ -207,12 +207,7 @@ impl Wal {
         let first_kept = inner.slots.front().map(|s| s.segment_first);
         let mut removed = false;
         inner.segments.retain(|s| {
-            let keep = first_kept.is_some_and(|f| s.first >= f)
-                && (s.len > 0
-                    || inner
-                        .slots
-                        .back()
-                        .is_some_and(|l| l.segment_first == s.first));
+            let keep = s.len > 0 && first_kept.is_some_and(|f| s.first >= f);
             if !keep {
                 let _ = std::fs::remove_file(&s.path);
                 removed = true;
@@ -432,11 +427,6 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(())
-    }
-
-    /// Bytes the segments take.
-    pub fn size(&self) -> u64 {
-        self.lock().segments.iter().map(|s| s.len).sum()
     }
 }
 
