@@ -28,8 +28,9 @@ use clap::{Args, Parser};
 use sha2::{Digest, Sha256};
 
 use crate::config::StoreConfig;
-use crate::mvcc::{keys, Mvcc};
-use crate::raft::state_machine::{decode_into, SNAP_END};
+use crate::mvcc::{keys, Mvcc, Tree};
+use crate::raft::snapshot_file::{self, decode_tree, encode_tree, SNAP_END};
+use crate::raft::SnapshotMeta;
 use crate::server::{bootstrap_identity, write_identity};
 use crate::storage::Storage;
 
@@ -205,21 +206,27 @@ async fn build(dir: &Path, body: &[u8], cfg: &StoreConfig) -> Result<Restored> {
     if !fresh {
         bail!("staging dir {} is not empty", dir.display());
     }
-    let tree = storage.sm_tree(storage.sm_generation()?)?;
-    decode_into(body, &tree).map_err(|e| {
+    let mut tree = decode_tree(body).map_err(|e| {
         anyhow::anyhow!(
             "not a Cairn snapshot ({e}); snapshots of etcd itself (bbolt) cannot be \
              restored by Cairn"
         )
     })?;
-    drop_old_cluster_state(&tree)?;
-    let mvcc = Mvcc::open(tree.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop_old_cluster_state(&mut tree);
+    // The image has no log position: the new cluster's log starts after it,
+    // and it is not offered to peers as a Raft snapshot.
+    let meta = SnapshotMeta {
+        last_log_id: None,
+        last_membership: Default::default(),
+        snapshot_id: "restored".into(),
+    };
+    snapshot_file::save(&storage.snapshot_path(), &meta, &encode_tree(&tree))?;
+    let mvcc = Mvcc::open(tree);
     let (revision, compact_revision) = (mvcc.revision(), mvcc.compact_revision());
     drop(mvcc);
 
     let identity = bootstrap_identity(cfg)?;
     write_identity(&storage, &identity).await?;
-    drop(tree);
     drop(storage);
     Ok(Restored {
         data_dir: dir.to_path_buf(),
@@ -230,54 +237,41 @@ async fn build(dir: &Path, body: &[u8], cfg: &StoreConfig) -> Result<Restored> {
     })
 }
 
-/// Removes what describes the old cluster rather than its data: the last
-/// applied log id and membership (the new cluster starts its own log, and
-/// openraft must not believe entries of the old log were applied) and the
-/// old members' published attributes.
-fn drop_old_cluster_state(tree: &sled::Tree) -> Result<()> {
-    let mut batch = sled::Batch::default();
-    batch.remove(keys::meta_key("applied"));
-    batch.remove(keys::meta_key("membership"));
-    for item in tree.scan_prefix([keys::MEMBER]) {
-        batch.remove(item?.0);
-    }
-    tree.apply_batch(batch)?;
-    Ok(())
+/// Removes what describes the old cluster rather than its data: the old
+/// members' published attributes, and the applied log id and membership that
+/// earlier versions kept in the tree.
+fn drop_old_cluster_state(tree: &mut Tree) {
+    tree.remove(&keys::meta_key("applied"));
+    tree.remove(&keys::meta_key("membership"));
+    tree.retain(|k, _| k.first() != Some(&keys::MEMBER));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::state_machine::encode_tree;
 
-    fn tree() -> sled::Tree {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        db.open_tree("sm").unwrap()
+    fn tree() -> Tree {
+        Tree::new()
     }
 
     #[test]
     fn seal_pads_to_etcdctl_size_and_roundtrips() {
-        let src = tree();
-        src.insert(b"kfoo", b"bar".to_vec()).unwrap();
-        src.insert(keys::meta_key("rev"), 7i64.to_be_bytes().to_vec())
-            .unwrap();
-        let payload = encode_tree(&src).unwrap();
+        let mut src = tree();
+        src.insert(b"kfoo".to_vec(), b"bar".to_vec());
+        src.insert(keys::meta_key("rev"), 7i64.to_be_bytes().to_vec());
+        let payload = encode_tree(&src);
         let (body, sha) = seal(payload);
         let mut file = body.clone();
         file.extend_from_slice(&sha);
         assert_eq!(file.len() % 512, 32);
 
         let got = unseal(&file).unwrap();
-        let dst = tree();
-        decode_into(got, &dst).unwrap();
-        let a: Vec<_> = src.iter().map(|r| r.unwrap()).collect();
-        let b: Vec<_> = dst.iter().map(|r| r.unwrap()).collect();
-        assert_eq!(a, b);
+        assert_eq!(decode_tree(got).unwrap(), src);
     }
 
     #[test]
     fn unseal_refuses_damage() {
-        let (body, sha) = seal(encode_tree(&tree()).unwrap());
+        let (body, sha) = seal(encode_tree(&tree()));
         let mut file = body;
         file.extend_from_slice(&sha);
         let mut bad = file.clone();
@@ -285,19 +279,17 @@ mod tests {
         assert!(unseal(&bad).is_err());
         assert!(unseal(&file[..file.len() - 1]).is_err());
         // Garbage after the end marker is not padding.
-        let mut body = seal(encode_tree(&tree()).unwrap()).0;
+        let mut body = seal(encode_tree(&tree())).0;
         let n = body.len();
         body[n - 1] = 1;
-        assert!(decode_into(&body, &tree()).is_err());
+        assert!(decode_tree(&body).is_err());
     }
 
     #[test]
     fn unsealed_raft_payload_still_decodes() {
         // Raft snapshots carry no end marker: the decoder stops at the end.
-        let src = tree();
-        src.insert(b"kx", b"y".to_vec()).unwrap();
-        let dst = tree();
-        decode_into(&encode_tree(&src).unwrap(), &dst).unwrap();
-        assert_eq!(dst.get(b"kx").unwrap().unwrap(), b"y");
+        let mut src = tree();
+        src.insert(b"kx".to_vec(), b"y".to_vec());
+        assert_eq!(decode_tree(&encode_tree(&src)).unwrap(), src);
     }
 }

@@ -9,9 +9,10 @@
 //!   tree "raft"              vote, last purged log id, identity
 //!   tree "log"               the Raft log of earlier versions; emptied into
 //!                            wal/ when such a data dir is opened
-//!   tree "sm.<generation>"   state machine (see mvcc::keys); the generation
-//!                            changes when a snapshot is installed
-//! <data-dir>/snapshot        last built or installed snapshot (meta + data)
+//!   tree "sm.<generation>"   the state machine of earlier versions; turned
+//!                            into the snapshot file when opened
+//! <data-dir>/snapshot        the state machine at one applied log id (see
+//!                            raft::snapshot_file); with wal/, its durable form
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -89,30 +90,6 @@ impl Storage {
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(VERSION_FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()?;
-        Ok(())
-    }
-
-    pub fn sm_tree(&self, generation: u64) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("sm.{generation}"))?)
-    }
-
-    pub fn sm_generation(&self) -> Result<u64> {
-        Ok(self
-            .raft
-            .get("sm_gen")?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
-    }
-
-    /// Durably points the state machine at `generation` (snapshot install).
-    pub async fn set_sm_generation(&self, generation: u64) -> Result<()> {
-        self.raft.insert("sm_gen", &generation.to_be_bytes())?;
-        self.flush().await
-    }
-
-    pub fn drop_sm_tree(&self, generation: u64) -> Result<()> {
-        self.db.drop_tree(format!("sm.{generation}"))?;
         Ok(())
     }
 

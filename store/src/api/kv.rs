@@ -116,7 +116,7 @@ impl Kv for KvService {
             self.node.read_barrier().await?;
             let mut resp = self.node.mvcc.read(|v| {
                 perms::check_txn(v, user.as_deref(), &r)?;
-                crate::mvcc::apply::Writer::new(v.tree.clone(), v.rev, v.compact_rev).txn(&r)
+                crate::mvcc::apply::Writer::new(v.tree, v.rev, v.compact_rev).txn(&r)
             })?;
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));

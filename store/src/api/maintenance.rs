@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::error::EtcdError;
 use crate::node::Node;
-use crate::raft::state_machine::encode_tree;
+use crate::raft::snapshot_file::encode_tree;
 
 /// The etcd server version Cairn answers with (the API it implements).
 pub const SERVER_VERSION: &str = "3.4.23";
@@ -182,12 +182,10 @@ impl Maintenance for MaintenanceService {
         let mvcc = self.node.mvcc.clone();
         // Encoded under the MVCC read lock: the state machine cannot commit
         // a batch meanwhile, so the copy is one point in time (one revision).
-        let (payload, revision) = tokio::task::spawn_blocking(move || {
-            mvcc.read(|v| encode_tree(v.tree).map(|p| (p, v.rev)))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        let (payload, revision) =
+            tokio::task::spawn_blocking(move || mvcc.read(|v| (encode_tree(v.tree), v.rev)))
+                .await
+                .map_err(internal)?;
         let (body, sha) = crate::restore::seal(payload);
         info!(revision, bytes = body.len(), "streaming snapshot");
         let mut header = Some(ResponseHeader {

@@ -15,6 +15,7 @@ use prost::Message;
 
 use super::keys::{self, KeyRange, Rev};
 use super::view::{delete_event, scan, Overlay, View};
+use super::Tree;
 use crate::error::EtcdError;
 
 /// etcd's `AlarmType::NOSPACE`.
@@ -24,8 +25,8 @@ pub const ALARM_NOSPACE: i32 = 1;
 type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 /// Pending writes of one apply batch.
-pub struct Writer {
-    pub tree: sled::Tree,
+pub struct Writer<'a> {
+    pub tree: &'a Tree,
     pub overlay: Overlay,
     /// Revision after the requests applied so far in this batch.
     pub rev: i64,
@@ -74,8 +75,8 @@ fn header(rev: i64) -> Option<ResponseHeader> {
     })
 }
 
-impl Writer {
-    pub fn new(tree: sled::Tree, rev: i64, compact_rev: i64) -> Self {
+impl<'a> Writer<'a> {
+    pub fn new(tree: &'a Tree, rev: i64, compact_rev: i64) -> Self {
         Writer {
             tree,
             overlay: Overlay::new(),
@@ -89,7 +90,7 @@ impl Writer {
 
     fn view_at(&self, rev: i64) -> View<'_> {
         View {
-            tree: &self.tree,
+            tree: self.tree,
             overlay: Some(&self.overlay),
             rev,
             compact_rev: self.compact_rev,
@@ -200,7 +201,7 @@ impl Writer {
                     }
                 }
             };
-        for item in scan(&self.tree, Some(&self.overlay), lo, hi) {
+        for item in scan(self.tree, Some(&self.overlay), lo, hi) {
             let (k, v) = item?;
             let Some((key, rev)) = keys::parse_idx(&k) else {
                 continue;

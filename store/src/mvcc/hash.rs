@@ -12,7 +12,7 @@
 use crc32fast::Hasher;
 
 use super::keys::{self, Rev};
-use super::view::{storage_err, View};
+use super::view::View;
 use crate::error::EtcdError;
 
 /// What `HashKV` answers: the hash and the revisions it was taken at.
@@ -45,10 +45,9 @@ impl View<'_> {
             sub: 0,
         });
         let mut h = Hasher::new();
-        for item in self.tree.range(lo..hi) {
-            let (k, v) = item.map_err(storage_err)?;
-            h.update(&k);
-            h.update(&v);
+        for (k, v) in self.tree.range(lo..hi) {
+            h.update(k);
+            h.update(v);
         }
         Ok(KvHash {
             hash: h.finalize(),
@@ -67,19 +66,18 @@ mod tests {
     use crate::mvcc::Mvcc;
 
     fn store() -> Mvcc {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        Mvcc::open(db.open_tree("sm").unwrap()).unwrap()
+        Mvcc::open(Default::default())
     }
 
     fn put(m: &Mvcc, k: &str, v: &str) {
-        let mut w = m.writer();
-        w.put(&PutRequest {
-            key: k.into(),
-            value: v.into(),
-            ..Default::default()
-        })
-        .unwrap();
-        m.commit(w).unwrap();
+        m.apply(|w| {
+            w.put(&PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        });
     }
 
     fn hash(m: &Mvcc, rev: i64) -> Result<u32, EtcdError> {
@@ -120,13 +118,13 @@ mod tests {
         for i in 0..4 {
             put(&m, "k", &i.to_string());
         }
-        let mut w = m.writer();
-        w.compact(&CompactionRequest {
-            revision: 3,
-            ..Default::default()
-        })
-        .unwrap();
-        m.commit(w).unwrap();
+        m.apply(|w| {
+            w.compact(&CompactionRequest {
+                revision: 3,
+                ..Default::default()
+            })
+            .unwrap();
+        });
         assert_eq!(hash(&m, 3), Err(EtcdError::Compacted));
         assert_eq!(hash(&m, 2), Err(EtcdError::Compacted));
         assert_eq!(hash(&m, 6), Err(EtcdError::FutureRev));

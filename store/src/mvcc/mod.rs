@@ -1,13 +1,17 @@
-//! The revisioned key-value store (etcd's MVCC) over one sled tree.
+//! The revisioned key-value store (etcd's MVCC) over one ordered map in memory.
 //!
 //! - [`keys`]: byte layout of the tree (current values, history, per-key index).
 //! - [`view`]: reads at the current or any uncompacted past revision.
 //! - [`apply`]: Put / DeleteRange / Txn / Compact, written into an overlay.
 //! - [`hash`]: the history checksum `HashKV` answers.
 //!
-//! Readers take a read lock while they iterate; the state machine (the only
-//! writer) takes the write lock just for the atomic `apply_batch` of a whole
-//! batch of log entries, so a reader never sees half of a transaction.
+//! Readers take a read lock while they iterate. The state machine (the only
+//! writer) applies a batch of log entries in two steps: it evaluates them
+//! under a read lock into an overlay of pending writes, then takes the write
+//! lock just to merge that overlay, so a reader never sees half a batch.
+//!
+//! The map is not durable by itself: the Raft snapshot file plus the Raft
+//! log after it are (see `raft::state_machine`).
 
 pub mod apply;
 pub mod hash;
@@ -17,16 +21,18 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use apply::Writer;
-use view::{storage_err, View};
+use view::View;
 
-use crate::error::EtcdError;
+/// The whole state: raw keys in byte order (layout in [`keys`]).
+pub type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// Revision bookkeeping plus the tree they describe.
 struct State {
-    tree: sled::Tree,
+    tree: Tree,
     rev: i64,
     compact_rev: i64,
 }
@@ -49,20 +55,18 @@ struct HistoryChunk {
     events: std::sync::Arc<Vec<cairn_proto::mvccpb::Event>>,
 }
 
-fn read_i64(tree: &sled::Tree, name: &str) -> Result<Option<i64>, EtcdError> {
-    Ok(tree
-        .get(keys::meta_key(name))
-        .map_err(storage_err)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(i64::from_be_bytes))
+fn read_i64(tree: &Tree, name: &str) -> Option<i64> {
+    tree.get(&keys::meta_key(name))
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(i64::from_be_bytes)
 }
 
 impl Mvcc {
     /// Opens the store over `tree`; an empty store is at revision 1, as etcd.
-    pub fn open(tree: sled::Tree) -> Result<Mvcc, EtcdError> {
-        let rev = read_i64(&tree, "rev")?.unwrap_or(1);
-        let compact_rev = read_i64(&tree, "compact")?.unwrap_or(0);
-        Ok(Mvcc {
+    pub fn open(tree: Tree) -> Mvcc {
+        let rev = read_i64(&tree, "rev").unwrap_or(1);
+        let compact_rev = read_i64(&tree, "compact").unwrap_or(0);
+        Mvcc {
             state: RwLock::new(State {
                 tree,
                 rev,
@@ -70,7 +74,7 @@ impl Mvcc {
             }),
             rev_tx: tokio::sync::watch::channel(rev).0,
             history_cache: std::sync::Mutex::new(None),
-        })
+        }
     }
 
     fn lock_read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -133,7 +137,10 @@ impl Mvcc {
 
     /// Live keys at the current revision (for the keys gauge).
     pub fn key_count(&self) -> usize {
-        self.lock_read().tree.scan_prefix([keys::KV]).count()
+        self.lock_read()
+            .tree
+            .range(vec![keys::KV]..vec![keys::KV + 1])
+            .count()
     }
 
     pub fn revision(&self) -> i64 {
@@ -144,42 +151,38 @@ impl Mvcc {
         self.lock_read().compact_rev
     }
 
-    pub fn tree(&self) -> sled::Tree {
-        self.lock_read().tree.clone()
-    }
-
-    /// A writer for the next batch. Only the state machine writes, one batch
-    /// at a time, so the tree does not change under the writer's reads.
-    pub fn writer(&self) -> Writer {
+    /// Applies one batch: `f` evaluates requests on a [`Writer`] that reads
+    /// the current state through its own pending writes; then those writes
+    /// and the new revision land at once. Only the state machine calls this,
+    /// one batch at a time, so nothing changes between the two steps.
+    pub fn apply<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> T {
         let s = self.lock_read();
-        Writer::new(s.tree.clone(), s.rev, s.compact_rev)
-    }
-
-    /// Commits a batch atomically: pending writes plus the new revision.
-    pub fn commit(&self, mut w: Writer) -> Result<Vec<cairn_proto::mvccpb::Event>, EtcdError> {
+        let mut w = Writer::new(&s.tree, s.rev, s.compact_rev);
+        let out = f(&mut w);
         w.put_meta("rev", w.rev.to_be_bytes().to_vec());
-        let mut batch = sled::Batch::default();
-        for (k, v) in std::mem::take(&mut w.overlay) {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
+        let (overlay, rev, compact_rev) = (std::mem::take(&mut w.overlay), w.rev, w.compact_rev);
+        drop(w);
+        drop(s);
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         let timer = crate::metrics::METRICS.backend_commit.start_timer();
-        s.tree.apply_batch(batch).map_err(storage_err)?;
+        for (k, v) in overlay {
+            match v {
+                Some(v) => s.tree.insert(k, v),
+                None => s.tree.remove(&k),
+            };
+        }
         timer.observe_duration();
-        s.rev = w.rev;
-        s.compact_rev = w.compact_rev;
+        s.rev = rev;
+        s.compact_rev = compact_rev;
         drop(s);
-        self.rev_tx.send_replace(w.rev);
-        Ok(w.events)
+        self.rev_tx.send_replace(rev);
+        out
     }
 
     /// Replaces the whole state with `tree` (a freshly installed snapshot).
-    pub fn replace_tree(&self, tree: sled::Tree) -> Result<sled::Tree, EtcdError> {
-        let rev = read_i64(&tree, "rev")?.unwrap_or(1);
-        let compact_rev = read_i64(&tree, "compact")?.unwrap_or(0);
+    pub fn replace_tree(&self, tree: Tree) {
+        let rev = read_i64(&tree, "rev").unwrap_or(1);
+        let compact_rev = read_i64(&tree, "compact").unwrap_or(0);
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut s.tree, tree);
         // The history may differ entirely after a snapshot install.
@@ -188,6 +191,6 @@ impl Mvcc {
         s.compact_rev = compact_rev;
         drop(s);
         self.rev_tx.send_replace(rev);
-        Ok(old)
+        drop(old);
     }
 }

@@ -10,22 +10,19 @@ use super::Mvcc;
 use crate::error::EtcdError;
 
 fn store() -> Mvcc {
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    Mvcc::open(db.open_tree("sm").unwrap()).unwrap()
+    Mvcc::open(Default::default())
 }
 
 fn put(m: &Mvcc, k: &str, v: &str) -> PutResponse {
-    let mut w = m.writer();
-    let r = w
-        .put(&PutRequest {
+    m.apply(|w| {
+        w.put(&PutRequest {
             key: k.into(),
             value: v.into(),
             prev_kv: true,
             ..Default::default()
         })
-        .unwrap();
-    m.commit(w).unwrap();
-    r
+        .unwrap()
+    })
 }
 
 fn range(m: &Mvcc, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -52,10 +49,7 @@ fn prefix(k: &str, end: &str) -> RangeRequest {
 }
 
 fn txn(m: &Mvcc, t: TxnRequest) -> Result<TxnResponse, EtcdError> {
-    let mut w = m.writer();
-    let r = w.txn(&t);
-    m.commit(w).unwrap();
-    r
+    m.apply(|w| w.txn(&t))
 }
 
 fn put_op(k: &str, v: &str) -> RequestOp {
@@ -81,14 +75,13 @@ fn revisions_start_at_one_and_bump_once_per_change() {
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
 
     // A delete of nothing adds no revision.
-    let mut w = m.writer();
-    let d = w
-        .delete_range(&DeleteRangeRequest {
+    let d = m.apply(|w| {
+        w.delete_range(&DeleteRangeRequest {
             key: "zzz".into(),
             ..Default::default()
         })
-        .unwrap();
-    m.commit(w).unwrap();
+        .unwrap()
+    });
     assert_eq!(d.deleted, 0);
     assert_eq!(m.revision(), 3);
 
@@ -110,15 +103,14 @@ fn revisions_start_at_one_and_bump_once_per_change() {
 fn delete_then_recreate_starts_new_generation() {
     let m = store();
     put(&m, "a", "1");
-    let mut w = m.writer();
-    let d = w
-        .delete_range(&DeleteRangeRequest {
+    let d = m.apply(|w| {
+        w.delete_range(&DeleteRangeRequest {
             key: "a".into(),
             prev_kv: true,
             ..Default::default()
         })
-        .unwrap();
-    m.commit(w).unwrap();
+        .unwrap()
+    });
     assert_eq!(d.deleted, 1);
     assert_eq!(d.prev_kvs[0].value, b"1");
     assert_eq!(d.header.unwrap().revision, 3);
@@ -216,20 +208,20 @@ fn compaction_keeps_latest_and_refuses_old_reads() {
     put(&m, "a", "1"); // 2
     put(&m, "a", "2"); // 3
     put(&m, "b", "1"); // 4
-    let mut w = m.writer();
-    w.delete_range(&DeleteRangeRequest {
-        key: "b".into(),
-        ..Default::default()
-    })
-    .unwrap(); // 5
-    m.commit(w).unwrap();
-    let mut w = m.writer();
-    w.compact(&CompactionRequest {
-        revision: 4,
-        physical: true,
-    })
-    .unwrap();
-    m.commit(w).unwrap();
+    m.apply(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "b".into(),
+            ..Default::default()
+        })
+        .unwrap(); // 5
+    });
+    m.apply(|w| {
+        w.compact(&CompactionRequest {
+            revision: 4,
+            physical: true,
+        })
+        .unwrap();
+    });
     assert_eq!(m.compact_revision(), 4);
     let r3 = range(
         &m,
@@ -253,23 +245,24 @@ fn compaction_keeps_latest_and_refuses_old_reads() {
         "revision == compacted revision is still readable"
     );
     assert_eq!(r4.kvs[0].value, b"2");
-    let mut w = m.writer();
-    assert_eq!(
-        w.compact(&CompactionRequest {
-            revision: 4,
-            physical: false
-        })
-        .unwrap_err(),
-        EtcdError::Compacted
-    );
-    assert_eq!(
-        w.compact(&CompactionRequest {
-            revision: 99,
-            physical: false
-        })
-        .unwrap_err(),
-        EtcdError::FutureRev
-    );
+    m.apply(|w| {
+        assert_eq!(
+            w.compact(&CompactionRequest {
+                revision: 4,
+                physical: false
+            })
+            .unwrap_err(),
+            EtcdError::Compacted
+        );
+        assert_eq!(
+            w.compact(&CompactionRequest {
+                revision: 99,
+                physical: false
+            })
+            .unwrap_err(),
+            EtcdError::FutureRev
+        );
+    });
 }
 
 fn cmp(key: &str, target: CompareTarget, result: CompareResult, u: TargetUnion) -> Compare {
@@ -356,9 +349,8 @@ fn txn_compares_and_nesting() {
 fn failed_request_changes_nothing() {
     let m = store();
     put(&m, "a", "1");
-    let mut w = m.writer();
-    let err = w
-        .txn(&TxnRequest {
+    let err = m.apply(|w| {
+        w.txn(&TxnRequest {
             success: vec![
                 put_op("b", "1"),
                 RequestOp {
@@ -371,42 +363,43 @@ fn failed_request_changes_nothing() {
             ],
             ..Default::default()
         })
-        .unwrap_err();
-    m.commit(w).unwrap();
+        .unwrap_err()
+    });
     assert_eq!(err, EtcdError::KeyNotFound);
     assert_eq!(m.revision(), 2);
     assert!(get(&m, "b").kvs.is_empty());
-    let mut w = m.writer();
-    let err = w
-        .put(&PutRequest {
-            key: "a".into(),
-            lease: 42,
-            ..Default::default()
-        })
-        .unwrap_err();
-    assert_eq!(err, EtcdError::LeaseNotFound);
+    m.apply(|w| {
+        let err = w
+            .put(&PutRequest {
+                key: "a".into(),
+                lease: 42,
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(err, EtcdError::LeaseNotFound);
+    });
 }
 
 #[test]
 fn batch_reads_its_own_writes_across_entries() {
     let m = store();
-    let mut w = m.writer();
-    w.put(&PutRequest {
-        key: "a".into(),
-        value: "1".into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let r = w
-        .put(&PutRequest {
+    m.apply(|w| {
+        w.put(&PutRequest {
             key: "a".into(),
-            value: "2".into(),
-            prev_kv: true,
+            value: "1".into(),
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(r.prev_kv.unwrap().value, b"1");
-    m.commit(w).unwrap();
+        let r = w
+            .put(&PutRequest {
+                key: "a".into(),
+                value: "2".into(),
+                prev_kv: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.prev_kv.unwrap().value, b"1");
+    });
     let kv = &get(&m, "a").kvs[0];
     assert_eq!((kv.version, kv.mod_revision), (2, 3));
     let old = m

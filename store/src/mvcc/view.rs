@@ -10,6 +10,7 @@ use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
 
 use super::keys::{self, KeyRange, Rev};
+use super::Tree;
 use crate::error::EtcdError;
 
 /// Pending raw writes of a batch: `None` is a delete.
@@ -17,7 +18,7 @@ pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// A read-only view: the tree, the revisions it is at, and pending writes.
 pub struct View<'a> {
-    pub tree: &'a sled::Tree,
+    pub tree: &'a Tree,
     pub overlay: Option<&'a Overlay>,
     /// Current (highest committed, or pending) main revision.
     pub rev: i64,
@@ -40,63 +41,55 @@ type Candidate = Option<(Vec<u8>, Option<(Rev, bool)>)>;
 
 /// Raw tree entries in a key range, with the overlay merged on top.
 pub fn scan<'a>(
-    tree: &'a sled::Tree,
+    tree: &'a Tree,
     overlay: Option<&'a Overlay>,
     lo: Bound<Vec<u8>>,
     hi: Bound<Vec<u8>>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), EtcdError>> + 'a {
-    let base = tree.range((lo.clone(), hi.clone()));
+    let bounds = (lo, hi);
     let ov: OverlayIter<'a> = match overlay {
-        Some(o) => Box::new(o.range((lo, hi))),
+        Some(o) => Box::new(o.range(bounds.clone())),
         None => Box::new(std::iter::empty()),
     };
     Merge {
-        base: base.peekable(),
+        base: tree.range(bounds).peekable(),
         ov: ov.peekable(),
     }
 }
 
-struct Merge<'a, B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
-    base: std::iter::Peekable<B>,
+type BaseIter<'a> = std::collections::btree_map::Range<'a, Vec<u8>, Vec<u8>>;
+
+struct Merge<'a> {
+    base: std::iter::Peekable<BaseIter<'a>>,
     ov: std::iter::Peekable<OverlayIter<'a>>,
 }
 
-impl<B: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merge<'_, B> {
+impl Iterator for Merge<'_> {
     type Item = Result<(Vec<u8>, Vec<u8>), EtcdError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let base_key = match self.base.peek() {
-                Some(Ok((k, _))) => Some(k.to_vec()),
-                Some(Err(_)) => {
-                    let e = self.base.next().and_then(Result::err);
-                    return e.map(|e| Err(storage_err(e)));
-                }
-                None => None,
+            let base_key = self.base.peek().map(|(k, _)| *k);
+            let Some(&(ok, ov)) = self.ov.peek() else {
+                let (k, v) = self.base.next()?;
+                return Some(Ok((k.clone(), v.clone())));
             };
-            let ov_key = self.ov.peek().map(|(k, _)| (*k).clone());
-            match (base_key, ov_key) {
-                (None, None) => return None,
-                (Some(_), None) => {
-                    let (k, v) = self.base.next()?.ok()?;
-                    return Some(Ok((k.to_vec(), v.to_vec())));
+            match base_key {
+                Some(bk) if bk < ok => {
+                    let (k, v) = self.base.next()?;
+                    return Some(Ok((k.clone(), v.clone())));
                 }
-                (bk, Some(ok)) => {
-                    if bk.as_ref() == Some(&ok) {
-                        self.base.next();
-                    } else if let Some(bk) = bk {
-                        if bk < ok {
-                            let (k, v) = self.base.next()?.ok()?;
-                            return Some(Ok((k.to_vec(), v.to_vec())));
-                        }
-                    }
-                    let (k, v) = self.ov.next()?;
-                    if let Some(v) = v {
-                        return Some(Ok((k.clone(), v.clone())));
-                    }
-                    // A pending delete hides the key; look further.
+                Some(bk) if bk == ok => {
+                    // The pending write replaces the stored entry.
+                    self.base.next();
                 }
+                _ => {}
             }
+            self.ov.next();
+            if let Some(v) = ov {
+                return Some(Ok((ok.clone(), v.clone())));
+            }
+            // A pending delete hides the key; look further.
         }
     }
 }
@@ -106,7 +99,7 @@ impl View<'_> {
         if let Some(v) = self.overlay.and_then(|o| o.get(k)) {
             return Ok(v.clone());
         }
-        Ok(self.tree.get(k).map_err(storage_err)?.map(|v| v.to_vec()))
+        Ok(self.tree.get(k).cloned())
     }
 
     /// The live KeyValue of `key` at the current revision.

@@ -10,6 +10,7 @@
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
 

@@ -1,31 +1,30 @@
 //! openraft's state machine: applies committed entries to [`Mvcc`] and builds
 //! and installs snapshots.
 //!
-//! - A batch of entries becomes one atomic sled `apply_batch` that also records
-//!   the last applied log id and membership, so a restart resumes exactly
-//!   after the last applied entry. sled is not synced per apply (only the
-//!   Raft log is, see `log_store`): after a crash it recovers a prefix of its
-//!   batches, and openraft re-applies the rest from the log.
-//! - A snapshot is the whole state tree at one applied index. openraft calls
-//!   `get_snapshot_builder` and `apply` from the same task, so copying the
-//!   tree there sees no concurrent apply: the copy is one point in time.
-//! - Installing writes the snapshot into a fresh tree generation, fsyncs,
-//!   then durably flips the generation pointer: a crash leaves either the old
-//!   state or the new one, never a mix.
+//! - The state is in memory. Its durable form is the snapshot file (see
+//!   [`snapshot_file`]) plus the Raft log after it: on start the file is
+//!   loaded and openraft re-applies the committed entries that follow. So an
+//!   apply writes nothing to disk, and the log behind a snapshot is purged
+//!   only after the file is durable.
+//! - A snapshot is the whole state at one applied index. openraft calls
+//!   `get_snapshot_builder` and `apply` from the same task, so the copy taken
+//!   there sees no concurrent apply: it is one point in time.
+//! - Installing a snapshot writes its file durably first, then swaps the
+//!   state in memory: a crash leaves the old image or the new one.
+//! - Data dirs of earlier versions kept the state in a sled tree; it is
+//!   turned into a snapshot file once, on open (see [`migrate_sled_state`]).
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use openraft::{EntryPayload, OptionalSend};
 
+use super::snapshot_file::{self, decode_tree, encode_tree, snap_err};
 use super::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::command::{Command, Proto, Request, Response};
-use crate::error::EtcdError;
-use crate::mvcc::{keys, Mvcc};
+use crate::mvcc::{keys, Mvcc, Tree};
 use crate::storage::Storage;
-
-const SNAP_MAGIC: &[u8] = b"CAIRNSNAP1";
 
 /// Attributes a member publishes about itself.
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
@@ -34,70 +33,100 @@ pub struct MemberAttrs {
     pub client_urls: Vec<String>,
 }
 
-#[derive(Clone)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Arc<Vec<u8>>,
-}
-
 pub struct StateMachine {
     storage: Storage,
     pub mvcc: Arc<Mvcc>,
-    generation: u64,
     applied: Option<LogId>,
     membership: StoredMembership,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// Meta of the snapshot file, if it is a Raft snapshot (a restored data
+    /// dir's image has no log position and is not offered to peers).
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
 }
 
-fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string())).into()
-}
-
-fn sm_write_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
-}
-
-fn snap_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())).into()
-}
-
-fn read_meta<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    name: &str,
-) -> Result<Option<T>, StorageError> {
-    match tree.get(keys::meta_key(name)).map_err(sm_read_err)? {
-        Some(v) => Ok(Some(bincode::deserialize(&v).map_err(sm_read_err)?)),
-        None => Ok(None),
+fn snapshot_meta(applied: Option<LogId>, membership: StoredMembership) -> SnapshotMeta {
+    SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: format!(
+            "{}-{}-{}",
+            applied.map(|l| l.leader_id.term).unwrap_or(0),
+            applied.map(|l| l.index).unwrap_or(0),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ),
     }
+}
+
+/// Earlier versions kept the state machine in the sled tree `sm.<generation>`
+/// (generation in the `raft` tree's `sm_gen`), with its applied log id and
+/// membership as meta records. That state becomes the snapshot file, unless
+/// the file is already newer, and then the trees go.
+fn migrate_sled_state(storage: &Storage) -> anyhow::Result<()> {
+    let trees: Vec<_> = storage
+        .db
+        .tree_names()
+        .into_iter()
+        .filter(|n| n.starts_with(b"sm."))
+        .collect();
+    if trees.is_empty() {
+        return Ok(());
+    }
+    let generation = storage
+        .raft
+        .get("sm_gen")?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let old = storage.db.open_tree(format!("sm.{generation}"))?;
+    if !old.is_empty() {
+        let mut tree = Tree::new();
+        for item in old.iter() {
+            let (k, v) = item?;
+            tree.insert(k.to_vec(), v.to_vec());
+        }
+        let mut meta = |name: &str| tree.remove(&keys::meta_key(name));
+        let applied: Option<LogId> = match meta("applied") {
+            Some(v) => bincode::deserialize(&v)?,
+            None => None,
+        };
+        let membership: StoredMembership = match meta("membership") {
+            Some(v) => bincode::deserialize(&v)?,
+            None => StoredMembership::default(),
+        };
+        let path = storage.snapshot_path();
+        let on_file = snapshot_file::load(&path)?.and_then(|(m, _)| m.last_log_id);
+        if on_file.is_none() || on_file <= applied {
+            let meta = snapshot_meta(applied, membership);
+            snapshot_file::save(&path, &meta, &encode_tree(&tree))?;
+        }
+    }
+    drop(old);
+    for name in trees {
+        storage.db.drop_tree(name)?;
+    }
+    storage.raft.remove("sm_gen")?;
+    storage.sync()?;
+    Ok(())
 }
 
 impl StateMachine {
     pub fn open(storage: Storage) -> anyhow::Result<StateMachine> {
-        let generation = storage.sm_generation()?;
-        let tree = storage.sm_tree(generation)?;
-        // Trees of other generations are leftovers of an interrupted install.
-        for name in storage.db.tree_names() {
-            if let Some(g) = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| n.strip_prefix("sm."))
-            {
-                if g.parse::<u64>().ok() != Some(generation) {
-                    storage.db.drop_tree(&name)?;
-                }
-            }
-        }
-        let applied = read_meta::<Option<LogId>>(&tree, "applied")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .flatten();
-        let membership = read_meta::<StoredMembership>(&tree, "membership")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .unwrap_or_default();
-        let mvcc = Arc::new(Mvcc::open(tree).map_err(|e| anyhow::anyhow!("{e}"))?);
-        let current = load_snapshot_file(&storage).unwrap_or(None);
+        migrate_sled_state(&storage)?;
+        let (tree, applied, membership, current) =
+            match snapshot_file::load(&storage.snapshot_path())? {
+                Some((meta, data)) => (
+                    decode_tree(&data).map_err(|e| anyhow::anyhow!("snapshot file: {e}"))?,
+                    meta.last_log_id,
+                    meta.last_membership.clone(),
+                    meta.last_log_id.is_some().then_some(meta),
+                ),
+                None => (Tree::new(), None, StoredMembership::default(), None),
+            };
         Ok(StateMachine {
             storage,
-            mvcc,
-            generation,
+            mvcc: Arc::new(Mvcc::open(tree)),
             applied,
             membership,
             current: Arc::new(Mutex::new(current)),
@@ -170,138 +199,42 @@ fn stamp(h: &mut Option<cairn_proto::etcdserverpb::ResponseHeader>, term: u64) {
 
 /// Reads the attributes of every member that published them.
 pub fn member_attrs(mvcc: &Mvcc) -> Vec<(u64, MemberAttrs)> {
-    let tree = mvcc.tree();
-    tree.scan_prefix([keys::MEMBER])
-        .filter_map(|r| r.ok())
-        .filter_map(|(k, v)| {
-            let id = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
-            Some((id, serde_json::from_slice(&v).ok()?))
-        })
-        .collect()
-}
-
-/// Marks the end of the records where a key length would be. No record has a
-/// 4 GiB key, so data written before the marker existed never contains it.
-/// Raft snapshots are still written without it (members running older code
-/// decode them); `Maintenance.Snapshot` writes it so that the zero padding
-/// etcdctl requires after the records is not read as more records.
-pub(crate) const SNAP_END: [u8; 4] = [0xff; 4];
-
-/// The whole state tree as `SNAP_MAGIC` + (key len u32 BE, key, value len
-/// u32 BE, value)*. The caller makes it one point in time (no concurrent apply).
-pub(crate) fn encode_tree(tree: &sled::Tree) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::with_capacity(1 << 16);
-    out.extend_from_slice(SNAP_MAGIC);
-    for item in tree.iter() {
-        let (k, v) = item.map_err(sm_read_err)?;
-        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        out.extend_from_slice(&k);
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(&v);
-    }
-    Ok(out)
-}
-
-/// Writes the records of an [`encode_tree`] payload into `tree`. After a
-/// [`SNAP_END`] marker only zero padding may follow.
-pub(crate) fn decode_into(data: &[u8], tree: &sled::Tree) -> Result<(), StorageError> {
-    let mut rest = data
-        .strip_prefix(SNAP_MAGIC)
-        .ok_or_else(|| snap_err("not a Cairn snapshot"))?;
-    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StorageError> {
-        let len = rest
-            .get(..4)
-            .ok_or_else(|| snap_err("truncated snapshot"))?;
-        let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
-        let body = rest
-            .get(4..4 + len)
-            .ok_or_else(|| snap_err("truncated snapshot"))?;
-        let v = body.to_vec();
-        *rest = &rest[4 + len..];
-        Ok(v)
-    };
-    let mut batch = sled::Batch::default();
-    let mut n = 0;
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix(&SNAP_END) {
-            if after.iter().any(|b| *b != 0) {
-                return Err(snap_err("data after the end of the snapshot records"));
-            }
-            break;
-        }
-        let k = take(&mut rest)?;
-        let v = take(&mut rest)?;
-        batch.insert(k, v);
-        n += 1;
-        if n % 10_000 == 0 {
-            tree.apply_batch(std::mem::take(&mut batch))
-                .map_err(snap_err)?;
-        }
-    }
-    tree.apply_batch(batch).map_err(snap_err)?;
-    Ok(())
-}
-
-fn save_snapshot_file(storage: &Storage, snap: &StoredSnapshot) -> Result<(), StorageError> {
-    let meta = bincode::serialize(&snap.meta).map_err(snap_err)?;
-    let path = storage.snapshot_path();
-    let tmp = path.with_extension("tmp");
-    let mut buf = Vec::with_capacity(meta.len() + snap.data.len() + 8);
-    buf.extend_from_slice(&(meta.len() as u64).to_be_bytes());
-    buf.extend_from_slice(&meta);
-    buf.extend_from_slice(&snap.data);
-    std::fs::write(&tmp, &buf).map_err(snap_err)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(snap_err)?;
-    std::fs::rename(&tmp, &path).map_err(snap_err)?;
-    Ok(())
-}
-
-fn load_snapshot_file(storage: &Storage) -> anyhow::Result<Option<StoredSnapshot>> {
-    let buf = match std::fs::read(storage.snapshot_path()) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let n = u64::from_be_bytes(
-        buf.get(..8)
-            .ok_or_else(|| anyhow::anyhow!("short"))?
-            .try_into()?,
-    ) as usize;
-    let meta: SnapshotMeta =
-        bincode::deserialize(buf.get(8..8 + n).ok_or_else(|| anyhow::anyhow!("short"))?)?;
-    Ok(Some(StoredSnapshot {
-        meta,
-        data: Arc::new(buf[8 + n..].to_vec()),
-    }))
+    mvcc.read(|v| {
+        v.tree
+            .range(vec![keys::MEMBER]..vec![keys::MEMBER + 1])
+            .filter_map(|(k, v)| {
+                let id = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+                Some((id, serde_json::from_slice(v).ok()?))
+            })
+            .collect()
+    })
 }
 
 /// Builds a snapshot from a point-in-time copy taken by the state machine.
 pub struct SnapshotBuilder {
     storage: Storage,
-    copy: Option<StoredSnapshot>,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    copy: Option<(SnapshotMeta, Vec<u8>)>,
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snap = self
+        let (meta, data) = self
             .copy
             .take()
             .ok_or_else(|| snap_err("snapshot already built"))?;
-        // The state machine must be on disk before openraft purges the log
-        // behind this snapshot.
-        self.storage.flush().await.map_err(snap_err)?;
-        let storage = self.storage.clone();
-        let s2 = snap.clone();
-        tokio::task::spawn_blocking(move || save_snapshot_file(&storage, &s2))
-            .await
-            .map_err(snap_err)??;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());
+        // Durable before openraft purges the log behind it.
+        let path = self.storage.snapshot_path();
+        let m = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            snapshot_file::save(&path, &m, &data).map(|()| data)
+        })
+        .await
+        .map_err(snap_err)??;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         Ok(Snapshot {
-            meta: snap.meta,
-            snapshot: Box::new(Cursor::new(snap.data.as_ref().clone())),
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -318,55 +251,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut w = self.mvcc.writer();
-        let mut out = Vec::new();
-        for e in entries {
-            self.applied = Some(e.log_id);
-            let term = e.log_id.leader_id.term;
-            out.push(match &e.payload {
-                EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(req) => Self::apply_command(&mut w, req, term),
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    Response::Done
-                }
-            });
-        }
-        w.put_meta(
-            "applied",
-            bincode::serialize(&self.applied).map_err(sm_write_err)?,
-        );
-        w.put_meta(
-            "membership",
-            bincode::serialize(&self.membership).map_err(sm_write_err)?,
-        );
-        self.mvcc.commit(w).map_err(sm_write_err)?;
-        Ok(out)
+        let (applied, membership) = (&mut self.applied, &mut self.membership);
+        Ok(self.mvcc.apply(|w| {
+            entries
+                .into_iter()
+                .map(|e| {
+                    *applied = Some(e.log_id);
+                    let term = e.log_id.leader_id.term;
+                    match e.payload {
+                        EntryPayload::Blank => Response::Done,
+                        EntryPayload::Normal(req) => Self::apply_command(w, &req, term),
+                        EntryPayload::Membership(m) => {
+                            *membership = StoredMembership::new(Some(e.log_id), m);
+                            Response::Done
+                        }
+                    }
+                })
+                .collect()
+        }))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let copy = encode_tree(&self.mvcc.tree()).ok().map(|data| {
-            let last = self.applied;
-            StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: last,
-                    last_membership: self.membership.clone(),
-                    snapshot_id: format!(
-                        "{}-{}-{}",
-                        last.map(|l| l.leader_id.term).unwrap_or(0),
-                        last.map(|l| l.index).unwrap_or(0),
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_millis())
-                            .unwrap_or(0)
-                    ),
-                },
-                data: Arc::new(data),
-            }
-        });
+        let data = self.mvcc.read(|v| encode_tree(v.tree));
         SnapshotBuilder {
             storage: self.storage.clone(),
-            copy,
+            copy: Some((snapshot_meta(self.applied, self.membership.clone()), data)),
             current: self.current.clone(),
         }
     }
@@ -381,41 +290,167 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let next = self.generation + 1;
-        let tree = self.storage.sm_tree(next).map_err(snap_err)?;
-        tree.clear().map_err(snap_err)?;
-        decode_into(&data, &tree)?;
-        self.storage.flush().await.map_err(snap_err)?;
-        self.storage
-            .set_sm_generation(next)
+        let tree = decode_tree(&data)?;
+        let path = self.storage.snapshot_path();
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || snapshot_file::save(&path, &m, &data))
             .await
-            .map_err(snap_err)?;
-        self.mvcc
-            .replace_tree(tree.clone())
-            .map_err(|e: EtcdError| snap_err(e))?;
-        let old = self.generation;
-        self.generation = next;
-        let _ = self.storage.drop_sm_tree(old);
+            .map_err(snap_err)??;
+        self.mvcc.replace_tree(tree);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        let snap = StoredSnapshot {
-            meta: meta.clone(),
-            data: Arc::new(data),
-        };
-        save_snapshot_file(&self.storage, &snap)?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cur = self
+        if self
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(cur.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data.as_ref().clone())),
+            .is_none()
+        {
+            return Ok(None);
+        }
+        // The file is read whole rather than kept in memory between sends.
+        let path = self.storage.snapshot_path();
+        let loaded = tokio::task::spawn_blocking(move || snapshot_file::load(&path))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn put(index: u64, key: &str, value: &str) -> Entry {
+        let req = PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        };
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Request::new(None, Command::Put(Proto(req)))),
+        }
+    }
+
+    fn get(sm: &StateMachine, key: &str) -> Option<Vec<u8>> {
+        let r = RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        let resp = sm.mvcc.read(|v| v.range(&r)).unwrap();
+        resp.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_is_the_state_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) = Storage::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(storage.clone()).unwrap();
+        sm.apply(vec![put(1, "a", "1"), put(2, "b", "2")])
+            .await
+            .unwrap();
+        let mut b = sm.get_snapshot_builder().await;
+        let snap = b.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id, Some(log_id(2)));
+        // Applied after the snapshot: gone from memory with the process, and
+        // re-applied from the log by openraft.
+        sm.apply(vec![put(3, "a", "3")]).await.unwrap();
+        drop(sm);
+
+        let mut sm = StateMachine::open(storage).unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2)));
+        assert_eq!(get(&sm, "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(get(&sm, "b").as_deref(), Some(&b"2"[..]));
+        assert_eq!(sm.mvcc.revision(), 3);
+        let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(cur.meta.last_log_id, Some(log_id(2)));
+    }
+
+    #[tokio::test]
+    async fn an_installed_snapshot_replaces_the_state_durably() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let (src_storage, _) = Storage::open(src_dir.path()).unwrap();
+        let mut src = StateMachine::open(src_storage).unwrap();
+        src.apply(vec![put(1, "x", "1")]).await.unwrap();
+        let snap = src
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) = Storage::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(storage.clone()).unwrap();
+        sm.apply(vec![put(1, "old", "1")]).await.unwrap();
+        sm.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(get(&sm, "old"), None);
+        assert_eq!(get(&sm, "x").as_deref(), Some(&b"1"[..]));
+        drop(sm);
+        let sm = StateMachine::open(storage).unwrap();
+        assert_eq!(get(&sm, "x").as_deref(), Some(&b"1"[..]));
+        assert_eq!(sm.applied, Some(log_id(1)));
+    }
+
+    #[tokio::test]
+    async fn a_state_kept_in_sled_becomes_the_snapshot_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) = Storage::open(dir.path()).unwrap();
+        // As an earlier version left it: generation 1, applied up to 7.
+        let mut tree = Tree::new();
+        let mvcc = Mvcc::open(Tree::new());
+        mvcc.apply(|w| {
+            w.put(&PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        });
+        mvcc.read(|v| tree.extend(v.tree.iter().map(|(k, v)| (k.clone(), v.clone()))));
+        let old = storage.db.open_tree("sm.1").unwrap();
+        for (k, v) in &tree {
+            old.insert(k, v.as_slice()).unwrap();
+        }
+        let applied = bincode::serialize(&Some(log_id(7))).unwrap();
+        old.insert(keys::meta_key("applied"), applied).unwrap();
+        storage.raft.insert("sm_gen", &1u64.to_be_bytes()).unwrap();
+        storage.db.open_tree("sm.0").unwrap(); // a leftover generation
+
+        let mut sm = StateMachine::open(storage.clone()).unwrap();
+        assert!(storage
+            .db
+            .tree_names()
+            .iter()
+            .all(|n| !n.starts_with(b"sm.")));
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(7)));
+        assert_eq!(get(&sm, "k").as_deref(), Some(&b"v"[..]));
+        // The meta records moved into the file's meta.
+        let stale = sm
+            .mvcc
+            .read(|v| v.tree.contains_key(&keys::meta_key("applied")));
+        assert!(!stale);
+        drop(sm);
+        let sm = StateMachine::open(storage).unwrap();
+        assert_eq!(get(&sm, "k").as_deref(), Some(&b"v"[..]));
+        assert_eq!(sm.applied, Some(log_id(7)));
     }
 }

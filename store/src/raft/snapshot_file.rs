@@ -1,0 +1,121 @@
+//! The state machine's image on disk: `<data-dir>/snapshot`.
+//!
+//! The key-value state lives in memory ([`Tree`]); what makes it durable is
+//! this file (the whole state at one applied log id) plus the Raft log after
+//! that id, which openraft re-applies on start. The same bytes are the Raft
+//! snapshot sent to a lagging member.
+//!
+//! ```text
+//! file    = meta len u64 BE | meta (bincode SnapshotMeta) | data
+//! data    = SNAP_MAGIC | (key len u32 BE | key | value len u32 BE | value)*
+//! ```
+//!
+//! A file is written beside its final name, fsynced, renamed over it and
+//! the directory fsynced: a crash leaves the old image or the new one, and
+//! openraft purges the log behind an image only once it is durable.
+
+use std::io::Write;
+use std::path::Path;
+
+use openraft::StorageIOError;
+
+use super::{SnapshotMeta, StorageError};
+use crate::mvcc::Tree;
+
+const SNAP_MAGIC: &[u8] = b"CAIRNSNAP1";
+
+/// Marks the end of the records where a key length would be. No record has a
+/// 4 GiB key, so data written before the marker existed never contains it.
+/// Raft snapshots are still written without it (members running older code
+/// decode them); `Maintenance.Snapshot` writes it so that the zero padding
+/// etcdctl requires after the records is not read as more records.
+pub(crate) const SNAP_END: [u8; 4] = [0xff; 4];
+
+pub(crate) fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())).into()
+}
+
+/// The whole state tree as `SNAP_MAGIC` + records. The caller makes it one
+/// point in time (it holds the state's read lock).
+pub(crate) fn encode_tree(tree: &Tree) -> Vec<u8> {
+    let size: usize = tree.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(SNAP_MAGIC.len() + size);
+    out.extend_from_slice(SNAP_MAGIC);
+    for (k, v) in tree {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The records of an [`encode_tree`] payload. After a [`SNAP_END`] marker
+/// only zero padding may follow.
+pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
+    let mut rest = data
+        .strip_prefix(SNAP_MAGIC)
+        .ok_or_else(|| snap_err("not a Cairn snapshot"))?;
+    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StorageError> {
+        let len = rest
+            .get(..4)
+            .ok_or_else(|| snap_err("truncated snapshot"))?;
+        let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
+        let body = rest
+            .get(4..4 + len)
+            .ok_or_else(|| snap_err("truncated snapshot"))?;
+        let v = body.to_vec();
+        *rest = &rest[4 + len..];
+        Ok(v)
+    };
+    let mut tree = Tree::new();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix(&SNAP_END) {
+            if after.iter().any(|b| *b != 0) {
+                return Err(snap_err("data after the end of the snapshot records"));
+            }
+            break;
+        }
+        let k = take(&mut rest)?;
+        let v = take(&mut rest)?;
+        tree.insert(k, v);
+    }
+    Ok(tree)
+}
+
+/// Durably replaces the image at `path` (see the module doc).
+pub(crate) fn save(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let meta = bincode::serialize(meta).map_err(snap_err)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
+    f.write_all(&(meta.len() as u64).to_be_bytes())
+        .and_then(|()| f.write_all(&meta))
+        .and_then(|()| f.write_all(data))
+        .and_then(|()| f.sync_all())
+        .map_err(snap_err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(snap_err)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(snap_err)
+}
+
+/// The image at `path`: its meta and data. `None` if there is none yet.
+pub(crate) fn load(path: &Path) -> anyhow::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    let mut buf = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let damaged = || anyhow::anyhow!("snapshot file {} is damaged", path.display());
+    let n = buf
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(damaged)? as usize;
+    let meta: SnapshotMeta =
+        bincode::deserialize(buf.get(8..8usize.saturating_add(n)).ok_or_else(damaged)?)?;
+    buf.drain(..8 + n);
+    Ok(Some((meta, buf)))
+}
