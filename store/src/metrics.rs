@@ -155,7 +155,7 @@ pub fn render(node: &Node) -> String {
     // and they differ only by entries in flight.
     m.proposals_committed.set(applied);
     m.proposals_applied.set(applied);
-    m.db_total_size.set(node.storage.size_on_disk() as i64);
+    m.db_total_size.set(node.mvcc.size_bytes() as i64);
     m.keys_total.set(node.mvcc.key_count() as i64);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&m.registry.gather(), &mut buf);

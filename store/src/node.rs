@@ -375,7 +375,7 @@ async fn quota_loop(node: std::sync::Weak<Node>) {
     loop {
         tick.tick().await;
         let Some(n) = node.upgrade() else { return };
-        if n.storage.size_on_disk() <= n.quota_bytes {
+        if n.mvcc.size_bytes() <= n.quota_bytes {
             continue;
         }
         let raised = n.mvcc.read(|v| v.alarms()).unwrap_or_default();
@@ -383,7 +383,7 @@ async fn quota_loop(node: std::sync::Weak<Node>) {
             continue;
         }
         tracing::warn!(
-            size = n.storage.size_on_disk(),
+            size = n.mvcc.size_bytes(),
             quota = n.quota_bytes,
             "database space exceeded: raising NOSPACE"
         );

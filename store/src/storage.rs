@@ -148,14 +148,6 @@ impl Storage {
     pub fn snapshot_path(&self) -> PathBuf {
         self.dir.join("snapshot")
     }
-
-    /// Bytes the data dir takes on disk (for Status.dbSize).
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-            + std::fs::metadata(self.snapshot_path())
-                .map(|m| m.len())
-                .unwrap_or(0)
-    }
 }
 
 /// Returns whether `dir` is new (absent or empty). Refuses foreign content.

@@ -8,8 +8,8 @@
 //! - HashKV hashes the MVCC history (see [`crate::mvcc::hash`]).
 //! - Snapshot streams the state tree taken at one point in time, framed as
 //!   etcdctl's `snapshot save` expects (see [`crate::restore`]).
-//! - Defragment only flushes: sled has no defragmentation and reclaims space
-//!   itself.
+//! - Defragment has nothing to rewrite: the state is in memory, and its image
+//!   on disk is written whole at each snapshot.
 
 use std::sync::Arc;
 
@@ -93,7 +93,7 @@ impl Maintenance for MaintenanceService {
             ..Default::default()
         });
         n.fill_header(&mut header);
-        let db_size = n.storage.size_on_disk() as i64;
+        let db_size = n.mvcc.size_bytes() as i64;
         let is_learner = !m
             .membership_config
             .membership()
@@ -130,11 +130,12 @@ impl Maintenance for MaintenanceService {
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         super::auth::require_admin(&self.node, req.metadata())?;
-        // sled compacts its own segments as it goes; there is nothing to
-        // rewrite. Flushing at least leaves everything on disk, so the call
-        // does what an operator expects of "maintenance done, safe to copy".
+        // The snapshot file is rewritten whole each time, and the log is
+        // purged by segment: there is no free space inside a file to give
+        // back. Flushing the Raft metadata leaves everything on disk, so the
+        // call does what an operator expects of "maintenance done".
         self.node.storage.flush().await.map_err(internal)?;
-        info!("defragment: sled reclaims space itself; flushed only");
+        info!("defragment: nothing to rewrite (in-memory state, whole-file snapshots); flushed");
         let mut header = Some(ResponseHeader {
             revision: self.node.mvcc.revision(),
             ..Default::default()

@@ -31,11 +31,8 @@ pub struct Writer<'a> {
     /// Revision after the requests applied so far in this batch.
     pub rev: i64,
     pub compact_rev: i64,
-    /// Events of this batch in revision order, for watchers.
-    pub events: Vec<Event>,
     /// Undo records of the request in progress, to roll back on error.
     undo: Vec<Undo>,
-    undo_events: usize,
 }
 
 /// Revision bookkeeping of one request: every change gets (main, sub).
@@ -82,9 +79,7 @@ impl<'a> Writer<'a> {
             overlay: Overlay::new(),
             rev,
             compact_rev,
-            events: Vec::new(),
             undo: Vec::new(),
-            undo_events: 0,
         }
     }
 
@@ -121,7 +116,6 @@ impl<'a> Writer<'a> {
         f: impl FnOnce(&mut Self, &mut Ctx) -> Result<T, EtcdError>,
     ) -> Result<T, EtcdError> {
         self.undo.clear();
-        self.undo_events = self.events.len();
         let mut ctx = Ctx {
             main: self.rev + 1,
             sub: 0,
@@ -140,7 +134,6 @@ impl<'a> Writer<'a> {
                         None => self.overlay.remove(&k),
                     };
                 }
-                self.events.truncate(self.undo_events);
                 Err(e)
             }
         }
@@ -412,7 +405,7 @@ impl<'a> Writer<'a> {
         };
         let event = Event {
             r#type: EventType::Put as i32,
-            kv: Some(kv.clone()),
+            kv: Some(kv),
             prev_kv: None,
         };
         if let Some(p) = &prev {
@@ -423,10 +416,9 @@ impl<'a> Writer<'a> {
         if lease != 0 {
             self.write(keys::attach_key(lease, &r.key), Some(Vec::new()));
         }
-        self.write(keys::kv_key(&r.key), Some(kv.encode_to_vec()));
+        self.write(keys::kv_key(&r.key), Some(keys::kv_ref(rev)));
         self.write(keys::hist_key(rev), Some(event.encode_to_vec()));
         self.write(keys::idx_key(&r.key, rev), Some(vec![0]));
-        self.events.push(event);
         Ok(PutResponse {
             header: header(rev.main),
             prev_kv: if r.prev_kv { prev } else { None },
@@ -451,7 +443,6 @@ impl<'a> Writer<'a> {
             self.write(keys::kv_key(&kv.key), None);
             self.write(keys::hist_key(rev), Some(event.encode_to_vec()));
             self.write(keys::idx_key(&kv.key, rev), Some(vec![1]));
-            self.events.push(event);
         }
         Ok(DeleteRangeResponse {
             header: header(ctx.read_rev()),

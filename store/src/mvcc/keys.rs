@@ -4,7 +4,7 @@
 //!
 //! | prefix | key                                   | value                          |
 //! |--------|---------------------------------------|--------------------------------|
-//! | `k`    | user key                              | latest live `mvccpb.KeyValue`  |
+//! | `k`    | user key                              | `KV_REF` + revision of its `h` |
 //! | `h`    | revision main (8 BE) + sub (4 BE)     | `mvccpb.Event` of that change  |
 //! | `i`    | escaped user key + main + sub         | `[0]` put / `[1]` delete       |
 //! | `m`    | meta name                             | meta value (revision, applied…)|
@@ -14,8 +14,12 @@
 //! | `u`    | auth user name                        | `authpb.User` (password hashed)|
 //! | `r`    | auth role name                        | `authpb.Role`                  |
 //!
-//! `k` answers reads at the current revision with one lookup per key. `h` is
-//! the history in revision order: watch replays it. `i` lists the revisions of
+//! `k` answers reads at the current revision: one lookup per key gives the
+//! revision of the key's latest put, whose `h` record holds the value. The
+//! value is stored once; compaction never removes that record, since it is
+//! the newest put of a live key. (Trees written before this layout hold the
+//! `mvccpb.KeyValue` itself in `k`; both are read.) `h` is the history in
+//! revision order: watch replays it. `i` lists the revisions of
 //! each key in key order, so a read at a past revision, or a `prev_kv`, is a
 //! short scan. User keys in `i` are escaped (0x00 → 0x00 0xFF, then 0x00 0x01)
 //! so that the revisions of one key stay contiguous and key order is kept.
@@ -64,6 +68,26 @@ impl Rev {
             main: u64::from_be_bytes(b[..8].try_into().ok()?) as i64,
             sub: u32::from_be_bytes(b[8..].try_into().ok()?),
         })
+    }
+}
+
+/// First byte of a `k` value that points into `h`. A protobuf KeyValue
+/// never starts with it (it would be field 31 with wire type 6).
+pub const KV_REF: u8 = 0xfe;
+
+/// The `k` value of a key whose latest put is at `rev`.
+pub fn kv_ref(rev: Rev) -> Vec<u8> {
+    let mut v = Vec::with_capacity(13);
+    v.push(KV_REF);
+    v.extend_from_slice(&rev.to_bytes());
+    v
+}
+
+/// The revision a `k` value points at; `None` for an inline KeyValue.
+pub fn parse_kv_ref(v: &[u8]) -> Option<Rev> {
+    match v.split_first() {
+        Some((&KV_REF, rest)) => Rev::from_bytes(rest),
+        _ => None,
     }
 }
 

@@ -35,6 +35,17 @@ struct State {
     tree: Tree,
     rev: i64,
     compact_rev: i64,
+    /// Size of the tree as a snapshot holds it (see [`record_size`]).
+    bytes: u64,
+}
+
+/// Bytes one record takes in a snapshot: two u32 lengths, key and value.
+fn record_size(k: &[u8], v: &[u8]) -> u64 {
+    (8 + k.len() + v.len()) as u64
+}
+
+fn tree_size(tree: &Tree) -> u64 {
+    tree.iter().map(|(k, v)| record_size(k, v)).sum()
 }
 
 /// Shared handle on the key-value state.
@@ -68,6 +79,7 @@ impl Mvcc {
         let compact_rev = read_i64(&tree, "compact").unwrap_or(0);
         Mvcc {
             state: RwLock::new(State {
+                bytes: tree_size(&tree),
                 tree,
                 rev,
                 compact_rev,
@@ -151,6 +163,12 @@ impl Mvcc {
         self.lock_read().compact_rev
     }
 
+    /// Size of the state as a snapshot would hold it: etcd's backend size,
+    /// which `--quota-backend-bytes` limits and Status reports as dbSize.
+    pub fn size_bytes(&self) -> u64 {
+        self.lock_read().bytes
+    }
+
     /// Applies one batch: `f` evaluates requests on a [`Writer`] that reads
     /// the current state through its own pending writes; then those writes
     /// and the new revision land at once. Only the state machine calls this,
@@ -165,12 +183,18 @@ impl Mvcc {
         drop(s);
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         let timer = crate::metrics::METRICS.backend_commit.start_timer();
+        let mut bytes = s.bytes;
         for (k, v) in overlay {
-            match v {
+            let added = v.as_ref().map_or(0, |v| record_size(&k, v));
+            let key_part = record_size(&k, &[]);
+            let old = match v {
                 Some(v) => s.tree.insert(k, v),
                 None => s.tree.remove(&k),
             };
+            let removed = old.map_or(0, |o| key_part + o.len() as u64);
+            bytes = (bytes + added).saturating_sub(removed);
         }
+        s.bytes = bytes;
         timer.observe_duration();
         s.rev = rev;
         s.compact_rev = compact_rev;
@@ -184,6 +208,7 @@ impl Mvcc {
         let rev = read_i64(&tree, "rev").unwrap_or(1);
         let compact_rev = read_i64(&tree, "compact").unwrap_or(0);
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        s.bytes = tree_size(&tree);
         let old = std::mem::replace(&mut s.tree, tree);
         // The history may differ entirely after a snapshot install.
         *self.history_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -105,8 +105,18 @@ impl View<'_> {
     /// The live KeyValue of `key` at the current revision.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
         self.get_raw(&keys::kv_key(key))?
-            .map(|b| decode(&b))
+            .map(|b| self.resolve_kv(&b))
             .transpose()
+    }
+
+    /// The KeyValue a `k` record stands for (see [`keys::KV_REF`]).
+    fn resolve_kv(&self, v: &[u8]) -> Result<KeyValue, EtcdError> {
+        let Some(rev) = keys::parse_kv_ref(v) else {
+            return decode(v);
+        };
+        self.event_at(rev)?
+            .and_then(|e| e.kv)
+            .ok_or_else(|| storage_err(format!("no history record at revision {rev:?}")))
     }
 
     /// Every live key in `range` at revision `at` (≤ current), in key order.
@@ -117,7 +127,7 @@ impl View<'_> {
             let (lo, hi) = range.kv_bounds();
             for item in scan(self.tree, self.overlay, lo, hi) {
                 let (_, v) = item?;
-                out.push(decode::<KeyValue>(&v)?);
+                out.push(self.resolve_kv(&v)?);
             }
             return Ok(out);
         }

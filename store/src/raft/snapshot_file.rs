@@ -8,6 +8,7 @@
 //! ```text
 //! file    = meta len u64 BE | meta (bincode SnapshotMeta) | data
 //! data    = SNAP_MAGIC | (key len u32 BE | key | value len u32 BE | value)*
+//!           (records of the state tree in key order, see `mvcc::keys`)
 //! ```
 //!
 //! A file is written beside its final name, fsynced, renamed over it and
@@ -22,7 +23,11 @@ use openraft::StorageIOError;
 use super::{SnapshotMeta, StorageError};
 use crate::mvcc::Tree;
 
-const SNAP_MAGIC: &[u8] = b"CAIRNSNAP1";
+/// Version 2: `k` records point into the history (see `mvcc::keys`). A
+/// member running older code refuses such data rather than misreading it;
+/// version 1 data is still read.
+const SNAP_MAGIC: &[u8] = b"CAIRNSNAP2";
+const SNAP_MAGIC_V1: &[u8] = b"CAIRNSNAP1";
 
 /// Marks the end of the records where a key length would be. No record has a
 /// 4 GiB key, so data written before the marker existed never contains it.
@@ -55,6 +60,7 @@ pub(crate) fn encode_tree(tree: &Tree) -> Vec<u8> {
 pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
     let mut rest = data
         .strip_prefix(SNAP_MAGIC)
+        .or_else(|| data.strip_prefix(SNAP_MAGIC_V1))
         .ok_or_else(|| snap_err("not a Cairn snapshot"))?;
     let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StorageError> {
         let len = rest
