@@ -257,8 +257,8 @@ mod tests {
     #[test]
     fn seal_pads_to_etcdctl_size_and_roundtrips() {
         let mut src = tree();
-        src.insert(b"kfoo".to_vec(), b"bar".to_vec());
-        src.insert(keys::meta_key("rev"), 7i64.to_be_bytes().to_vec());
+        src.insert(b"kfoo", b"bar");
+        src.insert(&keys::meta_key("rev"), &7i64.to_be_bytes());
         let payload = encode_tree(&src);
         let (body, sha) = seal(payload);
         let mut file = body.clone();
@@ -289,7 +289,7 @@ mod tests {
     fn unsealed_raft_payload_still_decodes() {
         // Raft snapshots carry no end marker: the decoder stops at the end.
         let mut src = tree();
-        src.insert(b"kx".to_vec(), b"y".to_vec());
+        src.insert(b"kx", b"y");
         assert_eq!(decode_tree(&encode_tree(&src)).unwrap(), src);
     }
 }

@@ -9,6 +9,8 @@
 //! from etcd's own HashKV (which hashes bbolt's key layout): only equality
 //! between members of one cluster is meaningful.
 
+use std::ops::Bound;
+
 use crc32fast::Hasher;
 
 use super::keys::{self, Rev};
@@ -45,7 +47,7 @@ impl View<'_> {
             sub: 0,
         });
         let mut h = Hasher::new();
-        for (k, v) in self.tree.range(lo..hi) {
+        for (k, v) in self.tree.range(Bound::Included(&lo), Bound::Excluded(&hi)) {
             h.update(k);
             h.update(v);
         }

@@ -16,19 +16,18 @@
 pub mod apply;
 pub mod hash;
 pub mod keys;
+pub mod tree;
 pub mod view;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use apply::Writer;
 use view::View;
 
-/// The whole state: raw keys in byte order (layout in [`keys`]).
-pub type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
+pub use tree::Tree;
 
 /// Revision bookkeeping plus the tree they describe.
 struct State {
@@ -68,7 +67,7 @@ struct HistoryChunk {
 
 fn read_i64(tree: &Tree, name: &str) -> Option<i64> {
     tree.get(&keys::meta_key(name))
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
         .map(i64::from_be_bytes)
 }
 
@@ -149,10 +148,7 @@ impl Mvcc {
 
     /// Live keys at the current revision (for the keys gauge).
     pub fn key_count(&self) -> usize {
-        self.lock_read()
-            .tree
-            .range(vec![keys::KV]..vec![keys::KV + 1])
-            .count()
+        self.lock_read().tree.prefix(&[keys::KV]).count()
     }
 
     pub fn revision(&self) -> i64 {
@@ -188,10 +184,10 @@ impl Mvcc {
             let added = v.as_ref().map_or(0, |v| record_size(&k, v));
             let key_part = record_size(&k, &[]);
             let old = match v {
-                Some(v) => s.tree.insert(k, v),
+                Some(v) => s.tree.insert(&k, &v),
                 None => s.tree.remove(&k),
             };
-            let removed = old.map_or(0, |o| key_part + o.len() as u64);
+            let removed = old.map_or(0, |len| key_part + len as u64);
             bytes = (bytes + added).saturating_sub(removed);
         }
         s.bytes = bytes;

@@ -430,8 +430,8 @@ fn inline_kv_records_of_older_trees_are_read() {
         lease: 0,
     };
     let mut tree = Tree::new();
-    tree.insert(keys::kv_key(b"a"), kv.encode_to_vec());
-    tree.insert(keys::meta_key("rev"), 2i64.to_be_bytes().to_vec());
+    tree.insert(&keys::kv_key(b"a"), &kv.encode_to_vec());
+    tree.insert(&keys::meta_key("rev"), &2i64.to_be_bytes());
     let m = Mvcc::open(tree);
     assert_eq!(get(&m, "a").kvs[0].value, b"old");
     let r = put(&m, "a", "new");

@@ -46,21 +46,22 @@ pub fn scan<'a>(
     lo: Bound<Vec<u8>>,
     hi: Bound<Vec<u8>>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), EtcdError>> + 'a {
-    let bounds = (lo, hi);
+    let base = tree.range(
+        lo.as_ref().map(Vec::as_slice),
+        hi.as_ref().map(Vec::as_slice),
+    );
     let ov: OverlayIter<'a> = match overlay {
-        Some(o) => Box::new(o.range(bounds.clone())),
+        Some(o) => Box::new(o.range((lo, hi))),
         None => Box::new(std::iter::empty()),
     };
     Merge {
-        base: tree.range(bounds).peekable(),
+        base: base.peekable(),
         ov: ov.peekable(),
     }
 }
 
-type BaseIter<'a> = std::collections::btree_map::Range<'a, Vec<u8>, Vec<u8>>;
-
 struct Merge<'a> {
-    base: std::iter::Peekable<BaseIter<'a>>,
+    base: std::iter::Peekable<super::tree::Iter<'a>>,
     ov: std::iter::Peekable<OverlayIter<'a>>,
 }
 
@@ -72,14 +73,14 @@ impl Iterator for Merge<'_> {
             let base_key = self.base.peek().map(|(k, _)| *k);
             let Some(&(ok, ov)) = self.ov.peek() else {
                 let (k, v) = self.base.next()?;
-                return Some(Ok((k.clone(), v.clone())));
+                return Some(Ok((k.to_vec(), v.to_vec())));
             };
             match base_key {
-                Some(bk) if bk < ok => {
+                Some(bk) if bk < ok.as_slice() => {
                     let (k, v) = self.base.next()?;
-                    return Some(Ok((k.clone(), v.clone())));
+                    return Some(Ok((k.to_vec(), v.to_vec())));
                 }
-                Some(bk) if bk == ok => {
+                Some(bk) if bk == ok.as_slice() => {
                     // The pending write replaces the stored entry.
                     self.base.next();
                 }
@@ -99,7 +100,7 @@ impl View<'_> {
         if let Some(v) = self.overlay.and_then(|o| o.get(k)) {
             return Ok(v.clone());
         }
-        Ok(self.tree.get(k).cloned())
+        Ok(self.tree.get(k).map(<[u8]>::to_vec))
     }
 
     /// The live KeyValue of `key` at the current revision.

@@ -46,7 +46,7 @@ pub(crate) fn encode_tree(tree: &Tree) -> Vec<u8> {
     let size: usize = tree.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
     let mut out = Vec::with_capacity(SNAP_MAGIC.len() + size);
     out.extend_from_slice(SNAP_MAGIC);
-    for (k, v) in tree {
+    for (k, v) in tree.iter() {
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
         out.extend_from_slice(k);
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -62,18 +62,6 @@ pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
         .strip_prefix(SNAP_MAGIC)
         .or_else(|| data.strip_prefix(SNAP_MAGIC_V1))
         .ok_or_else(|| snap_err("not a Cairn snapshot"))?;
-    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, StorageError> {
-        let len = rest
-            .get(..4)
-            .ok_or_else(|| snap_err("truncated snapshot"))?;
-        let len = u32::from_be_bytes(len.try_into().unwrap_or_default()) as usize;
-        let body = rest
-            .get(4..4 + len)
-            .ok_or_else(|| snap_err("truncated snapshot"))?;
-        let v = body.to_vec();
-        *rest = &rest[4 + len..];
-        Ok(v)
-    };
     let mut tree = Tree::new();
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix(&SNAP_END) {
@@ -82,11 +70,24 @@ pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
             }
             break;
         }
-        let k = take(&mut rest)?;
-        let v = take(&mut rest)?;
+        let k = take_field(&mut rest)?;
+        let v = take_field(&mut rest)?;
         tree.insert(k, v);
     }
     Ok(tree)
+}
+
+/// One length-prefixed field off the front of `rest`.
+fn take_field<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], StorageError> {
+    let truncated = || snap_err("truncated snapshot");
+    let len = rest
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(truncated)? as usize;
+    let body = rest.get(4..4 + len).ok_or_else(truncated)?;
+    *rest = &rest[4 + len..];
+    Ok(body)
 }
 
 /// Durably replaces the image at `path` (see the module doc).

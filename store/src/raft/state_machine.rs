@@ -84,9 +84,14 @@ fn migrate_sled_state(storage: &Storage) -> anyhow::Result<()> {
         let mut tree = Tree::new();
         for item in old.iter() {
             let (k, v) = item?;
-            tree.insert(k.to_vec(), v.to_vec());
+            tree.insert(&k, &v);
         }
-        let mut meta = |name: &str| tree.remove(&keys::meta_key(name));
+        let mut meta = |name: &str| {
+            let k = keys::meta_key(name);
+            let v = tree.get(&k).map(<[u8]>::to_vec);
+            tree.remove(&k);
+            v
+        };
         let applied: Option<LogId> = match meta("applied") {
             Some(v) => bincode::deserialize(&v)?,
             None => None,
@@ -201,7 +206,7 @@ fn stamp(h: &mut Option<cairn_proto::etcdserverpb::ResponseHeader>, term: u64) {
 pub fn member_attrs(mvcc: &Mvcc) -> Vec<(u64, MemberAttrs)> {
     mvcc.read(|v| {
         v.tree
-            .range(vec![keys::MEMBER]..vec![keys::MEMBER + 1])
+            .prefix(&[keys::MEMBER])
             .filter_map(|(k, v)| {
                 let id = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
                 Some((id, serde_json::from_slice(v).ok()?))
@@ -415,7 +420,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _) = Storage::open(dir.path()).unwrap();
         // As an earlier version left it: generation 1, applied up to 7.
-        let mut tree = Tree::new();
         let mvcc = Mvcc::open(Tree::new());
         mvcc.apply(|w| {
             w.put(&PutRequest {
@@ -425,11 +429,12 @@ mod tests {
             })
             .unwrap();
         });
-        mvcc.read(|v| tree.extend(v.tree.iter().map(|(k, v)| (k.clone(), v.clone()))));
         let old = storage.db.open_tree("sm.1").unwrap();
-        for (k, v) in &tree {
-            old.insert(k, v.as_slice()).unwrap();
-        }
+        mvcc.read(|v| {
+            for (k, v) in v.tree.iter() {
+                old.insert(k, v).unwrap();
+            }
+        });
         let applied = bincode::serialize(&Some(log_id(7))).unwrap();
         old.insert(keys::meta_key("applied"), applied).unwrap();
         storage.raft.insert("sm_gen", &1u64.to_be_bytes()).unwrap();
