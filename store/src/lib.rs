@@ -6,15 +6,15 @@
 //! - [`batcher`]: concurrent writes proposed as one Raft entry.
 //! - [`node`]: a running member: propose through the leader, read-index barrier.
 //! - [`command`]: the Raft log entry format (versioned, carries the user).
-//! - [`raft`]: openraft wiring: sled log store, state machine, peer network.
+//! - [`raft`]: openraft wiring: WAL log store, state machine and its snapshot file, peer network.
 //! - [`compactor`]: `--auto-compaction-*`, proposed by the leader.
 //! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
 //! - [`auth`]: users, roles, permissions and tokens (etcd's v3 auth).
 //! - [`membership`]: member add/remove/update/promote with etcd's checks.
 //! - [`watch`]: watchers, reading the store's history.
-//! - [`mvcc`]: etcd's revisioned key-value store over sled.
+//! - [`mvcc`]: etcd's revisioned key-value store, in memory.
 //! - [`api`]: the gRPC services clients call.
-//! - [`storage`]: the data dir layout and sled; the only module that opens it.
+//! - [`storage`]: the data dir layout and sled (Raft metadata); the only module that opens it.
 //! - [`tls`]: rustls configs for the client and peer ports from etcd's flags.
 //! - [`metrics`]: `/metrics` with etcd's metric names.
 //! - [`restore`]: the snapshot file (`etcdctl snapshot save`) and `cairn snapshot restore`.

@@ -47,12 +47,9 @@ impl Storage {
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
-            // sled's default cache is 1 GiB; the working set here is small.
-            // A member's peak RSS follows this closely (after loading 100k
-            // keys of 256 B: ~100 MiB at 64 MiB, ~67 at 32, ~52 at 16; etcd
-            // ~150-170), and put/mixed throughput did not measurably change
-            // between 64 and 32: see bench/RESULTS.md.
-            .cache_capacity(32 << 20)
+            // sled's default cache is 1 GiB; it holds only Raft metadata
+            // here (vote, purge point, identity: a few records).
+            .cache_capacity(4 << 20)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| {

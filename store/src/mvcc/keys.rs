@@ -1,6 +1,6 @@
-//! Byte layout of the state-machine tree. Everything lives in ONE sled tree so
-//! that applying a batch of log entries is a single atomic `apply_batch`, and
-//! the tree can be swapped whole when a snapshot is installed.
+//! Byte layout of the state-machine tree. Everything lives in ONE ordered tree
+//! so that a batch of log entries lands at once, the tree can be swapped whole
+//! when a snapshot is installed, and a snapshot is simply its records in order.
 //!
 //! | prefix | key                                   | value                          |
 //! |--------|---------------------------------------|--------------------------------|

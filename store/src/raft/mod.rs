@@ -4,6 +4,7 @@
 //!   sled, fsynced before openraft is told.
 //! - [`wal`]: the Raft log's segment files (append, fdatasync, read back).
 //! - [`state_machine`]: applies entries to [`crate::mvcc`], builds and installs snapshots.
+//! - [`snapshot_file`]: the state's image on disk, which with the log makes it durable.
 //! - [`network`]: the client side of the peer gRPC protocol (cached channels).
 //! - [`peer_service`]: the server side of the peer protocol.
 
