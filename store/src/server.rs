@@ -110,7 +110,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
 
     let sm = StateMachine::open(storage.clone())?;
     let mvcc = sm.mvcc.clone();
-    let log = LogStore::open(storage.clone())?;
+    let log = LogStore::open(storage.clone())?.purge_behind(sm.snapshot_slot().durable());
     let raft_config = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
         heartbeat_interval: cfg.heartbeat_interval,

@@ -72,7 +72,8 @@ impl Rev {
 }
 
 /// First byte of a `k` value that points into `h`. A protobuf KeyValue
-/// never starts with it (it would be field 31 with wire type 6).
+/// never starts with it: as a first byte it would begin a field tag of wire
+/// type 6, which protobuf does not define.
 pub const KV_REF: u8 = 0xfe;
 
 /// The `k` value of a key whose latest put is at `rev`.

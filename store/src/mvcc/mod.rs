@@ -167,8 +167,9 @@ impl Mvcc {
 
     /// Applies one batch: `f` evaluates requests on a [`Writer`] that reads
     /// the current state through its own pending writes; then those writes
-    /// and the new revision land at once. Only the state machine calls this,
-    /// one batch at a time, so nothing changes between the two steps.
+    /// and the new revision land at once. Only the state machine's task calls
+    /// this and [`Mvcc::replace_tree`], one at a time, so nothing changes the
+    /// tree between the two steps.
     pub fn apply<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> T {
         let s = self.lock_read();
         let mut w = Writer::new(&s.tree, s.rev, s.compact_rev);

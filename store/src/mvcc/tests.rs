@@ -440,3 +440,31 @@ fn inline_kv_records_of_older_trees_are_read() {
     assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (2, 2, 3));
     assert_eq!(kv.value, b"new");
 }
+
+#[test]
+fn a_range_end_below_the_key_is_empty_as_in_etcd() {
+    let m = store();
+    put(&m, "a", "1");
+    put(&m, "c", "1");
+    assert!(range(&m, prefix("c", "a")).unwrap().kvs.is_empty());
+    let d = m.apply(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "c".into(),
+            range_end: "a".into(),
+            ..Default::default()
+        })
+    });
+    assert_eq!(d.unwrap().deleted, 0);
+    let t = txn(
+        &m,
+        TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Op::RequestRange(prefix("c", "a"))),
+            }],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.revision(), 3);
+    assert!(t.succeeded);
+}

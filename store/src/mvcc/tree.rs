@@ -113,9 +113,16 @@ impl Tree {
         });
     }
 
+    /// Records between the bounds; none if they are reversed (a request's
+    /// `range_end` below its key), where `BTreeSet::range` would panic.
     pub fn range<'a>(&'a self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Iter<'a> {
         let pair: fn(&'a Record) -> (&'a [u8], &'a [u8]) = Record::split;
-        self.set.range::<[u8], _>((lo, hi)).map(pair)
+        let bounds = if ordered(lo, hi) {
+            (lo, hi)
+        } else {
+            (Bound::Included(&[][..]), Bound::Excluded(&[][..]))
+        };
+        self.set.range::<[u8], _>(bounds).map(pair)
     }
 
     /// Every record whose key starts with `prefix`.
@@ -127,6 +134,18 @@ impl Tree {
 
     pub fn iter(&self) -> Iter<'_> {
         self.range(Bound::Unbounded, Bound::Unbounded)
+    }
+}
+
+/// Whether `(lo, hi)` is a range `BTreeMap::range` accepts: start not after
+/// end, and not both excluded at the same key.
+pub fn ordered(lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
+    match (lo, hi) {
+        (Bound::Unbounded, _) | (_, Bound::Unbounded) => true,
+        (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+            a <= b
+        }
     }
 }
 
@@ -166,6 +185,17 @@ mod tests {
             [(b"ab".to_vec(), vec![]), (b"b".to_vec(), b"22".to_vec())]
         );
         assert_eq!(t.prefix(b"a").count(), 2);
+        // Reversed bounds are an empty range, not a panic.
+        assert_eq!(
+            t.range(Bound::Included(b"b"), Bound::Excluded(b"a"))
+                .count(),
+            0
+        );
+        assert_eq!(
+            t.range(Bound::Excluded(b"a"), Bound::Excluded(b"a"))
+                .count(),
+            0
+        );
         assert_eq!(t.remove(b"ab"), Some(0));
         assert_eq!(t.remove(b"ab"), None);
         assert_eq!(t.len(), 2);

@@ -46,13 +46,16 @@ pub fn scan<'a>(
     lo: Bound<Vec<u8>>,
     hi: Bound<Vec<u8>>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), EtcdError>> + 'a {
-    let base = tree.range(
+    let (lo_s, hi_s) = (
         lo.as_ref().map(Vec::as_slice),
         hi.as_ref().map(Vec::as_slice),
     );
+    let ordered = super::tree::ordered(lo_s, hi_s);
+    let base = tree.range(lo_s, hi_s);
     let ov: OverlayIter<'a> = match overlay {
-        Some(o) => Box::new(o.range((lo, hi))),
-        None => Box::new(std::iter::empty()),
+        // Reversed bounds (a `range_end` below the key) are empty, not a panic.
+        Some(o) if ordered => Box::new(o.range((lo, hi))),
+        _ => Box::new(std::iter::empty()),
     };
     Merge {
         base: base.peekable(),

@@ -5,12 +5,13 @@
 //! which fdatasyncs once for everything appended since its last sync (group
 //! commit) and only then fires the callbacks, in order.
 //!
-//! The state machine (sled) is not synced on the commit path: after a crash it
-//! may be behind the log, and openraft re-applies from its applied index, or
-//! (power loss) ahead of what reached the log's disk, and openraft then starts
-//! the log after the applied index. So the committed index handed back at
-//! start is capped at the log's end: re-applying never asks for an entry the
-//! log does not hold.
+//! The state machine lives in memory; its durable image is the snapshot file.
+//! After a crash openraft re-applies the log from the image's applied index.
+//! The image may also be ahead of what reached the log's disk (an installed
+//! snapshot, or power loss), and openraft then starts the log after it. So the
+//! committed index handed back at start is capped at the log's end:
+//! re-applying never asks for an entry the log does not hold. A purge waits
+//! until the snapshot file covers it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -28,6 +29,8 @@ pub struct LogStore {
     storage: Storage,
     wal: Arc<Wal>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Index the durable snapshot file covers (see [`LogStore::purge_behind`]).
+    snapshot: Option<tokio::sync::watch::Receiver<Option<u64>>>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -38,6 +41,9 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
+/// How long a purge waits for the snapshot file to cover it.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl LogStore {
     /// Opens the log of a data dir (moving a log that older versions kept in
     /// sled into the segment files first).
@@ -46,6 +52,15 @@ impl LogStore {
         let wal = Arc::new(Wal::open(&storage.wal_dir(), purged)?);
         migrate_sled_log(&storage, &wal, purged)?;
         Ok(LogStore::new(storage, wal))
+    }
+
+    /// Purges only behind the durable snapshot, as `durable` reports it.
+    /// openraft purges the log behind an installed snapshot without waiting
+    /// for the install; a crash in between would leave the old image and a
+    /// log that no longer reaches it.
+    pub fn purge_behind(mut self, durable: tokio::sync::watch::Receiver<Option<u64>>) -> LogStore {
+        self.snapshot = Some(durable);
+        self
     }
 
     fn new(storage: Storage, wal: Arc<Wal>) -> LogStore {
@@ -73,6 +88,7 @@ impl LogStore {
             storage,
             wal,
             flusher: tx,
+            snapshot: None,
         }
     }
 
@@ -187,6 +203,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(rx) = self.snapshot.as_mut() {
+            let covered = |d: &Option<u64>| *d >= Some(log_id.index);
+            match tokio::time::timeout(PURGE_WAIT, rx.wait_for(covered)).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    return Err(
+                        StorageIOError::write_logs(openraft::AnyError::error(format!(
+                        "no durable snapshot covers index {} within {PURGE_WAIT:?}: not purging",
+                        log_id.index
+                    )))
+                        .into(),
+                    )
+                }
+            }
+        }
         // The purge point is made durable first: a crash in between leaves
         // entries the log skips when it is opened, never a hole.
         // Stored as a bare LogId: get_log_state reads it back as one.

@@ -31,9 +31,9 @@ const SNAP_MAGIC_V1: &[u8] = b"CAIRNSNAP1";
 
 /// Marks the end of the records where a key length would be. No record has a
 /// 4 GiB key, so data written before the marker existed never contains it.
-/// Raft snapshots are still written without it (members running older code
-/// decode them); `Maintenance.Snapshot` writes it so that the zero padding
-/// etcdctl requires after the records is not read as more records.
+/// Raft snapshots are written without it; `Maintenance.Snapshot` writes it so
+/// that the zero padding etcdctl requires after the records is not read as
+/// more records.
 pub(crate) const SNAP_END: [u8; 4] = [0xff; 4];
 
 pub(crate) fn snap_err(e: impl std::fmt::Display) -> StorageError {

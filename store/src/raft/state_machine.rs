@@ -34,13 +34,51 @@ pub struct MemberAttrs {
 }
 
 pub struct StateMachine {
-    storage: Storage,
     pub mvcc: Arc<Mvcc>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    /// Meta of the snapshot file, if it is a Raft snapshot (a restored data
-    /// dir's image has no log position and is not offered to peers).
-    current: Arc<Mutex<Option<SnapshotMeta>>>,
+    slot: Arc<SnapshotSlot>,
+}
+
+/// The snapshot file and what is known of it, shared by the state machine
+/// and its builders: openraft runs a build in its own task, so a build and
+/// an install can finish at the same time.
+pub struct SnapshotSlot {
+    path: std::path::PathBuf,
+    /// Serializes writers (they share the file's temporary name).
+    write: Mutex<()>,
+    /// Meta of the file, if it is a Raft snapshot (a restored data dir's
+    /// image has no log position and is not offered to peers).
+    current: Mutex<Option<SnapshotMeta>>,
+    /// Index the durable file covers: the log store purges no further.
+    durable: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+impl SnapshotSlot {
+    /// Makes `data` the image at `meta`, durably. A build older than the file
+    /// (an install overtook it) is dropped: `false`.
+    fn store(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+        is_build: bool,
+    ) -> Result<bool, StorageError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let on_file = self.durable.borrow().to_owned();
+        if is_build && on_file >= meta.last_log_id.map(|l| l.index) {
+            return Ok(false);
+        }
+        snapshot_file::save(&self.path, meta, data)?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            meta.last_log_id.is_some().then(|| meta.clone());
+        self.durable.send_replace(meta.last_log_id.map(|l| l.index));
+        Ok(true)
+    }
+
+    /// Follows the index the durable snapshot covers.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.durable.subscribe()
+    }
 }
 
 fn snapshot_meta(applied: Option<LogId>, membership: StoredMembership) -> SnapshotMeta {
@@ -119,23 +157,31 @@ fn migrate_sled_state(storage: &Storage) -> anyhow::Result<()> {
 impl StateMachine {
     pub fn open(storage: Storage) -> anyhow::Result<StateMachine> {
         migrate_sled_state(&storage)?;
-        let (tree, applied, membership, current) =
-            match snapshot_file::load(&storage.snapshot_path())? {
-                Some((meta, data)) => (
-                    decode_tree(&data).map_err(|e| anyhow::anyhow!("snapshot file: {e}"))?,
-                    meta.last_log_id,
-                    meta.last_membership.clone(),
-                    meta.last_log_id.is_some().then_some(meta),
-                ),
-                None => (Tree::new(), None, StoredMembership::default(), None),
-            };
+        let path = storage.snapshot_path();
+        let (tree, applied, membership, current) = match snapshot_file::load(&path)? {
+            Some((meta, data)) => (
+                decode_tree(&data).map_err(|e| anyhow::anyhow!("snapshot file: {e}"))?,
+                meta.last_log_id,
+                meta.last_membership.clone(),
+                meta.last_log_id.is_some().then_some(meta),
+            ),
+            None => (Tree::new(), None, StoredMembership::default(), None),
+        };
         Ok(StateMachine {
-            storage,
             mvcc: Arc::new(Mvcc::open(tree)),
             applied,
             membership,
-            current: Arc::new(Mutex::new(current)),
+            slot: Arc::new(SnapshotSlot {
+                path,
+                write: Mutex::new(()),
+                durable: tokio::sync::watch::channel(applied.map(|l| l.index)).0,
+                current: Mutex::new(current),
+            }),
         })
+    }
+
+    pub fn snapshot_slot(&self) -> Arc<SnapshotSlot> {
+        self.slot.clone()
     }
 
     fn apply_command(w: &mut crate::mvcc::apply::Writer, req: &Request, term: u64) -> Response {
@@ -217,9 +263,8 @@ pub fn member_attrs(mvcc: &Mvcc) -> Vec<(u64, MemberAttrs)> {
 
 /// Builds a snapshot from a point-in-time copy taken by the state machine.
 pub struct SnapshotBuilder {
-    storage: Storage,
     copy: Option<(SnapshotMeta, Vec<u8>)>,
-    current: Arc<Mutex<Option<SnapshotMeta>>>,
+    slot: Arc<SnapshotSlot>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -229,14 +274,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .ok_or_else(|| snap_err("snapshot already built"))?;
         // Durable before openraft purges the log behind it.
-        let path = self.storage.snapshot_path();
-        let m = meta.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            snapshot_file::save(&path, &m, &data).map(|()| data)
-        })
-        .await
-        .map_err(snap_err)??;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
+        let (slot, m) = (self.slot.clone(), meta.clone());
+        let data = tokio::task::spawn_blocking(move || slot.store(&m, &data, true).map(|_| data))
+            .await
+            .map_err(snap_err)??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -279,9 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let data = self.mvcc.read(|v| encode_tree(v.tree));
         SnapshotBuilder {
-            storage: self.storage.clone(),
             copy: Some((snapshot_meta(self.applied, self.membership.clone()), data)),
-            current: self.current.clone(),
+            slot: self.slot.clone(),
         }
     }
 
@@ -296,20 +336,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let tree = decode_tree(&data)?;
-        let path = self.storage.snapshot_path();
-        let m = meta.clone();
-        tokio::task::spawn_blocking(move || snapshot_file::save(&path, &m, &data))
+        // openraft purges the log behind the snapshot without waiting for
+        // this; the log store holds that purge until the file is durable.
+        let (slot, m) = (self.slot.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || slot.store(&m, &data, false))
             .await
             .map_err(snap_err)??;
         self.mvcc.replace_tree(tree);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         if self
+            .slot
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -318,7 +359,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         // The file is read whole rather than kept in memory between sends.
-        let path = self.storage.snapshot_path();
+        let path = self.slot.path.clone();
         let loaded = tokio::task::spawn_blocking(move || snapshot_file::load(&path))
             .await
             .map_err(snap_err)?
