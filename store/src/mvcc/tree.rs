@@ -23,11 +23,14 @@ impl Record {
         Record(b.into_boxed_slice())
     }
 
+    // Called for every key comparison of a tree search.
+    #[inline]
     fn split(&self) -> (&[u8], &[u8]) {
         let n = u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) as usize;
         self.0[4..].split_at(n)
     }
 
+    #[inline]
     fn key(&self) -> &[u8] {
         self.split().0
     }

@@ -38,6 +38,9 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     slot: Arc<SnapshotSlot>,
+    /// The snapshot file as read when opening: openraft's start-up asks for
+    /// the current snapshot at once, and gets this instead of a second read.
+    opened_with: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 /// The snapshot file and what is known of it, shared by the state machine
@@ -158,19 +161,23 @@ impl StateMachine {
     pub fn open(storage: Storage) -> anyhow::Result<StateMachine> {
         migrate_sled_state(&storage)?;
         let path = storage.snapshot_path();
-        let (tree, applied, membership, current) = match snapshot_file::load(&path)? {
+        let loaded = snapshot_file::load(&path)?;
+        let (tree, applied, membership) = match &loaded {
             Some((meta, data)) => (
-                decode_tree(&data).map_err(|e| anyhow::anyhow!("snapshot file: {e}"))?,
+                decode_tree(data).map_err(|e| anyhow::anyhow!("snapshot file: {e}"))?,
                 meta.last_log_id,
                 meta.last_membership.clone(),
-                meta.last_log_id.is_some().then_some(meta),
             ),
-            None => (Tree::new(), None, StoredMembership::default(), None),
+            None => (Tree::new(), None, StoredMembership::default()),
         };
+        // Only a snapshot with a log position is a Raft snapshot.
+        let opened_with = loaded.filter(|(meta, _)| meta.last_log_id.is_some());
+        let current = opened_with.as_ref().map(|(meta, _)| meta.clone());
         Ok(StateMachine {
             mvcc: Arc::new(Mvcc::open(tree)),
             applied,
             membership,
+            opened_with,
             slot: Arc::new(SnapshotSlot {
                 path,
                 write: Mutex::new(()),
@@ -349,14 +356,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        if self
+        let current = self
             .slot
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-        {
+            .as_ref()
+            .map(|m| m.snapshot_id.clone());
+        let Some(current) = current else {
             return Ok(None);
+        };
+        if let Some((meta, data)) = self.opened_with.take() {
+            if meta.snapshot_id == current {
+                return Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                }));
+            }
         }
         // The file is read whole rather than kept in memory between sends.
         let path = self.slot.path.clone();
