@@ -5,6 +5,11 @@
 //! which fdatasyncs once for everything appended since its last sync (group
 //! commit) and only then fires the callbacks, in order.
 //!
+//! A leader does not wait for its own flush before replicating (see
+//! `vendor/openraft/CAIRN.md`), so `save_vote` also waits until everything
+//! appended before it is flushed: a member that starts an election, and may
+//! lead again, counts its whole log as flushed.
+//!
 //! The state machine lives in memory; its durable image is the snapshot file.
 //! After a crash openraft re-applies the log from the image's applied index.
 //! The image may also be ahead of what reached the log's disk (an installed
@@ -28,7 +33,7 @@ use crate::storage::Storage;
 pub struct LogStore {
     storage: Storage,
     wal: Arc<Wal>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::Sender<Flush>,
     /// Index the durable snapshot file covers (see [`LogStore::purge_behind`]).
     snapshot: Option<tokio::sync::watch::Receiver<Option<u64>>>,
 }
@@ -64,7 +69,7 @@ impl LogStore {
     }
 
     fn new(storage: Storage, wal: Arc<Wal>) -> LogStore {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<Flush>();
         let sync_wal = wal.clone();
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
@@ -75,11 +80,17 @@ impl LogStore {
                     let timer = crate::metrics::METRICS.wal_fsync.start_timer();
                     let res = sync_wal.sync();
                     timer.observe_duration();
-                    for cb in waiting {
-                        cb.log_io_completed(match &res {
+                    for w in waiting {
+                        let res = match &res {
                             Ok(()) => Ok(()),
                             Err(e) => Err(super::io_err(e)),
-                        });
+                        };
+                        match w {
+                            Flush::Log(cb) => cb.log_io_completed(res),
+                            Flush::Barrier(tx) => {
+                                let _ = tx.send(res);
+                            }
+                        }
                     }
                 }
             })
@@ -104,6 +115,14 @@ impl LogStore {
         self.storage.raft.insert(key, b).map_err(write_err)?;
         Ok(())
     }
+}
+
+/// What the flusher thread answers once the log written before it is on disk.
+enum Flush {
+    /// openraft's callback for an append.
+    Log(LogFlushed<TypeConfig>),
+    /// A caller that waits for the flush (`save_vote`).
+    Barrier(tokio::sync::oneshot::Sender<std::io::Result<()>>),
 }
 
 /// A bincode value of the `raft` tree (vote, purge point, committed index).
@@ -153,6 +172,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote_err = |e: String| {
+            StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(e)))
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.flusher
+            .send(Flush::Barrier(tx))
+            .map_err(|_| vote_err("log flusher stopped".into()))?;
+        rx.await
+            .map_err(|_| vote_err("log flusher stopped".into()))?
+            .map_err(|e| vote_err(e.to_string()))?;
         self.put_meta("vote", vote)?;
         self.storage.flush().await.map_err(|e| {
             StorageError::from(StorageIOError::write_vote(openraft::AnyError::error(
@@ -188,7 +217,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         self.wal.append(&entries).map_err(write_err)?;
-        self.flusher.send(callback).map_err(|_| {
+        self.flusher.send(Flush::Log(callback)).map_err(|_| {
             StorageError::from(StorageIOError::new(
                 ErrorSubject::Logs,
                 ErrorVerb::Write,
