@@ -165,21 +165,29 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
                 .tls_config(crate::tls::peer_server_config(&peer_tls)?)
                 .context("peer TLS")?;
         }
-        tokio::spawn(async move {
-            let r = server
-                .tcp_nodelay(true)
-                .add_service(svc)
+        let router = server.tcp_nodelay(true).add_service(svc);
+        if is_https(&url) {
+            tokio::spawn(async move {
                 // tonic applies `tcp_nodelay` only to listeners it binds itself;
                 // accepted peer sockets need it too, or every small Raft reply
                 // waits ~40 ms for a delayed ACK.
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                )
-                .await;
-            if let Err(e) = r {
-                tracing::error!("peer server stopped: {e}");
-            }
-        });
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!("peer server stopped: {e}");
+                }
+            });
+        } else {
+            // Raft frames and gRPC share the port (see raft::wire).
+            let (grpc_tx, grpc_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(accept_peers(listener, node.clone(), grpc_tx));
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(grpc_rx);
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!("peer server stopped: {e}");
+                }
+            });
+        }
     }
 
     if !identity.initial.is_empty() && !raft.is_initialized().await? {
@@ -246,6 +254,42 @@ async fn snapshot_before_exit(raft: &Raft) {
         .await;
     if done.is_err() {
         tracing::warn!("no snapshot within 5 s of stopping; the next start replays the log");
+    }
+}
+
+/// Accepts plain-TCP peer connections: those that open with Raft frames are
+/// answered here, the others go on to the gRPC server through `grpc`.
+async fn accept_peers(
+    listener: TcpListener,
+    node: Arc<Node>,
+    grpc: tokio::sync::mpsc::UnboundedSender<std::io::Result<tokio::net::TcpStream>>,
+) {
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!("peer accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if grpc.is_closed() {
+            return;
+        }
+        let _ = conn.set_nodelay(true);
+        let (node, grpc) = (node.clone(), grpc.clone());
+        tokio::spawn(async move {
+            if crate::raft::wire::is_wire(&conn).await {
+                crate::raft::wire::serve(conn, |method, data| {
+                    let node = node.clone();
+                    async move { crate::raft::peer_service::raft_rpc(&node, method, &data).await }
+                })
+                .await;
+            } else {
+                let _ = grpc.send(Ok(conn));
+            }
+        });
     }
 }
 

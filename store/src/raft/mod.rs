@@ -7,6 +7,7 @@
 //! - [`snapshot_file`]: the state's image on disk, which with the log makes it durable.
 //! - [`network`]: the client side of the peer gRPC protocol (cached channels).
 //! - [`peer_service`]: the server side of the peer protocol.
+//! - [`wire`]: openraft's RPCs as frames on plain TCP (`http://` peers).
 
 pub mod log_store;
 pub mod network;
@@ -14,6 +15,7 @@ pub mod peer_service;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
+pub mod wire;
 
 use std::io::Cursor;
 

@@ -1,5 +1,6 @@
-//! Client side of the peer protocol: openraft's RPCs, read index and request
-//! forwarding, over one cached tonic channel per member.
+//! Client side of the peer protocol: openraft's RPCs (as [`super::wire`]
+//! frames, or gRPC for `https://` peers), read index and request forwarding
+//! (over one cached tonic channel per member).
 //!
 //! openraft's messages are bincode-encoded into `RaftMessage.data`. An append
 //! batch larger than [`APPEND_BATCH_BYTES`] is refused locally with
@@ -23,6 +24,7 @@ use openraft::raft::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+use super::wire::{CallError, Method, WirePool};
 use super::{MemberNode, TypeConfig, APPEND_BATCH_BYTES, MAX_PEER_MESSAGE};
 use crate::command::{Request, Response};
 use crate::error::EtcdError;
@@ -47,6 +49,8 @@ pub struct PeerPool {
     /// When each member last answered a Raft RPC from this one (the leader's
     /// view of who is reachable, for etcd's reconfiguration safety checks).
     last_ok: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
+    /// Connections for openraft's RPCs as frames (see [`super::wire`]).
+    wire: WirePool,
 }
 
 impl PeerPool {
@@ -262,28 +266,35 @@ impl PeerNetwork {
         E: std::error::Error + serde::de::DeserializeOwned,
     {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut client = self
-            .pool
-            .client(&self.node)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&openraft::AnyError::error(e))))?;
-        let mut r = tonic::Request::new(RaftMessage { data });
-        r.set_timeout(option.hard_ttl());
         let started = std::time::Instant::now();
-        let reply = match method {
-            Method::Append => client.append_entries(r).await,
-            Method::Vote => client.vote(r).await,
-            Method::Snapshot => client.install_snapshot(r).await,
-        };
-        let reply = reply.map_err(|s| {
-            if never_sent(&s) {
-                RPCError::Unreachable(Unreachable::new(&s))
-            } else {
-                RPCError::Network(NetworkError::new(&s))
+        let url = self
+            .node
+            .peer_urls
+            .first()
+            .map(String::as_str)
+            .unwrap_or("");
+        let mut reply = None;
+        if self.pool.wire.usable(url) {
+            match self
+                .pool
+                .wire
+                .call(url, method, &data, option.hard_ttl())
+                .await
+            {
+                Ok(bytes) => reply = Some(bytes),
+                Err(CallError::NotSupported) => {}
+                Err(CallError::Unreachable(e)) => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&e)))
+                }
+                Err(CallError::Failed(e)) => return Err(RPCError::Network(NetworkError::new(&e))),
             }
-        })?;
+        }
+        let reply = match reply {
+            Some(bytes) => bytes,
+            None => self.grpc_call(method, data, option.hard_ttl()).await?,
+        };
         let res: Result<Resp, RaftError<u64, E>> =
-            bincode::deserialize(&reply.into_inner().data)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.pool.mark_ok(self.target);
         crate::metrics::METRICS
             .peer_rtt
@@ -299,10 +310,35 @@ impl PeerNetwork {
     }
 }
 
-enum Method {
-    Append,
-    Vote,
-    Snapshot,
+impl PeerNetwork {
+    /// The same call over gRPC (`https://` peers, and members that do not
+    /// take frames).
+    async fn grpc_call<E>(
+        &self,
+        method: Method,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcErr<E>>
+    where
+        E: std::error::Error,
+    {
+        let mut client = self
+            .pool
+            .client(&self.node)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&openraft::AnyError::error(e))))?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        let reply = match method {
+            Method::Append => client.append_entries(r).await,
+            Method::Vote => client.vote(r).await,
+            Method::Snapshot => client.install_snapshot(r).await,
+        };
+        match reply {
+            Ok(r) => Ok(r.into_inner().data),
+            Err(s) if never_sent(&s) => Err(RPCError::Unreachable(Unreachable::new(&s))),
+            Err(s) => Err(RPCError::Network(NetworkError::new(&s))),
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {

@@ -10,6 +10,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
 use super::network::ForwardReply;
+use super::wire::Method;
 use super::TypeConfig;
 use crate::command;
 use crate::node::Node;
@@ -28,27 +29,52 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage { data }))
 }
 
+/// One of openraft's RPCs, as bincode bytes in and out: the same for a gRPC
+/// call and a [`wire`] frame.
+pub async fn raft_rpc(node: &Node, method: Method, data: &[u8]) -> Result<Vec<u8>, String> {
+    fn de<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+        bincode::deserialize(data).map_err(|e| format!("bad peer message: {e}"))
+    }
+    let out = match method {
+        Method::Append => {
+            let rpc: AppendEntriesRequest<TypeConfig> = de(data)?;
+            bincode::serialize(&node.raft.append_entries(rpc).await)
+        }
+        Method::Vote => {
+            let rpc: VoteRequest<u64> = de(data)?;
+            bincode::serialize(&node.raft.vote(rpc).await)
+        }
+        Method::Snapshot => {
+            let rpc: InstallSnapshotRequest<TypeConfig> = de(data)?;
+            bincode::serialize(&node.raft.install_snapshot(rpc).await)
+        }
+    };
+    out.map_err(|e| e.to_string())
+}
+
+impl PeerService {
+    async fn raft_call(&self, method: Method, req: Request<RaftMessage>) -> RpcResult {
+        let data = raft_rpc(&self.node, method, &req.get_ref().data)
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(RaftMessage { data }))
+    }
+}
+
+type RpcResult = Result<Response<RaftMessage>, Status>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn append_entries(
-        &self,
-        req: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        encode(&self.node.raft.append_entries(rpc).await)
+    async fn append_entries(&self, req: Request<RaftMessage>) -> RpcResult {
+        self.raft_call(Method::Append, req).await
     }
 
-    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<u64> = decode(req.get_ref())?;
-        encode(&self.node.raft.vote(rpc).await)
+    async fn vote(&self, req: Request<RaftMessage>) -> RpcResult {
+        self.raft_call(Method::Vote, req).await
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
-        encode(&self.node.raft.install_snapshot(rpc).await)
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> RpcResult {
+        self.raft_call(Method::Snapshot, req).await
     }
 
     async fn read_index(
