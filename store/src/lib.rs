@@ -6,7 +6,7 @@
 //! - [`batcher`]: concurrent writes proposed as one Raft entry.
 //! - [`node`]: a running member: propose through the leader, read-index barrier.
 //! - [`command`]: the Raft log entry format (versioned, carries the user).
-//! - [`raft`]: openraft wiring: WAL log store, state machine and its snapshot file, peer network.
+//! - [`raft`]: openraft wiring: WAL log store, state machine and its snapshot file, peer network (Raft frames on TCP, gRPC for the rest).
 //! - [`compactor`]: `--auto-compaction-*`, proposed by the leader.
 //! - [`lease`]: lease deadlines on the leader, expiry, keep-alive.
 //! - [`auth`]: users, roles, permissions and tokens (etcd's v3 auth).
