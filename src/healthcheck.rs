@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[derive(Args)]
 pub struct HealthcheckArgs {
@@ -71,23 +70,9 @@ async fn get(url: &str) -> Result<(u16, String)> {
     let (host, port, path) = parse(url)?;
     // The same resolver as every other connection of this binary: in the
     // scratch image the system one cannot resolve names.
-    let ips = cairn_client::resolve::lookup(&host).await?;
-    let mut last = None;
-    let mut stream = None;
-    for ip in ips {
-        match TcpStream::connect((ip, port)).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(e).with_context(|| format!("{url}: connect")),
-        (None, None) => bail!("{url}: {host} has no address"),
-    };
+    let mut stream = cairn_client::resolve::connect(&host, port)
+        .await
+        .with_context(|| format!("{url}: connect"))?;
     let host_header = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

@@ -36,6 +36,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ATTEMPTS: usize = 2;
 
+/// Opens a TCP connection to `host:port`, trying the addresses [`lookup`]
+/// finds in its order until one answers.
+pub async fn connect(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+    for ip in lookup(host).await? {
+        match tokio::net::TcpStream::connect((ip, port)).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Resolves `host` (a name or an IP literal, IPv6 with or without brackets)
 /// to its addresses, IPv4 first.
 pub async fn lookup(host: &str) -> io::Result<Vec<IpAddr>> {

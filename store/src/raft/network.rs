@@ -308,9 +308,7 @@ impl PeerNetwork {
             ))
         })
     }
-}
 
-impl PeerNetwork {
     /// The same call over gRPC (`https://` peers, and members that do not
     /// take frames).
     async fn grpc_call<E>(

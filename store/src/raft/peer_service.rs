@@ -20,8 +20,11 @@ pub struct PeerService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
-    bincode::deserialize(&m.data)
-        .map_err(|e| Status::invalid_argument(format!("bad peer message: {e}")))
+    de(&m.data).map_err(Status::invalid_argument)
+}
+
+fn de<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    bincode::deserialize(data).map_err(|e| format!("bad peer message: {e}"))
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -32,9 +35,6 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 /// One of openraft's RPCs, as bincode bytes in and out: the same for a gRPC
 /// call and a [`wire`] frame.
 pub async fn raft_rpc(node: &Node, method: Method, data: &[u8]) -> Result<Vec<u8>, String> {
-    fn de<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
-        bincode::deserialize(data).map_err(|e| format!("bad peer message: {e}"))
-    }
     let out = match method {
         Method::Append => {
             let rpc: AppendEntriesRequest<TypeConfig> = de(data)?;

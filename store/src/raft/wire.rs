@@ -167,21 +167,9 @@ impl WirePool {
                 )))
             }
         };
-        let addrs = cairn_client::resolve::lookup(&host)
+        let mut conn = cairn_client::resolve::connect(&host, port)
             .await
             .map_err(unreachable)?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
-        let mut conn = None;
-        for ip in addrs {
-            match TcpStream::connect((ip, port)).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let mut conn = conn.ok_or_else(|| unreachable(last))?;
         conn.set_nodelay(true).map_err(unreachable)?;
         conn.write_all(MAGIC).await.map_err(unreachable)?;
         let mut reply = [0u8; 8];
