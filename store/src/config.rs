@@ -68,14 +68,15 @@ pub struct StoreConfig {
     pub initial_cluster_token: String,
 
     /// Time (ms) of a heartbeat interval. openraft also uses it as the
-    /// deadline of each AppendEntries and leadership-confirmation round, so
+    /// deadline of each heartbeat and leadership-confirmation round, so
     /// it must stay well above a follower's fsync time: raise it (and the
     /// election timeout) on slow disks or networks. See the README for how
     /// the default was measured.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 25)]
     pub heartbeat_interval: u64,
 
-    /// Time (ms) without a heartbeat before a follower starts an election.
+    /// Time (ms) without a heartbeat before a follower starts an election:
+    /// it campaigns after 1.5 to 2 times this (etcd: 1 to 2 times).
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 150)]
     pub election_timeout: u64,
 

@@ -114,8 +114,13 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     let raft_config = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
         heartbeat_interval: cfg.heartbeat_interval,
-        election_timeout_min: cfg.election_timeout,
-        election_timeout_max: cfg.election_timeout * 3 / 2,
+        // openraft 0.9 makes a follower that knew a leader wait its leader
+        // lease (= `election_timeout_max`) plus a random timeout in
+        // [min, max) before it campaigns. With min = E/2 and max = E that is
+        // [1.5 E, 2 E) of silence, inside etcd's [E, 2 E) for the same flag;
+        // a split or refused vote is retried after E/2..E.
+        election_timeout_min: cfg.election_timeout / 2,
+        election_timeout_max: cfg.election_timeout,
         install_snapshot_timeout: (cfg.election_timeout * 10).max(5000),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,

@@ -1492,7 +1492,11 @@ where
                 timer_config.election_timeout
             };
 
-            if self.engine.is_there_greater_log() {
+            // Cairn: only while no leader is known. The flag is cleared only
+            // when this node campaigns, so one set in an election lost long
+            // ago delayed the next failover by `smaller_log_timeout` after a
+            // leader had been followed in between.
+            if !current_vote.is_committed() && self.engine.is_there_greater_log() {
                 election_timeout += timer_config.smaller_log_timeout;
             }
 

@@ -452,7 +452,17 @@ where
             self.config.heartbeat_interval
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        // Cairn: an append that carries entries gets the election timeout's
+        // lower bound; only a heartbeat keeps the heartbeat interval. Upstream
+        // gives every append one heartbeat interval, which a catch-up batch
+        // (up to `APPEND_BATCH_BYTES`, written and fsynced by the follower)
+        // can exceed on any disk: the batch timed out, was sent again, and
+        // a lagging follower caught up at a crawl or not at all.
+        let the_timeout = if payload.entries.is_empty() {
+            Duration::from_millis(self.config.heartbeat_interval)
+        } else {
+            Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_min))
+        };
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 

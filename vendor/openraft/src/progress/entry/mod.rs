@@ -31,6 +31,10 @@ pub(crate) struct ProgressEntry<NID: NodeId> {
 
     /// One plus the max log index on the following node that might match the leader log.
     pub(crate) searching_end: u64,
+
+    /// Cairn: whether the next probe should try the leader's last log entry
+    /// before any binary search (see `next_send`).
+    pub(crate) probe_end: bool,
 }
 
 impl<NID: NodeId> ProgressEntry<NID> {
@@ -41,6 +45,7 @@ impl<NID: NodeId> ProgressEntry<NID> {
             curr_inflight_id: 0,
             inflight: Inflight::None,
             searching_end: matching.next_index(),
+            probe_end: false,
         }
     }
 
@@ -53,6 +58,7 @@ impl<NID: NodeId> ProgressEntry<NID> {
             curr_inflight_id: 0,
             inflight: Inflight::None,
             searching_end: end,
+            probe_end: true,
         }
     }
 
@@ -220,7 +226,18 @@ impl<NID: NodeId> ProgressEntry<NID> {
         // Replicate by logs.
         // Run a binary search to find the matching log id, if matching log id is not determined.
         let matching_next = self.matching.next_index();
-        let mut start = Self::calc_mid(matching_next, self.searching_end);
+        // Cairn: a new leader first probes with its last entry (prev = the
+        // one before it). Followers of a healthy cluster hold the whole log,
+        // and upstream's binary search starts in the middle, so it re-sent
+        // half the log to each of them before the new leader could commit.
+        // A follower that does not match answers with a conflict there, and
+        // the binary search goes on below it: one round trip more.
+        let mut start = if self.probe_end && self.searching_end > matching_next + 1 {
+            self.searching_end - 1
+        } else {
+            Self::calc_mid(matching_next, self.searching_end)
+        };
+        self.probe_end = false;
         if start < purge_upto_next {
             start = purge_upto_next;
         }
