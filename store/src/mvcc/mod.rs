@@ -4,6 +4,8 @@
 //! - [`view`]: reads at the current or any uncompacted past revision.
 //! - [`apply`]: Put / DeleteRange / Txn / Compact, written into an overlay.
 //! - [`hash`]: the history checksum `HashKV` answers.
+//! - [`tree`]: the ordered set of records itself; `thin`: its 8-byte owned
+//!   byte strings.
 //!
 //! Readers take a read lock while they iterate. The state machine (the only
 //! writer) applies a batch of log entries in two steps: it evaluates them
@@ -16,6 +18,7 @@
 pub mod apply;
 pub mod hash;
 pub mod keys;
+mod thin;
 pub mod tree;
 pub mod view;
 
