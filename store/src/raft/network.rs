@@ -253,6 +253,10 @@ pub struct PeerNetwork {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, MemberNode, RaftError<u64, E>>;
 
+fn encode<Req: serde::Serialize, E: std::error::Error>(req: &Req) -> Result<Vec<u8>, RpcErr<E>> {
+    bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
 impl PeerNetwork {
     async fn call<Req, Resp, E>(
         &mut self,
@@ -265,7 +269,20 @@ impl PeerNetwork {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
-        let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call_encoded(method, encode(req)?, option).await
+    }
+
+    /// [`PeerNetwork::call`] with the request already bincode-encoded.
+    async fn call_encoded<Resp, E>(
+        &mut self,
+        method: Method,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
         let started = std::time::Instant::now();
         let url = self
             .node
@@ -346,17 +363,17 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
         let n = rpc.entries.len();
-        if n > 1 {
-            let size: usize = bincode::serialized_size(&rpc).unwrap_or(0) as usize;
-            if size > APPEND_BATCH_BYTES {
-                // Ask openraft for a batch that fits (at least one entry).
-                let hint = ((n * APPEND_BATCH_BYTES) / size).clamp(1, n - 1) as u64;
-                return Err(RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(hint),
-                ));
-            }
+        // Encoded once: its length decides whether the batch is sent.
+        let data = encode(&rpc)?;
+        let size = data.len();
+        if n > 1 && size > APPEND_BATCH_BYTES {
+            // Ask openraft for a batch that fits (at least one entry).
+            let hint = ((n * APPEND_BATCH_BYTES) / size).clamp(1, n - 1) as u64;
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
         }
-        self.call(Method::Append, &rpc, &option).await
+        self.call_encoded(Method::Append, data, &option).await
     }
 
     async fn install_snapshot(

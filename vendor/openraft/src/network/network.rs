@@ -58,7 +58,10 @@ where C: RaftTypeConfig
         crate::raft::InstallSnapshotResponse<C::NodeId>,
         RPCError<C::NodeId, C::Node, RaftError<C::NodeId, crate::error::InstallSnapshotError>>,
     > {
-        unimplemented!()
+        // Cairn: an error rather than a panic (upstream: `unimplemented!()`).
+        Err(RPCError::Unreachable(crate::error::Unreachable::new(&crate::AnyError::error(
+            "install_snapshot() is not implemented with `generic-snapshot-data`: use full_snapshot()",
+        ))))
     }
 
     /// Send an InstallSnapshot RPC to the target.
