@@ -11,12 +11,24 @@
 //! record = len u32 LE | crc32 u32 LE (of the payload) | payload (bincode Entry)
 //! ```
 //!
-//! - A segment is closed once it reaches [`SEGMENT_BYTES`]; the next append
-//!   starts a new one named after its first index.
-//! - Opening scans every segment. A torn or corrupt record at the end of the
-//!   last segment (a write cut short by a crash) is cut off: it was never
-//!   synced, so never acknowledged. Anywhere else it is corruption and the
-//!   member refuses to start rather than serve a log with a hole.
+//! - A segment is closed once it reaches [`SEGMENT_BYTES`]; it is fdatasynced
+//!   before the next append starts a new one named after its first index, so
+//!   a later segment never holds data while an earlier one is torn.
+//! - Opening scans every segment. A bad record with nothing valid after it is
+//!   a torn write (a crash cut an unsynced write short, so it was never
+//!   acknowledged): it is cut off, and so are later segments that hold no
+//!   valid record (a tear at a segment roll). A bad record followed by a valid
+//!   one is corruption: the member refuses to start rather than serve a log
+//!   with a hole.
+//! - What opening read may have come from the page cache of a process that
+//!   died before its fsync: every segment is fsynced before the log counts
+//!   as durable (openraft treats the log it reads back as persisted).
+//! - Directory order: a truncation deletes the later segments and fsyncs the
+//!   directory before it shortens the segment it cuts, so a power loss in
+//!   between never brings back a later segment after a shortened one (a hole).
+//! - With `CAIRN_SYNC_JOURNAL=1` (the robustness suite's power-loss
+//!   simulation) each durable point is appended to `synced.journal` as
+//!   `<segment file> <length>`: what the disk is known to hold.
 //! - Entries at or below the purge point are skipped when opening, so a
 //!   segment deleted by a purge that the crash undid changes nothing.
 //! - Entries are read back with `pread` (the page cache holds recent ones);
@@ -58,7 +70,7 @@ struct Inner {
     /// One slot per entry, in index order.
     slots: VecDeque<Slot>,
     /// Segments written since the last sync (by first index).
-    unsynced: Vec<Arc<File>>,
+    unsynced: Vec<u64>,
     /// A segment was created or deleted since the last sync.
     dir_dirty: bool,
 }
@@ -67,6 +79,35 @@ pub struct Wal {
     dir: PathBuf,
     segment_bytes: u64,
     inner: Mutex<Inner>,
+    journal: SyncJournal,
+}
+
+/// The power-loss simulation's record of durable lengths (see the module doc).
+struct SyncJournal(Option<Mutex<File>>);
+
+impl SyncJournal {
+    const FILE: &'static str = "synced.journal";
+
+    fn open(dir: &Path) -> io::Result<SyncJournal> {
+        if std::env::var("CAIRN_SYNC_JOURNAL").as_deref() != Ok("1") {
+            return Ok(SyncJournal(None));
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(Self::FILE))?;
+        Ok(SyncJournal(Some(Mutex::new(f))))
+    }
+
+    /// Segment `first` is durable up to `len` bytes.
+    fn record(&self, first: u64, len: u64) {
+        if let Some(f) = &self.0 {
+            use std::io::Write;
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            // Test-only bookkeeping: a failed write shows up as a lost segment.
+            let _ = writeln!(f, "{} {len}", segment_name(first));
+        }
+    }
 }
 
 fn corrupt(msg: String) -> io::Error {
@@ -111,6 +152,17 @@ fn decode(buf: &[u8]) -> Option<(Entry, usize)> {
     Some((entry, HEADER + len))
 }
 
+/// Whether the record after the bad one at `offset` (as its length field
+/// places it) decodes: then the bad one is corruption, not a torn tail.
+fn valid_record_follows(data: &[u8], offset: usize) -> bool {
+    let Some(len) = data.get(offset..offset + 4) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let next = offset.saturating_add(HEADER).saturating_add(len);
+    next < data.len() && decode(&data[next..]).is_some()
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -132,32 +184,34 @@ impl Wal {
             })
             .collect();
         firsts.sort_unstable();
+        let mut segments: Vec<(u64, PathBuf, Vec<u8>)> = Vec::with_capacity(firsts.len());
+        for first in firsts {
+            let path = dir.join(segment_name(first));
+            let data = std::fs::read(&path)?;
+            segments.push((first, path, data));
+        }
         let mut inner = Inner {
             segments: Vec::new(),
             slots: VecDeque::new(),
             unsynced: Vec::new(),
             dir_dirty: false,
         };
-        let count = firsts.len();
-        for (i, first) in firsts.into_iter().enumerate() {
-            let last_segment = i + 1 == count;
-            let path = dir.join(segment_name(first));
-            let data = std::fs::read(&path)?;
+        // Where a torn write ends the log: (segment position, byte offset).
+        let mut tear: Option<(usize, usize)> = None;
+        for (k, (first, path, data)) in segments.iter().enumerate() {
             let mut offset = 0usize;
             while offset < data.len() {
                 let Some((entry, n)) = decode(&data[offset..]) else {
-                    if !last_segment {
+                    if valid_record_follows(data, offset)
+                        || segments[k + 1..].iter().any(|s| decode(&s.2).is_some())
+                    {
                         return Err(corrupt(format!(
-                            "{}: corrupt record at byte {offset}; the Raft log has a hole",
+                            "{}: corrupt record at byte {offset} followed by valid records; \
+                             the Raft log has a hole",
                             path.display()
                         )));
                     }
-                    tracing::warn!(
-                        segment = %path.display(),
-                        offset,
-                        dropped = data.len() - offset,
-                        "cutting a torn write off the end of the Raft log"
-                    );
+                    tear = Some((k, offset));
                     break;
                 };
                 let log_id = *entry.get_log_id();
@@ -172,7 +226,7 @@ impl Wal {
                         )));
                     }
                     inner.slots.push_back(Slot {
-                        segment_first: first,
+                        segment_first: *first,
                         offset: offset as u64,
                         len: n as u32,
                         log_id,
@@ -180,17 +234,38 @@ impl Wal {
                 }
                 offset += n;
             }
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            if (offset as u64) < data.len() as u64 {
-                file.set_len(offset as u64)?;
-                file.sync_all()?;
-            }
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
             inner.segments.push(Segment {
-                first,
-                path,
+                first: *first,
+                path: path.clone(),
                 file: Arc::new(file),
                 len: offset as u64,
             });
+            if tear.is_some() {
+                break;
+            }
+        }
+        let journal = SyncJournal::open(dir)?;
+        let mut removed = false;
+        if let Some((k, offset)) = tear {
+            let (_, path, data) = &segments[k];
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                dropped = data.len() - offset,
+                later_segments = segments.len() - k - 1,
+                "cutting a torn write off the end of the Raft log"
+            );
+            // Later segments first (they hold no valid record), then the cut.
+            for (_, later, _) in &segments[k + 1..] {
+                std::fs::remove_file(later)?;
+                removed = true;
+            }
+            if removed {
+                sync_dir(dir)?;
+            }
+            let seg = inner.segments.last().expect("the torn segment was pushed");
+            seg.file.set_len(offset as u64)?;
         }
         if let (Some(p), Some(front)) = (purged, inner.slots.front()) {
             if front.log_id.index != p + 1 {
@@ -205,7 +280,6 @@ impl Wal {
         // segment from a crash right after it was created, or ones a purge
         // had deleted before a crash brought them back).
         let first_kept = inner.slots.front().map(|s| s.segment_first);
-        let mut removed = false;
         inner.segments.retain(|s| {
             let keep = s.len > 0 && first_kept.is_some_and(|f| s.first >= f);
             if !keep {
@@ -214,13 +288,20 @@ impl Wal {
             }
             keep
         });
-        if removed {
+        // What was read may be only in the page cache of a process that died
+        // before its fsync: make it durable before it counts as the log.
+        for seg in &inner.segments {
+            seg.file.sync_all()?;
+            journal.record(seg.first, seg.len);
+        }
+        if removed || !inner.segments.is_empty() {
             sync_dir(dir)?;
         }
         Ok(Wal {
             dir: dir.to_path_buf(),
             segment_bytes,
             inner: Mutex::new(inner),
+            journal,
         })
     }
 
@@ -254,6 +335,16 @@ impl Wal {
             .last()
             .is_none_or(|s| s.len >= self.segment_bytes);
         if roll {
+            // The closed segment is made durable before anything goes into
+            // the next one (see the module doc: no tear before a later write).
+            if let Some(prev) = inner.segments.last() {
+                if inner.unsynced.contains(&prev.first) {
+                    prev.file.sync_data()?;
+                    let (first, len) = (prev.first, prev.len);
+                    inner.unsynced.retain(|f| *f != first);
+                    self.journal.record(first, len);
+                }
+            }
             let path = self.dir.join(segment_name(first));
             let file = OpenOptions::new()
                 .read(true)
@@ -276,7 +367,6 @@ impl Wal {
         seg.file.write_all_at(&buf, seg.len)?;
         let (segment_first, mut offset) = (seg.first, seg.len);
         seg.len += buf.len() as u64;
-        let file = seg.file.clone();
         for (len, log_id) in lens {
             inner.slots.push_back(Slot {
                 segment_first,
@@ -286,8 +376,8 @@ impl Wal {
             });
             offset += len as u64;
         }
-        if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
-            inner.unsynced.push(file);
+        if !inner.unsynced.contains(&segment_first) {
+            inner.unsynced.push(segment_first);
         }
         Ok(())
     }
@@ -295,15 +385,20 @@ impl Wal {
     /// Makes every append so far durable. Runs the `fdatasync`s outside the
     /// lock, so appends go on meanwhile (they are covered by the next sync).
     pub fn sync(&self) -> io::Result<()> {
-        let (files, dir_dirty) = {
+        // (file, segment, length it is synced up to), for the segments that
+        // still exist (a truncation or purge may have deleted some).
+        let (files, firsts, dir_dirty) = {
             let mut inner = self.lock();
-            (
-                std::mem::take(&mut inner.unsynced),
-                std::mem::take(&mut inner.dir_dirty),
-            )
+            let firsts = std::mem::take(&mut inner.unsynced);
+            let files: Vec<(Arc<File>, u64, u64)> = firsts
+                .iter()
+                .filter_map(|f| inner.segment(*f))
+                .map(|s| (s.file.clone(), s.first, s.len))
+                .collect();
+            (files, firsts, std::mem::take(&mut inner.dir_dirty))
         };
         let res = (|| {
-            for f in &files {
+            for (f, _, _) in &files {
                 f.sync_data()?;
             }
             if dir_dirty {
@@ -311,11 +406,22 @@ impl Wal {
             }
             Ok(())
         })();
-        if res.is_err() {
-            // Not known to be durable: the next sync tries again.
-            let mut inner = self.lock();
-            inner.unsynced.extend(files);
-            inner.dir_dirty |= dir_dirty;
+        match &res {
+            Ok(()) => {
+                for (_, first, len) in &files {
+                    self.journal.record(*first, *len);
+                }
+            }
+            Err(_) => {
+                // Not known to be durable: the next sync tries again.
+                let mut inner = self.lock();
+                for f in firsts {
+                    if !inner.unsynced.contains(&f) {
+                        inner.unsynced.push(f);
+                    }
+                }
+                inner.dir_dirty |= dir_dirty;
+            }
         }
         res
     }
@@ -370,6 +476,8 @@ impl Wal {
     }
 
     /// Removes the entries from `index` on (a conflicting suffix), durably.
+    /// Later segments go first and the directory is fsynced before the cut
+    /// segment is shortened (see the module doc).
     pub fn truncate(&self, index: u64) -> io::Result<()> {
         let mut inner = self.lock();
         let Some(front) = inner.slots.front() else {
@@ -392,14 +500,14 @@ impl Wal {
                 dropped = true;
             }
         }
+        if dropped {
+            sync_dir(&self.dir)?;
+        }
         if let Some(s) = inner.segments.last_mut() {
             s.file.set_len(cut.offset)?;
             s.len = cut.offset;
             s.file.sync_all()?;
-        }
-        if dropped {
-            inner.forget_deleted();
-            sync_dir(&self.dir)?;
+            self.journal.record(s.first, s.len);
         }
         Ok(())
     }
@@ -423,7 +531,6 @@ impl Wal {
             dropped = true;
         }
         if dropped {
-            inner.forget_deleted();
             sync_dir(&self.dir)?;
         }
         Ok(())
@@ -431,14 +538,6 @@ impl Wal {
 }
 
 impl Inner {
-    /// Drops deleted segments from the files the next sync covers.
-    fn forget_deleted(&mut self) {
-        let Inner {
-            segments, unsynced, ..
-        } = self;
-        unsynced.retain(|f| segments.iter().any(|s| Arc::ptr_eq(&s.file, f)));
-    }
-
     fn segment(&self, first: u64) -> Option<&Segment> {
         self.segments
             .binary_search_by_key(&first, |s| s.first)

@@ -161,3 +161,85 @@ fn purge_deletes_whole_segments_and_reopen_skips_purged_entries() {
         .expect("a hole");
     assert!(err.to_string().contains("purged only up to 40"), "{err}");
 }
+
+#[test]
+fn a_bad_record_with_valid_ones_after_it_is_corruption_not_a_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(&entries(1, 0..5)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // Flip a payload byte of the third record: its length still places the
+    // fourth, which is intact, so this is not a torn write.
+    let seg = dir.path().join(segment_name(0));
+    let (buf, lens) = encode(&entries(1, 0..5)).unwrap();
+    let third = (lens[0].0 + lens[1].0) as usize;
+    let mut data = std::fs::read(&seg).unwrap();
+    assert_eq!(data, buf);
+    data[third + HEADER + 5] ^= 0xff;
+    std::fs::write(&seg, data).unwrap();
+    let err = Wal::open(dir.path(), None).err().expect("refused");
+    assert!(
+        err.to_string().contains("followed by valid records"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tear_at_a_segment_roll_is_a_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    for i in 0..6 {
+        wal.append(&entries(1, i * 2..i * 2 + 2)).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    // A crash while the second-to-last segment's last write and the next
+    // segment's first write were both unsynced: the former torn, the latter
+    // garbage.
+    let second_last = dir.path().join(&files[files.len() - 2]);
+    let len = std::fs::metadata(&second_last).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&second_last).unwrap();
+    f.set_len(len - 7).unwrap();
+    std::fs::write(dir.path().join(&files[files.len() - 1]), [0u8; 40]).unwrap();
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    let last = wal.last_log_id().unwrap().index;
+    assert_eq!(
+        ids(&wal.read(0, 100).unwrap()),
+        ids(&entries(1, 0..last + 1)),
+        "a prefix of the log survives"
+    );
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        files.len() - 1,
+        "the garbage segment went"
+    );
+    // And the log goes on after it.
+    wal.append(&entries(1, last + 1..last + 3)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    assert_eq!(wal.last_log_id().unwrap().index, last + 2);
+}
+
+#[test]
+fn a_valid_segment_after_a_torn_one_is_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open_with(dir.path(), None, 300).unwrap();
+    for i in 0..6 {
+        wal.append(&entries(1, i * 2..i * 2 + 2)).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let files = segment_files(dir.path());
+    let second_last = dir.path().join(&files[files.len() - 2]);
+    let len = std::fs::metadata(&second_last).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&second_last).unwrap();
+    f.set_len(len - 7).unwrap();
+    let err = Wal::open_with(dir.path(), None, 300)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("hole"), "{err}");
+}
