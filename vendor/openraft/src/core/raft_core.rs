@@ -143,12 +143,15 @@ impl<C: RaftTypeConfig> Debug for ApplyResult<C> {
 pub(crate) struct LeaderData<C: RaftTypeConfig> {
     /// The time to send next heartbeat.
     pub(crate) next_heartbeat: <C::AsyncRuntime as AsyncRuntime>::Instant,
+    /// Cairn: when this node became leader (the check-quorum clock starts here).
+    pub(crate) since: <C::AsyncRuntime as AsyncRuntime>::Instant,
 }
 
 impl<C: RaftTypeConfig> LeaderData<C> {
     pub(crate) fn new() -> Self {
         Self {
             next_heartbeat: C::now(),
+            since: C::now(),
         }
     }
 }
@@ -1460,6 +1463,7 @@ where
         //       before electing.
         if self.engine.state.server_state == ServerState::Leader {
             tracing::debug!("already a leader, do not elect again");
+            self.step_down_without_quorum(now);
             return;
         }
 
@@ -1521,6 +1525,38 @@ where
         self.engine.reset_greater_log();
 
         tracing::info!("do trigger election");
+        self.engine.elect();
+    }
+
+    /// Cairn: check-quorum, as etcd's leader does. A leader that no quorum
+    /// has acknowledged for as long as a follower waits before campaigning
+    /// (leader lease + election timeout) steps down and campaigns for a new
+    /// term. Upstream 0.9 never steps down on its own, so a leader cut off
+    /// from its peers kept answering as leader (lease renewals among them)
+    /// while the others elected a new one. The acknowledged time is the send
+    /// time of the newest append or heartbeat a quorum answered.
+    fn step_down_without_quorum(&mut self, now: InstantOf<C>) {
+        if self.engine.state.membership_state.effective().voter_ids().count() <= 1 {
+            return;
+        }
+        let Some(since) = self.leader_data.as_ref().map(|l| l.since) else {
+            return;
+        };
+        let acked = self.last_quorum_acked_time().map_or(since, |t| if t > since { t } else { since });
+        let timer = &self.engine.config.timer_config;
+        let limit = timer.leader_lease + timer.election_timeout;
+        if now < acked + limit {
+            return;
+        }
+        tracing::warn!(
+            "no quorum has acknowledged this leader for {:?} (limit {:?}): stepping down",
+            now - acked,
+            limit
+        );
+        // Leadership is relinquished before campaigning (`Engine::elect`);
+        // the old replication streams would only extend the followers' leases.
+        self.engine.leader = None;
+        self.remove_all_replication();
         self.engine.elect();
     }
 

@@ -154,6 +154,22 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
+        // Cairn: a member whose committed vote names itself does not resume
+        // leadership of that term. Its committed index is only what it had
+        // saved (entries acknowledged after that would be missing from its
+        // first reads, served at max(noop of the term, committed)), and after
+        // a power loss its log may be shorter than what the followers
+        // committed in this term, so appending in the same term would reuse
+        // their log positions with other entries. It campaigns for a new term
+        // at once instead: its reads then wait for its new term's first entry
+        // to commit, and followers with longer logs refuse it their votes.
+        if self.state.is_leader(&self.config.id) && self.state.membership_state.effective().is_voter(&self.config.id) {
+            tracing::info!("startup: the saved vote names this node; campaigning for a new term");
+            self.state.server_state = ServerState::Follower;
+            self.elect();
+            return;
+        }
+
         // Previously it is a leader. restore it as leader at once
         if self.state.is_leader(&self.config.id) {
             self.vote_handler().update_internal_server_state();
