@@ -6,6 +6,16 @@
 //! apply deletes the keys in one revision. A member that becomes leader gives
 //! every lease a full TTL from that moment, so a failover never expires a
 //! lease whose holder kept it alive.
+//!
+//! A renewal is a promise that no other member will expire the lease for a
+//! TTL, so only a member that can prove it still leads may make it:
+//! keep-alive and time-to-live are answered after a quorum confirmed this
+//! member's leadership in a round that started after the call arrived (the
+//! followers that confirmed refuse to elect anyone else for a leader lease,
+//! and a new leader restarts every TTL when it takes over). A lease whose
+//! deadline has passed is never renewed: the call waits until its revoke is
+//! applied and answers as for a lease that does not exist (TTL 0 / -1), as
+//! etcd's lessor does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -58,8 +68,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Lessor {
-    pub fn renew(&self, id: i64, ttl: i64) {
-        lock(&self.deadlines).insert(id, Instant::now() + Duration::from_secs(ttl as u64));
+    /// Renews `id` for `ttl` seconds from now, unless its deadline has
+    /// already passed (then its revoke is due, and `false` says so).
+    pub fn renew(&self, id: i64, ttl: i64) -> bool {
+        let now = Instant::now();
+        let mut d = lock(&self.deadlines);
+        if d.get(&id).is_some_and(|deadline| *deadline <= now) {
+            return false;
+        }
+        d.insert(id, now + Duration::from_secs(ttl as u64));
+        true
+    }
+
+    /// Whether `id`'s deadline has passed (its revoke is due or in flight).
+    pub fn expired(&self, id: i64) -> bool {
+        lock(&self.deadlines)
+            .get(&id)
+            .is_some_and(|d| *d <= Instant::now())
     }
 
     pub fn remaining(&self, id: i64) -> Option<Duration> {
@@ -85,7 +110,7 @@ impl Lessor {
     }
 
     /// Expired leases not already being revoked.
-    fn expired(&self) -> Vec<i64> {
+    fn due(&self) -> Vec<i64> {
         let now = Instant::now();
         let d = lock(&self.deadlines);
         let mut revoking = lock(&self.revoking);
@@ -100,8 +125,10 @@ impl Lessor {
     }
 }
 
-/// Answers a lease call on this member, which must be the leader.
-pub fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
+/// Answers a lease call on this member, which must be the leader (see the
+/// module doc for the order: expired leases first, then a leadership
+/// confirmation, then the renewal).
+pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
     if node.leader() != Some(node.id) {
         return LeaseAnswer::NotLeader;
     }
@@ -109,39 +136,82 @@ pub fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
         LeaseCall::KeepAlive(id) => (*id, false),
         LeaseCall::TimeToLive { id, keys } => (*id, *keys),
     };
-    let state = node.mvcc.read(|v| -> Result<_, EtcdError> {
-        let ttl = v.lease_ttl(id)?;
-        let keys = if keys && ttl.is_some() {
-            v.lease_keys(id)?
-        } else {
-            Vec::new()
-        };
-        Ok((ttl, keys))
-    });
-    let (granted, keys) = match state {
-        Ok(s) => s,
+    let granted = match node.mvcc.read(|v| v.lease_ttl(id)) {
+        Ok(g) => g,
         Err(e) => return LeaseAnswer::Failed(e),
     };
-    match (call, granted) {
-        (LeaseCall::KeepAlive(_), None) => LeaseAnswer::KeepAlive(0),
-        (LeaseCall::KeepAlive(_), Some(ttl)) => {
-            node.lessor.renew(id, ttl);
-            LeaseAnswer::KeepAlive(ttl)
+    let Some(granted) = granted else {
+        return gone(call);
+    };
+    if node.lessor.expired(id) {
+        return await_revoke(node, id, call).await;
+    }
+    if node.confirm_leadership().await.is_err() {
+        return LeaseAnswer::NotLeader;
+    }
+    match call {
+        LeaseCall::KeepAlive(_) => {
+            if node.lessor.renew(id, granted) {
+                LeaseAnswer::KeepAlive(granted)
+            } else {
+                // The deadline passed while leadership was being confirmed.
+                await_revoke(node, id, call).await
+            }
         }
-        (LeaseCall::TimeToLive { .. }, None) => LeaseAnswer::TimeToLive {
+        LeaseCall::TimeToLive { .. } => {
+            let keys = if keys {
+                match node.mvcc.read(|v| v.lease_keys(id)) {
+                    Ok(k) => k,
+                    Err(e) => return LeaseAnswer::Failed(e),
+                }
+            } else {
+                Vec::new()
+            };
+            LeaseAnswer::TimeToLive {
+                ttl: node
+                    .lessor
+                    .remaining(id)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(granted),
+                granted,
+                keys,
+            }
+        }
+    }
+}
+
+/// etcd's answer for a lease that does not exist: keep-alive TTL 0,
+/// time-to-live -1, both without an error.
+fn gone(call: &LeaseCall) -> LeaseAnswer {
+    match call {
+        LeaseCall::KeepAlive(_) => LeaseAnswer::KeepAlive(0),
+        LeaseCall::TimeToLive { .. } => LeaseAnswer::TimeToLive {
             ttl: -1,
             granted: 0,
-            keys,
+            keys: Vec::new(),
         },
-        (LeaseCall::TimeToLive { .. }, Some(granted)) => LeaseAnswer::TimeToLive {
-            ttl: node
-                .lessor
-                .remaining(id)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(granted),
-            granted,
-            keys,
-        },
+    }
+}
+
+/// Waits until the revoke of an expired lease is applied here, then answers
+/// as for a lease that does not exist. Leadership lost meanwhile: the call
+/// goes to the new leader (which restarted every TTL and may renew it).
+async fn await_revoke(node: &Node, id: i64, call: &LeaseCall) -> LeaseAnswer {
+    let deadline = Instant::now() + node.request_timeout;
+    loop {
+        match node.mvcc.read(|v| v.lease_ttl(id)) {
+            Ok(None) => return gone(call),
+            Ok(Some(_)) => {}
+            Err(e) => return LeaseAnswer::Failed(e),
+        }
+        if node.leader() != Some(node.id) {
+            return LeaseAnswer::NotLeader;
+        }
+        if Instant::now() >= deadline {
+            return LeaseAnswer::Failed(EtcdError::Timeout);
+        }
+        // Polls a condition (the revoke's apply), bounded by the deadline.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -178,11 +248,16 @@ pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
         }
         n.lessor.sync(&leases, led_term != Some(term));
         led_term = Some(term);
-        for id in n.lessor.expired() {
+        for id in n.lessor.due() {
             let n2: Arc<Node> = n.clone();
             tokio::spawn(async move {
-                // A lease already gone answers "not found": nothing to do.
-                let _ = n2.propose(None, Command::LeaseRevoke { id }).await;
+                // Proposed here only, never forwarded: the deadline is this
+                // leader's view. A leader that was paused past its leadership
+                // would otherwise hand a stale expiry to the new leader, which
+                // may have renewed the lease since. A lease already gone
+                // answers "not found": nothing to do.
+                let req = crate::command::Request::new(None, Command::LeaseRevoke { id });
+                let _ = n2.propose_as_leader(req).await;
             });
         }
     }
@@ -216,12 +291,15 @@ mod tests {
     fn deadlines() {
         let l = Lessor::default();
         l.sync(&[(1, 0), (2, 100)], true);
-        let exp = l.expired();
+        let exp = l.due();
         assert_eq!(exp, vec![1]);
         assert!(
-            l.expired().is_empty(),
+            l.due().is_empty(),
             "a revoke in flight is not proposed twice"
         );
+        assert!(l.expired(1));
+        assert!(!l.renew(1, 100), "an expired lease is not renewed");
+        assert!(l.renew(2, 100));
         l.sync(&[(2, 100)], false);
         assert!(l.remaining(1).is_none());
         assert!(l.remaining(2).unwrap() > Duration::from_secs(90));

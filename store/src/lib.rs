@@ -19,6 +19,7 @@
 //! - [`metrics`]: `/metrics` with etcd's metric names.
 //! - [`restore`]: the snapshot file (`etcdctl snapshot save`) and `cairn snapshot restore`.
 //! - [`error`]: etcd's error codes and message strings.
+//! - [`failpoint`]: storage faults a test can switch on (`CAIRN_FAILPOINTS`).
 //! - [`ids`]: etcd-compatible member and cluster IDs.
 
 // openraft's storage traits return its `StorageError` (>200 bytes) by value;
@@ -32,6 +33,7 @@ pub mod command;
 pub mod compactor;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod ids;
 pub mod lease;
 pub mod membership;

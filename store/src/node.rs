@@ -46,6 +46,7 @@ pub struct Node {
 
     pub lessor: Lessor,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
+    lead_tx: mpsc::UnboundedSender<ReadWaiter>,
     batcher: crate::batcher::Batcher,
 }
 
@@ -69,6 +70,7 @@ impl Node {
         auth_token_ttl: Duration,
     ) -> Arc<Node> {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
+        let (lead_tx, lead_rx) = mpsc::unbounded_channel();
         let batcher = crate::batcher::Batcher::start(raft.clone(), request_timeout);
         let node = Arc::new(Node {
             id,
@@ -90,13 +92,24 @@ impl Node {
 
             lessor: Lessor::default(),
             read_tx,
+            lead_tx,
         });
-        tokio::spawn(read_index_loop(Arc::downgrade(&node), read_rx));
+        tokio::spawn(confirm_loop(
+            Arc::downgrade(&node),
+            read_rx,
+            Round::ReadIndex,
+        ));
+        tokio::spawn(confirm_loop(
+            Arc::downgrade(&node),
+            lead_rx,
+            Round::Leadership,
+        ));
         tokio::spawn(crate::lease::expiry_loop(
             Arc::downgrade(&node),
             Duration::from_millis(100),
         ));
         tokio::spawn(crate::metrics::watch_leader(Arc::downgrade(&node)));
+        tokio::spawn(exit_on_fatal(node.raft.clone()));
         tokio::spawn(quota_loop(Arc::downgrade(&node)));
         tokio::spawn(crate::membership::finish_joint_loop(
             Arc::downgrade(&node),
@@ -228,7 +241,7 @@ impl Node {
         loop {
             let leader = self.wait_leader(deadline).await?;
             let answer = if leader == self.id {
-                crate::lease::answer_as_leader(self, &call)
+                crate::lease::answer_as_leader(self, &call).await
             } else if let Some(node) = self.member(leader) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 self.pool
@@ -300,12 +313,7 @@ impl Node {
     /// everything committed before the call started.
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
         let deadline = Instant::now() + self.request_timeout;
-        let (tx, rx) = oneshot::channel();
-        self.read_tx.send(tx).map_err(|_| EtcdError::Stopped)?;
-        let index = tokio::time::timeout_at(deadline.into(), rx)
-            .await
-            .map_err(|_| EtcdError::Timeout)?
-            .map_err(|_| EtcdError::Stopped)??;
+        let index = self.await_round(&self.read_tx, deadline).await?;
         let applied = self
             .raft
             .metrics()
@@ -317,6 +325,27 @@ impl Node {
             self.wait_applied(index, deadline).await?;
         }
         Ok(())
+    }
+
+    /// Proves that this member leads: a quorum confirmed it in a round that
+    /// started after the call. Lease renewals need it (see `lease`).
+    pub async fn confirm_leadership(&self) -> Result<u64, EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        self.await_round(&self.lead_tx, deadline).await
+    }
+
+    /// Joins the next confirmation round of one of the batching loops.
+    async fn await_round(
+        &self,
+        tx: &mpsc::UnboundedSender<ReadWaiter>,
+        deadline: Instant,
+    ) -> Result<u64, EtcdError> {
+        let (w, rx) = oneshot::channel();
+        tx.send(w).map_err(|_| EtcdError::Stopped)?;
+        tokio::time::timeout_at(deadline.into(), rx)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?
     }
 
     /// Read index on the leader: confirms leadership with a quorum.
@@ -366,6 +395,34 @@ impl Node {
     }
 }
 
+/// Ends the process when Raft stops on a fatal error (a storage failure, a
+/// panic in its core). Such a member can no longer replicate, apply or
+/// vote, yet its listeners would go on serving serializable reads and
+/// watches from state that silently stops moving; exiting lets the
+/// supervisor (systemd, compose's `restart: always`) start it again from
+/// its durable state. A normal shutdown (`Fatal::Stopped`) is left alone.
+async fn exit_on_fatal(raft: Raft) {
+    let mut rx = raft.metrics();
+    drop(raft);
+    loop {
+        if let Err(fatal) = &rx.borrow_and_update().running_state {
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                tracing::error!(
+                    error = %fatal,
+                    "fatal Raft error: this member stops now (exit code 70) so its \
+                     supervisor restarts it from its durable state"
+                );
+                std::process::exit(70);
+            }
+            return;
+        }
+        // The last state is looked at once more after the sender is gone.
+        if rx.changed().await.is_err() && rx.borrow().running_state.is_ok() {
+            return;
+        }
+    }
+}
+
 /// Raises this member's NOSPACE alarm once its data dir outgrows the quota,
 /// as etcd does; writes are then refused cluster-wide until an operator
 /// frees space and disarms it (`etcdctl alarm disarm`).
@@ -396,17 +453,33 @@ async fn quota_loop(node: std::sync::Weak<Node>) {
     }
 }
 
-/// Batches read-index requests: everyone waiting when a confirmation starts
-/// shares it; those arriving during it wait for the next one (a confirmation
-/// that started before a read arrived cannot serve it).
-async fn read_index_loop(node: std::sync::Weak<Node>, mut rx: mpsc::UnboundedReceiver<ReadWaiter>) {
+/// What a batched confirmation round proves.
+#[derive(Clone, Copy)]
+enum Round {
+    /// A read index, from this member if it leads or from the leader.
+    ReadIndex,
+    /// That this member itself leads.
+    Leadership,
+}
+
+/// Batches confirmations: everyone waiting when a round starts shares it;
+/// those arriving during it wait for the next one (a round that started
+/// before a call arrived cannot serve it).
+async fn confirm_loop(
+    node: std::sync::Weak<Node>,
+    mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
+    round: Round,
+) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
         let Some(node) = node.upgrade() else { return };
-        let res = node.confirm_read_index().await;
+        let res = match round {
+            Round::ReadIndex => node.confirm_read_index().await,
+            Round::Leadership => node.read_index_as_leader().await,
+        };
         drop(node);
         for w in waiters {
             let _ = w.send(res.clone());

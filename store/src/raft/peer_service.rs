@@ -104,7 +104,7 @@ impl Peer for PeerService {
 
     async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let call: crate::lease::LeaseCall = decode(req.get_ref())?;
-        encode(&crate::lease::answer_as_leader(&self.node, &call))
+        encode(&crate::lease::answer_as_leader(&self.node, &call).await)
     }
 
     async fn membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -398,6 +398,9 @@ impl Wal {
             (files, firsts, std::mem::take(&mut inner.dir_dirty))
         };
         let res = (|| {
+            if crate::failpoint::hit("wal-sync") {
+                return Err(io::Error::other("failpoint wal-sync: injected I/O error"));
+            }
             for (f, _, _) in &files {
                 f.sync_data()?;
             }
