@@ -17,7 +17,118 @@ cluster_tests!(
     all_members_kill9_and_restart_keep_data_and_revision,
     stopped_member_catches_up_past_snapshot,
     sigstopped_leader_is_replaced_and_rejoins,
+    linearizable_reads_right_after_a_full_restart_see_every_acked_write,
 );
+
+/// Puts, each acknowledged; right after the last, kill -9 every member and
+/// start them all again (the old leader first); then a linearizable get on each member,
+/// repeated until it answers, must return the last acknowledged value. A
+/// restarted leader that resumed its old term served these reads from the
+/// committed index it had saved, which can trail what it acknowledged.
+async fn linearizable_reads_right_after_a_full_restart_see_every_acked_write(imp: Impl) {
+    let mut cl = Cluster::start(imp, 3).await;
+    let c = cl.client().await;
+    let pinned: Vec<Client> = {
+        let mut v = Vec::new();
+        for n in &cl.nodes {
+            let opts = cairn_client::ClientOptions {
+                connect_timeout: std::time::Duration::from_millis(200),
+                request_timeout: std::time::Duration::from_secs(2),
+                retry_budget: std::time::Duration::ZERO,
+                ..Default::default()
+            };
+            v.push(
+                Client::connect(vec![n.client_url.clone()], opts)
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let mut stale = Vec::new();
+    for round in 0..6 {
+        let mut last = String::new();
+        for i in 0..30 {
+            last = format!("r{round}-{i}");
+            c.put("k", last.clone(), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let leader = cl.leader().await;
+        for n in &mut cl.nodes {
+            n.kill9();
+        }
+        // The old leader first, the others a moment later: its first reads
+        // then come before its peers can tell it what was committed.
+        cl.nodes[leader].restart();
+        tokio::time::sleep(std::time::Duration::from_millis(100 * round as u64)).await;
+        for (i, n) in cl.nodes.iter_mut().enumerate() {
+            if i != leader {
+                n.restart();
+            }
+        }
+        for (m, p) in pinned.iter().enumerate() {
+            let got = wait_for(
+                SLOW,
+                "a linearizable get to answer after the restart",
+                || {
+                    let p = p.clone();
+                    async move { p.get("k", GetOptions::default()).await.ok() }
+                },
+            )
+            .await;
+            let v = got
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            if v.as_deref() != Some(last.as_str()) {
+                stale.push(format!(
+                    "round {round}, member {m}: read {v:?}, last acked {last}"
+                ));
+            }
+        }
+        cl.wait_ready().await;
+    }
+    assert!(stale.is_empty(), "stale linearizable reads: {stale:#?}");
+}
+
+/// A member whose storage fails (here: every WAL fsync from the 30th on,
+/// through Cairn's `wal-sync` failpoint) must not linger as a process that
+/// still answers serializable reads from state that no longer moves: it
+/// exits with a clear message, for its supervisor to restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_storage_fails_exits() {
+    let opts = ClusterOptions {
+        env: vec![("CAIRN_FAILPOINTS".into(), "wal-sync=30".into())],
+        ..Default::default()
+    };
+    let mut c = Cluster::start_with(Impl::Cairn, 3, opts).await;
+    let client = c.client().await;
+    // Writes until the members' fsyncs fail; each write may fail once they do.
+    for i in 0..200 {
+        let _ = client
+            .put(format!("/f/{i}"), "v", PutOptions::default())
+            .await;
+        if (0..3).any(|n| !c.nodes[n].is_running()) {
+            break;
+        }
+    }
+    wait_until(SLOW, "a member to exit after its storage failed", || {
+        let gone = (0..3).filter(|n| !c.nodes[*n].is_running()).count();
+        async move { gone > 0 }
+    })
+    .await;
+    let n = (0..3)
+        .find(|n| !c.nodes[*n].is_running())
+        .expect("an exited member");
+    let log = c.nodes[n].log();
+    assert!(
+        log.contains("fatal Raft error") && log.contains("failpoint wal-sync"),
+        "the member's log names the cause:\n{}",
+        common::tail(&c.nodes[n].log_path, 30)
+    );
+    assert_eq!(c.nodes[n].exit_code(), Some(70));
+}
 
 fn rev(r: &RangeResponse) -> i64 {
     r.header.as_ref().expect("header").revision

@@ -91,6 +91,18 @@ pub enum KvRet {
     },
 }
 
+impl KvRet {
+    /// The store revision the answer reports.
+    pub fn revision(&self) -> i64 {
+        match self {
+            KvRet::Written { revision }
+            | KvRet::Get { revision, .. }
+            | KvRet::Cas { revision, .. }
+            | KvRet::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
 /// One recorded key-value operation.
 #[derive(Clone, Debug, Serialize)]
 pub struct KvRecord {

@@ -15,7 +15,7 @@ use crate::history::Clock;
 pub enum Fault {
     KillFollower,
     KillLeader,
-    /// kill -9 every member, then start them all again at once.
+    /// kill -9 every member, then start them again (the old leader first).
     KillAll,
     /// SIGSTOP the leader for a while, then SIGCONT.
     PauseLeader,
@@ -143,14 +143,19 @@ pub async fn inject(
             log.note(clock, format!("restart m{i}"));
         }
         Fault::KillAll => {
+            let l = leader_or_any(c, rng).await;
             for i in 0..c.members.len() {
                 c.kill9(i);
             }
             log.note(clock, "kill -9 all members".into());
+            // The old leader first: its first reads come before its peers
+            // can tell it what was committed.
+            c.restart(l)?;
+            tokio::time::sleep(ms(rng, 0, 400)).await;
             for i in 0..c.members.len() {
                 c.restart(i)?;
             }
-            log.note(clock, "restart all members at once".into());
+            log.note(clock, format!("restarted m{l}, then the others"));
         }
         Fault::PauseLeader => {
             let i = leader_or_any(c, rng).await;

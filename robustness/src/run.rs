@@ -124,37 +124,26 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport> {
     let urls = cluster.endpoints();
     let mut next_id = 0;
     for (m, url) in urls.iter().enumerate() {
-        watchers.push(tokio::spawn(workload::watcher(
-            m,
-            m,
-            url.clone(),
-            clock.clone(),
-            rec.clone(),
-            stop.clone(),
-        )));
+        let ctx = |id: usize, seed: u64| workload::Ctx {
+            id,
+            member: m,
+            url: url.clone(),
+            seed,
+            clock: clock.clone(),
+            rec: rec.clone(),
+            stop: stop.clone(),
+        };
+        watchers.push(tokio::spawn(workload::watcher(ctx(m, 0))));
         for _ in 0..cfg.workload.kv_clients_per_member {
-            clients.push(tokio::spawn(workload::kv_client(
-                next_id,
-                m,
-                url.clone(),
-                cfg.workload.clone(),
-                rng.u64(..),
-                clock.clone(),
-                rec.clone(),
-                stop.clone(),
-            )));
+            let c = ctx(next_id, rng.u64(..));
+            clients.push(tokio::spawn(workload::kv_client(c, cfg.workload.clone())));
             next_id += 1;
         }
         for _ in 0..cfg.workload.lease_clients_per_member {
-            clients.push(tokio::spawn(workload::lease_client(
+            clients.push(tokio::spawn(workload::lease_client(ctx(
                 next_id,
-                m,
-                url.clone(),
                 rng.u64(..),
-                clock.clone(),
-                rec.clone(),
-                stop.clone(),
-            )));
+            ))));
             next_id += 1;
         }
     }
@@ -177,6 +166,16 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport> {
         let _ = c.await;
     }
 
+    // Every key read once more, linearizably, once the faults are healed:
+    // a cluster that lost acknowledged writes, or never recovers, shows here.
+    let final_reads = workload::final_reads(
+        urls.clone(),
+        cfg.workload.keys,
+        clock.clone(),
+        rec.clone(),
+        Duration::from_secs(60),
+    )
+    .await;
     // Convergence: one leader, every member at the same revision and hash.
     let converged = converge(&mut cluster).await;
     let final_rev = converged.as_ref().map_or(0, |r| *r);
@@ -197,6 +196,23 @@ pub async fn run(cfg: &RunConfig) -> Result<RunReport> {
     }
     if let Err(e) = &converged {
         report.violations.push(format!("convergence: {e:#}"));
+    }
+    if let Err(e) = final_reads {
+        report.violations.push(format!("recovery: {e:#}"));
+    }
+    let acknowledged = history
+        .kv
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            crate::history::Outcome::Ok(ret) => Some(ret.revision()),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    if final_rev > 0 && acknowledged > final_rev {
+        report.violations.push(format!(
+            "convergence: revision {acknowledged} was acknowledged, but the healed cluster is at {final_rev}"
+        ));
     }
     check(&history, &mut report);
     for w in &history.watches {

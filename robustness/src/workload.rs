@@ -91,6 +91,19 @@ impl Stop {
     }
 }
 
+/// What every workload task gets: who it is, which member it talks to, its
+/// seed, and where it records.
+#[derive(Clone)]
+pub struct Ctx {
+    pub id: usize,
+    pub member: usize,
+    pub url: String,
+    pub seed: u64,
+    pub clock: Clock,
+    pub rec: Recorder,
+    pub stop: Stop,
+}
+
 /// Runs a call under the outer deadline; a timeout counts as a transport failure.
 async fn bounded<T>(
     f: impl std::future::Future<Output = cairn_client::Result<T>>,
@@ -119,21 +132,31 @@ fn revision(h: &Option<cairn_client::pb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
+/// A get's answer: the value (if any) and its revisions.
+fn get_ret(r: cairn_client::pb::RangeResponse) -> KvRet {
+    let kv = r.kvs.first();
+    KvRet::Get {
+        value: kv.map(|kv| text(&kv.value)),
+        mod_revision: kv.map_or(0, |kv| kv.mod_revision),
+        revision: revision(&r.header),
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// One KV client pinned to `url`.
-pub async fn kv_client(
-    id: usize,
-    member: usize,
-    url: String,
-    opts: WorkloadOptions,
-    seed: u64,
-    clock: Clock,
-    rec: Recorder,
-    stop: Stop,
-) {
+pub async fn kv_client(ctx: Ctx, opts: WorkloadOptions) {
+    let Ctx {
+        id,
+        member,
+        url,
+        seed,
+        clock,
+        rec,
+        stop,
+    } = ctx;
     let mut rng = fastrand::Rng::with_seed(seed);
     let Ok(client) = Client::connect(vec![url], client_options()).await else {
         return;
@@ -167,18 +190,7 @@ pub async fn kv_client(
             (KvOp::Put { key: k, value }, out)
         } else if roll < 65 {
             let res = bounded(client.get(k.clone(), get_opts.clone())).await;
-            let out = outcome(
-                res,
-                |r| {
-                    let kv = r.kvs.first();
-                    KvRet::Get {
-                        value: kv.map(|kv| text(&kv.value)),
-                        mod_revision: kv.map_or(0, |kv| kv.mod_revision),
-                        revision: revision(&r.header),
-                    }
-                },
-                true,
-            );
+            let out = outcome(res, get_ret, true);
             if let Outcome::Ok(KvRet::Get { value, .. }) = &out {
                 seen.insert(k.clone(), value.clone());
             }
@@ -261,15 +273,16 @@ async fn think(rng: &mut fastrand::Rng, (lo, hi): (u64, u64)) {
 }
 
 /// One lease client pinned to `url`.
-pub async fn lease_client(
-    id: usize,
-    member: usize,
-    url: String,
-    seed: u64,
-    clock: Clock,
-    rec: Recorder,
-    stop: Stop,
-) {
+pub async fn lease_client(ctx: Ctx) {
+    let Ctx {
+        id,
+        member,
+        url,
+        seed,
+        clock,
+        rec,
+        stop,
+    } = ctx;
     let mut rng = fastrand::Rng::with_seed(seed);
     let Ok(client) = Client::connect(vec![url], client_options()).await else {
         return;
@@ -341,14 +354,16 @@ pub async fn lease_client(
 }
 
 /// One watcher on `/r/` pinned to `url`, from revision 1.
-pub async fn watcher(
-    id: usize,
-    member: usize,
-    url: String,
-    clock: Clock,
-    rec: Recorder,
-    stop: Stop,
-) {
+pub async fn watcher(ctx: Ctx) {
+    let Ctx {
+        id,
+        member,
+        url,
+        clock,
+        rec,
+        stop,
+        ..
+    } = ctx;
     let mut record = WatchRecord {
         watcher: id,
         member,
@@ -431,6 +446,45 @@ pub async fn watcher(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     rec.watch(record);
+}
+
+/// Reads every key of the workload linearizably through any member, each
+/// until it succeeds or `within` passes, recording the reads like any other
+/// (client `usize::MAX`). Fails if some key could not be read.
+pub async fn final_reads(
+    urls: Vec<String>,
+    keys: usize,
+    clock: Clock,
+    rec: Recorder,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let client = Client::connect(urls, client_options()).await?;
+    let deadline = Instant::now() + within;
+    // keys..=keys: the second key of a two-key txn may be this one.
+    for k in (0..=keys).map(|i| format!("{PREFIX}k{i}")) {
+        loop {
+            let invoke = clock.now();
+            let res = bounded(client.get(k.clone(), GetOptions::default())).await;
+            let ok = res.is_ok();
+            let out = outcome(res, get_ret, true);
+            if ok {
+                rec.kv(KvRecord {
+                    client: usize::MAX,
+                    member: usize::MAX,
+                    op: KvOp::Get { key: k.clone() },
+                    invoke,
+                    complete: clock.now(),
+                    outcome: out,
+                });
+                break;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("no linearizable read of {k} succeeded within {within:?} after the faults healed: {out:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `count` puts to one filler key through `url` from `parallel`

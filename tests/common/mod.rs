@@ -196,6 +196,13 @@ fn member_command(
     (program, args)
 }
 
+/// How to start one member process.
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
 /// Cluster settings; the defaults are etcd's.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -209,6 +216,8 @@ pub struct ClusterOptions {
     /// Serve both ports over TLS with these files (`https://` URLs), and
     /// give the harness's own clients the matching client settings.
     pub tls: Option<TestTls>,
+    /// Environment variables for every member (e.g. Cairn's `CAIRN_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 /// PEM files of a test PKI: every member presents `cert`/`key` (for
@@ -260,6 +269,7 @@ impl Default for ClusterOptions {
             snapshot_catchup_entries: None,
             extra_args: Vec::new(),
             tls: None,
+            env: Vec::new(),
         }
     }
 }
@@ -277,6 +287,7 @@ pub struct Node {
     pub client_opts: ClientOptions,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -289,8 +300,9 @@ impl Node {
         client_url: String,
         peer_url: String,
         data_dir: PathBuf,
-        (program, args): (PathBuf, Vec<String>),
+        launch: Launch,
     ) -> Node {
+        let Launch { program, args, env } = launch;
         let mut node = Node {
             imp,
             client_opts: test_client_options(),
@@ -301,6 +313,7 @@ impl Node {
             data_dir,
             program,
             args,
+            env,
             child: None,
         };
         node.spawn();
@@ -323,6 +336,7 @@ impl Node {
         );
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -341,6 +355,12 @@ impl Node {
             None => false,
             Some(c) => matches!(c.try_wait(), Ok(None)),
         }
+    }
+
+    /// The exit code once the process has exited on its own (reaping it).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        c.try_wait().ok().flatten().and_then(|s| s.code())
     }
 
     /// Panics (with the log) if the process has exited on its own.
@@ -547,7 +567,11 @@ impl Cluster {
                 client_url,
                 peer_url,
                 data_dir,
-                (program, args),
+                Launch {
+                    program,
+                    args,
+                    env: opts.env.clone(),
+                },
             );
             node.client_opts.tls = opts.tls.as_ref().map(TestTls::client);
             nodes.push(node);
@@ -585,7 +609,11 @@ impl Cluster {
             client_url,
             peer_url,
             data_dir,
-            (program, args),
+            Launch {
+                program,
+                args,
+                env: Vec::new(),
+            },
         );
         self.nodes.push(node);
         self.nodes.len() - 1
