@@ -165,7 +165,11 @@ async fn etcdctl_reads_what_the_api_wrote() {
         &["get", "/apisix/consumers/jack", "--print-value-only"],
         None,
     );
-    assert!(c.contains("\"key-auth\":{\"key\":\"jack-key\"}"), "{c}");
+    // Encrypted as APISIX does with its default keyring (none configured).
+    assert!(
+        c.contains("\"key-auth\":{\"key\":\"1jhUSuP5Dz3oF/IEiJ1SAg==\"}"),
+        "{c}"
+    );
 
     // ?ttl= puts the key under a lease.
     let r = cp
@@ -195,10 +199,11 @@ async fn etcdctl_reads_what_the_api_wrote() {
     let left = etcdctl_ok(&eps, &["get", &format!("/apisix/routes/{pid}")], None);
     assert!(left.is_empty(), "{left}");
 
-    // Every write left an audit record, outside /apisix.
+    // Every write left an audit record, outside /apisix: one in the time
+    // index, one under its resource.
     let audit = etcdctl_ok(
         &eps,
-        &["get", "--prefix", "/cairn/audit/", "--keys-only"],
+        &["get", "--prefix", "/cairn/audit/t/", "--keys-only"],
         None,
     );
     assert_eq!(
@@ -742,11 +747,18 @@ async fn history_and_rollback_survive_compaction() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["value"]["uri"], "/v2");
 
-    // The audit log, newest first.
+    // The audit log, newest first; a resource's records carry the patch
+    // back to the version before (not both values).
     let a = cp.call("GET", "/api/audit", k, None).await.json();
     assert_eq!(a["list"][0]["action"], "rollback");
-    assert_eq!(a["list"][0]["old_value"]["uri"], "/v1");
+    assert!(a["list"][0].get("revert").is_none(), "{a}");
     assert!(a["list"][0]["new_revision"].as_i64() > a["list"][0]["old_revision"].as_i64());
+    let a = cp
+        .call("GET", "/api/audit?resource=routes&id=h", k, None)
+        .await
+        .json();
+    assert_eq!(a["list"][0]["revert"]["uri"], "/v1", "{a}");
+    assert!(a["list"][0]["revert"].get("upstream").is_none(), "{a}");
 
     // A deleted route keeps its history, and a rollback brings it back.
     assert_eq!(
@@ -1111,4 +1123,453 @@ async fn store_with_tls_and_auth() {
     assert_eq!(v["nodes"], upstream()["nodes"]);
     let r = cp.call("GET", "/readyz", None, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+const SESSION_SECRET: &str = "test-session-secret-0123456789abcdef";
+
+/// A 1-node store and a control plane with this extra config (YAML lines).
+async fn setup_one(extra: &str) -> (Cluster, ControlPlane) {
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let cfg = cluster.dir.join("control.yaml");
+    std::fs::write(
+        &cfg,
+        format!("viewer_keys: [{VIEWER}]\nsession_secret: {SESSION_SECRET}\n{extra}"),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(
+        &cluster,
+        &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
+    )
+    .await;
+    (cluster, cp)
+}
+
+fn stored_json(c: &Cluster, key: &str) -> Value {
+    let out = etcdctl_ok(&c.endpoints(), &["get", key, "--print-value-only"], None);
+    serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{key}: {e}: {out}"))
+}
+
+/// What every read answer must never contain.
+fn assert_no_secret(what: &str, body: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(!body.contains(s.as_str()), "{what} leaks {s:?}:\n{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_stored_as_apisix_encrypts_them_and_never_shown() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let (cluster, cp) = setup_one("data_encryption:\n  keyring: [edd1c9f0985e76a2]\n").await;
+    let k = Some(ADMIN);
+    let eps = cluster.endpoints();
+    let site = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    let (cert, key) = (site.cert.pem(), site.key_pair.serialize_pem());
+    let client = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+    let client_key = client.key_pair.serialize_pem();
+    let mut answers: Vec<(String, String)> = Vec::new();
+    let writes = [
+        (
+            "/apisix/admin/consumers",
+            json!({"username": "foo", "plugins": {
+                "basic-auth": {"username": "foo", "password": "bar"},
+                "key-auth": {"key": "key-auth-secret-1"},
+                "jwt-auth": {"key": "jk", "secret": "jwt-secret-2"}}}),
+        ),
+        (
+            "/apisix/admin/ssls/s1",
+            json!({"cert": cert, "key": key, "snis": ["a.test"]}),
+        ),
+        (
+            "/apisix/admin/upstreams/u1",
+            json!({"nodes": {"127.0.0.1:1980": 1}, "scheme": "https",
+                   "tls": {"client_cert": client.cert.pem(), "client_key": client_key}}),
+        ),
+        (
+            "/apisix/admin/secrets/vault/v1",
+            json!({"uri": "http://127.0.0.1:8200", "prefix": "kv/apisix", "token": "vault-token-3"}),
+        ),
+        (
+            "/apisix/admin/routes/r1",
+            json!({"uri": "/r", "upstream_id": "u1", "plugins": {"limit-count": {
+                "count": 1, "time_window": 60, "policy": "redis", "redis_host": "127.0.0.1",
+                "redis_password": "redis-pass-4"}}}),
+        ),
+    ];
+    for (path, body) in writes {
+        let r = cp.call("PUT", path, k, Some(body)).await;
+        assert_eq!(r.status, 201, "{path}: {}", r.body);
+        answers.push((format!("PUT {path}"), r.body));
+    }
+    // Stored as APISIX's Admin API stores them with the same keyring.
+    let foo = stored_json(&cluster, "/apisix/consumers/foo");
+    assert_eq!(
+        foo["plugins"]["basic-auth"]["password"],
+        "77+NmbYqNfN+oLm0aX5akg=="
+    );
+    assert_eq!(foo["plugins"]["basic-auth"]["username"], "foo");
+    let ssl = stored_json(&cluster, "/apisix/ssls/s1");
+    let stored_key = ssl["key"].as_str().unwrap().to_string();
+    assert!(!stored_key.starts_with("---") && stored_key.len() > 100);
+    let up = stored_json(&cluster, "/apisix/upstreams/u1");
+    let stored_client_key = up["tls"]["client_key"].as_str().unwrap().to_string();
+    assert!(!stored_client_key.starts_with("---"));
+    let route = stored_json(&cluster, "/apisix/routes/r1");
+    let stored_redis = route["plugins"]["limit-count"]["redis_password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(stored_redis, "redis-pass-4");
+    // APISIX keeps secret managers' tokens in clear text; so does Cairn.
+    assert_eq!(
+        stored_json(&cluster, "/apisix/secrets/vault/v1")["token"],
+        "vault-token-3"
+    );
+    // What APISIX's Admin API wrote (same keyring) is read back.
+    etcdctl_ok(
+        &eps,
+        &[
+            "put",
+            "/apisix/consumers/bar",
+            r#"{"username":"bar","plugins":{"key-auth":{"key":"vU/ZHVJw7b0XscDJ1Fhtig=="}}}"#,
+        ],
+        None,
+    );
+    let fp_key = cairn_control::secrets::fingerprint_key_from(SESSION_SECRET.as_bytes());
+    let bar = cp
+        .call("GET", "/apisix/admin/consumers/bar", k, None)
+        .await
+        .json();
+    assert_eq!(
+        bar["value"]["plugins"]["key-auth"]["key"],
+        format!(
+            "<secret fp:{}>",
+            cairn_control::secrets::fingerprint(&fp_key, "auth-two")
+        )
+    );
+
+    // A change to make history and audit non-trivial.
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/r1",
+            k,
+            Some(json!({"plugins": {"limit-count": {"redis_password": "redis-pass-5"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    answers.push(("PATCH route".into(), r.body));
+
+    // Every read path, for both roles.
+    let secrets: Vec<String> = [
+        "bar",
+        "key-auth-secret-1",
+        "jwt-secret-2",
+        "vault-token-3",
+        "redis-pass-4",
+        "redis-pass-5",
+        "77+NmbYqNfN+oLm0aX5akg==",
+        "BEGIN PRIVATE KEY",
+        stored_key.as_str(),
+        stored_client_key.as_str(),
+        stored_redis.as_str(),
+    ]
+    .iter()
+    .map(|s| s.replace('\n', "\\n"))
+    .collect();
+    let mut reads = vec![
+        "/api/audit".to_string(),
+        "/apisix/admin/consumers".into(),
+        "/apisix/admin/ssls".into(),
+        "/apisix/admin/upstreams".into(),
+        "/apisix/admin/secrets".into(),
+        "/apisix/admin/routes".into(),
+    ];
+    for (res, id) in [
+        ("consumers", "foo"),
+        ("ssls", "s1"),
+        ("upstreams", "u1"),
+        ("secrets", "vault/v1"),
+        ("routes", "r1"),
+    ] {
+        reads.push(format!("/apisix/admin/{res}/{id}"));
+        reads.push(format!("/apisix/admin/{res}/{id}/history"));
+        reads.push(format!("/api/audit?resource={res}&id={id}"));
+    }
+    for key in [ADMIN, VIEWER] {
+        for path in &reads {
+            let r = cp.call("GET", path, Some(key), None).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            // "bar" is also a user name: check the password field itself.
+            let body = r.body.replace("\"bar\"", "").replace("consumers/bar", "");
+            assert_no_secret(path, &body, &secrets);
+        }
+    }
+    for (what, body) in &answers {
+        assert_no_secret(what, &body.replace("\"bar\"", ""), &secrets);
+    }
+
+    // A GET edited and PUT back keeps the stored secrets.
+    let mut v = cp
+        .call("GET", "/apisix/admin/consumers/foo", k, None)
+        .await
+        .json()["value"]
+        .clone();
+    let placeholder = v["plugins"]["basic-auth"]["password"].clone();
+    assert!(
+        placeholder.as_str().unwrap().starts_with("<secret fp:"),
+        "{v}"
+    );
+    for f in ["create_time", "update_time"] {
+        v.as_object_mut().unwrap().remove(f);
+    }
+    v["desc"] = json!("edited");
+    let r = cp
+        .call("PUT", "/apisix/admin/consumers/foo", k, Some(v.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let foo = stored_json(&cluster, "/apisix/consumers/foo");
+    assert_eq!(
+        foo["plugins"]["basic-auth"]["password"],
+        "77+NmbYqNfN+oLm0aX5akg=="
+    );
+    assert_eq!(foo["desc"], "edited");
+    // A placeholder that matches nothing stored is refused.
+    v["plugins"]["key-auth"]["key"] = json!("<secret fp:000000000000>");
+    let r = cp
+        .call("PUT", "/apisix/admin/consumers/foo", k, Some(v))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("plugins.key-auth.key"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_is_pruned_by_one_instance() {
+    let (cluster, cp) = setup_one("audit:\n  max_records: 10\n  prune_interval_secs: 1\n").await;
+    let cfg = cluster.dir.join("control.yaml");
+    let cp2 = ControlPlane::start(
+        &cluster,
+        &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
+    )
+    .await;
+    let c = cluster.client().await;
+    // A record of the first layout (clear-text values) goes at the first run.
+    c.put(
+        "/cairn/audit/1700000000000-deadbeef",
+        "{}",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..25 {
+        let target = if i % 2 == 0 { &cp } else { &cp2 };
+        let r = target
+            .call(
+                "PUT",
+                "/apisix/admin/routes/p",
+                Some(ADMIN),
+                Some(json!({"uri": format!("/v{i}"), "upstream": upstream()})),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    }
+    let count = |prefix: &'static str| {
+        let c = c.clone();
+        async move {
+            let opts = cairn_client::GetOptions {
+                count_only: true,
+                ..cairn_client::GetOptions::prefix()
+            };
+            c.get(prefix, opts).await.unwrap().count
+        }
+    };
+    wait_until(SLOW, "the audit log to be pruned to 10 records", || async {
+        count("/cairn/audit/t/").await <= 10
+            && count("/cairn/audit/r/").await <= 10
+            && count("/cairn/audit/1").await == 0
+    })
+    .await;
+    // The newest records are the ones kept; the history still reads them.
+    let a = cp.call("GET", "/api/audit", Some(ADMIN), None).await.json();
+    assert_eq!(a["total"], 10, "{a}");
+    let h = cp
+        .call("GET", "/apisix/admin/routes/p/history", Some(ADMIN), None)
+        .await
+        .json();
+    assert_eq!(h["list"][0]["value"]["uri"], "/v24", "{h}");
+    // One pruner, holding its key under a lease.
+    let r = c
+        .get("/cairn/audit/pruner", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(r.kvs.len(), 1);
+    assert_ne!(r.kvs[0].lease, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apisix_parity_details() {
+    let (cluster, cp) = setup_one("extra_plugins: [my-custom]\n").await;
+    let k = Some(ADMIN);
+    let before = revision(&cluster).await;
+    // A body near the request limit: the store refuses it as too large: 413.
+    let big = "x".repeat(1536 * 1024 - 200);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/routes/big",
+            k,
+            Some(json!({"uri": "/big", "plugins": {"echo": {"body": big}}})),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", &r.body[..r.body.len().min(300)]);
+    assert!(r.json()["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
+    // Times are the admin layer's.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/routes/t",
+            k,
+            Some(json!({"uri": "/t", "upstream": upstream(), "create_time": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error_msg"],
+        "the property is forbidden:  create_time"
+    );
+    assert_eq!(
+        revision(&cluster).await,
+        before,
+        "refused writes wrote nothing"
+    );
+    // PATCH where APISIX refuses it; the version header.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/consumers/jack",
+            k,
+            Some(json!({"username": "jack"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.headers["x-api-version"], "v3");
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/consumers/jack",
+            k,
+            Some(json!({"desc": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        r.json()["error_msg"],
+        "not supported `PATCH` method for consumer"
+    );
+    // Credentials: under the consumer, auth secrets kept secret, gone with it.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/consumers/jack/credentials/c1",
+            k,
+            Some(json!({"plugins": {"key-auth": {"key": "cred-secret-1"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["key"], "/apisix/consumers/jack/credentials/c1");
+    assert!(!r.body.contains("cred-secret-1"), "{}", r.body);
+    let l = cp
+        .call("GET", "/apisix/admin/consumers/jack/credentials", k, None)
+        .await
+        .json();
+    assert_eq!(l["total"], 1, "{l}");
+    let l = cp
+        .call("GET", "/apisix/admin/consumers", k, None)
+        .await
+        .json();
+    assert_eq!(l["total"], 1, "credentials are not consumers: {l}");
+    assert_eq!(
+        cp.call(
+            "PUT",
+            "/apisix/admin/consumers/nobody/credentials/c1",
+            k,
+            Some(json!({"plugins": {}}))
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/consumers/jack", k, None)
+            .await
+            .status,
+        200
+    );
+    let c = cluster.client().await;
+    let left = c
+        .get("/apisix/consumers/jack", cairn_client::GetOptions::prefix())
+        .await
+        .unwrap();
+    assert_eq!(left.kvs.len(), 0, "credentials deleted with the consumer");
+    // Ids: collection PUTs follow the item rules; secrets are <manager>/<id>.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams",
+            k,
+            Some(json!({"id": "a/b", "nodes": {"127.0.0.1:1": 1}})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/secrets/nope/1",
+            k,
+            Some(json!({"uri": "http://127.0.0.1:1"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Paging: a page below 1 is the first.
+    let p = cp
+        .call(
+            "GET",
+            "/apisix/admin/consumers?page=0&page_size=10",
+            k,
+            None,
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    // Schemas by APISIX's singular names (the plural stays an alias).
+    for name in ["route", "routes", "stream_route", "credential"] {
+        let r = cp
+            .call("GET", &format!("/apisix/admin/schema/{name}"), k, None)
+            .await;
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+    }
+    // Plugins of APISIX 3.13+, custom ones from the config, stream plugins.
+    for (path, body, want) in [
+        (
+            "/apisix/admin/routes/ai",
+            json!({"uri": "/ai", "plugins": {"ai-prompt-guard": {}, "my-custom": {}}}),
+            201,
+        ),
+        (
+            "/apisix/admin/stream_routes/s1",
+            json!({"upstream": upstream(), "plugins": {"mqtt-proxy": {}}}),
+            201,
+        ),
+        (
+            "/apisix/admin/stream_routes/s2",
+            json!({"upstream": upstream(), "plugins": {"key-auth": {}}}),
+            400,
+        ),
+    ] {
+        let r = cp.call("PUT", path, k, Some(body)).await;
+        assert_eq!(r.status, want, "{path}: {}", r.body);
+    }
 }

@@ -10,11 +10,16 @@
 //!   `schema_def.lua`), known plugins and the common plugins' schemas.
 //! - [`admin`]: the one generic handler for every resource: list, get, put,
 //!   post, patch, delete, referential checks.
+//! - [`secrets`]: secret fields decrypted on read, encrypted on write
+//!   (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
+//! - [`patch`]: JSON merge patches (PATCH, audit revert patches).
 //! - [`history`]: versions from MVCC history and audit records; rollback.
-//! - [`audit`]: audit records and the audit log endpoint.
+//! - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
+//! - [`retention`]: audit log pruning by one instance under a leased key.
 //! - [`auth`]: API keys, roles, the shared-secret bootstrap.
 //! - [`console`]: the embedded web console, login/logout, sessions.
 //! - [`cluster`]: store member status for the console.
+//! - [`gateways`]: the gateways' registrations and sync state.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`]: `/openapi.json`, built from the resource table.
 //! - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
@@ -26,10 +31,14 @@ pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod gateways;
 pub mod health;
 pub mod history;
 pub mod openapi;
+pub mod patch;
 pub mod resources;
+pub mod retention;
+pub mod secrets;
 pub mod store;
 pub mod validate;
 
@@ -76,10 +85,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/session", get(console::whoami))
         .route("/api/cluster", get(cluster::cluster))
+        .route("/api/gateways", get(gateways::list))
         .route("/api/audit", get(audit::list))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
+        ))
+        // APISIX 3's Admin API says which shape it answers in.
+        .layer(axum::middleware::map_response(
+            |mut r: axum::response::Response| async move {
+                r.headers_mut()
+                    .insert("x-api-version", axum::http::HeaderValue::from_static("v3"));
+                r
+            },
         ));
     Router::new()
         .merge(authed)
@@ -151,7 +169,12 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> R
         "control plane on http://{addr} (console at /, admin API at /apisix/admin/), store {}",
         state.settings.endpoints.join(",")
     );
+    if state.settings.default_keyring {
+        tracing::warn!("data_encryption: using APISIX's default keyring, which is public; set data_encryption.keyring in the config file");
+    }
     tokio::spawn(auth::bootstrap(state.clone()));
+    let name = format!("{addr}/{}", auth::random_token().get(..8).unwrap_or("0"));
+    tokio::spawn(retention::run(state.clone(), name));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())

@@ -19,6 +19,9 @@ pub struct Resource {
     pub timestamps: bool,
     /// Whether POST (generated id) is allowed.
     pub post: bool,
+    /// Whether PATCH is allowed (APISIX refuses it on consumers, plugin
+    /// metadata, stream routes and protos).
+    pub patch: bool,
     /// Fields naming another resource that must exist: (field, resource name).
     /// Deleting a resource still named this way is refused without `?force=true`.
     pub refs: &'static [(&'static str, &'static str)],
@@ -53,6 +56,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[
             ("upstream_id", "upstreams"),
             ("service_id", "services"),
@@ -75,6 +79,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[],
         rules: &[Rule::ExactlyOne(&["nodes", "service_name"])],
     },
@@ -86,6 +91,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[("upstream_id", "upstreams")],
         rules: &[],
     },
@@ -97,6 +103,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: false,
         refs: &[("group_id", "consumer_groups")],
         rules: &[],
     },
@@ -108,6 +115,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[],
         rules: &[Rule::ExactlyOne(&["sni", "snis"])],
     },
@@ -119,6 +127,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -130,6 +139,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -141,6 +151,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -152,6 +163,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: false,
         post: false,
+        patch: false,
         refs: &[],
         rules: &[],
     },
@@ -163,6 +175,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: false,
         refs: &[("upstream_id", "upstreams"), ("service_id", "services")],
         rules: &[],
     },
@@ -174,6 +187,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 2,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -185,6 +199,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: false,
         refs: &[],
         rules: &[],
     },
@@ -212,3 +227,19 @@ pub fn valid_id_segment(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
+
+/// A consumer's credentials (`/apisix/admin/consumers/<name>/credentials/<id>`,
+/// stored at `<prefix>/consumers/<name>/credentials/<id>`): not a top-level
+/// resource, so not in [`RESOURCES`]. Its id is `<name>/credentials/<id>`.
+pub static CREDENTIALS: Resource = Resource {
+    name: "consumers",
+    singular: "credential",
+    schema: schema!("credentials"),
+    id_field: Some("id"),
+    id_segments: 3,
+    timestamps: true,
+    post: false,
+    patch: false,
+    refs: &[],
+    rules: &[],
+};
