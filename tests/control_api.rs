@@ -1018,15 +1018,84 @@ async fn console_sessions_are_shared_signed_and_rate_limited() {
     assert!(statuses.contains(&401), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     // The other instance counts on its own.
-    assert_eq!(
-        login(
-            a.url.clone(),
-            json!({"username": "bob", "password": "pw-bob"})
+    let r = login(
+        a.url.clone(),
+        json!({"username": "bob", "password": "pw-bob"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let cookie2 = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let session_status = |url: String, cookie: String| async move {
+        request(
+            "GET",
+            &format!("{url}/api/session"),
+            &[("cookie", &cookie)],
+            None,
         )
         .await
-        .status,
+        .unwrap()
+        .status
+    };
+    assert_eq!(session_status(a.url.clone(), cookie2.clone()).await, 200);
+    // Logout on one instance ends the session on every instance.
+    let r = request(
+        "POST",
+        &format!("{}/logout", b.url),
+        &[("cookie", &cookie2), ("x-cairn-console", "1")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(session_status(a.url.clone(), cookie2.clone()).await, 401);
+    assert_eq!(session_status(b.url.clone(), cookie2).await, 401);
+    // An instance whose config no longer has bob as a viewer, or no longer
+    // takes the admin key, ends sessions opened with them.
+    let cfg2 = cluster.dir.join("control2.yaml");
+    std::fs::write(
+        &cfg2,
+        format!("users:\n  - username: bob\n    password_hash: '{hash}'\n    role: admin\n"),
+    )
+    .unwrap();
+    let c = ControlPlane::start(
+        &cluster,
+        &[
+            "--admin-key",
+            "another-admin-key-0123456789",
+            "--config",
+            cfg2.to_str().unwrap(),
+        ],
+    )
+    .await;
+    wait_for_login(&c.url, json!({"api_key": "another-admin-key-0123456789"})).await;
+    assert_eq!(session_status(a.url.clone(), cookie.clone()).await, 200);
+    assert_eq!(session_status(c.url.clone(), cookie).await, 401);
+    assert_eq!(
+        session_status(a.url.clone(), admin_cookie.clone()).await,
         200
     );
+    assert_eq!(session_status(c.url.clone(), admin_cookie).await, 401);
+    // Wrong API keys are limited per address.
+    let mut statuses = Vec::new();
+    for i in 0..22 {
+        let r = c
+            .call(
+                "GET",
+                "/apisix/admin/routes",
+                Some(&format!("wrong-key-{i}")),
+                None,
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[0], 401);
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
 }
 
 /// Logs in, waiting for the instance to have loaded the session secret.
@@ -1534,6 +1603,14 @@ async fn apisix_parity_details() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
+    // Metric labels come from a fixed set: a made-up method or path is `other`.
+    let r = request("FROB", &format!("{}/nowhere-abc123", cp.url), &[], None)
+        .await
+        .unwrap();
+    assert!(r.status >= 400);
+    let m = cp.call("GET", "/metrics", None, None).await.body;
+    assert!(!m.contains("FROB") && !m.contains("nowhere-abc123"), "{m}");
+    assert!(m.contains("method=\"other\""), "{m}");
     // Paging: a page below 1 is the first.
     let p = cp
         .call(
@@ -1571,5 +1648,39 @@ async fn apisix_parity_details() {
     ] {
         let r = cp.call("PUT", path, k, Some(body)).await;
         assert_eq!(r.status, want, "{path}: {}", r.body);
+    }
+}
+
+#[test]
+fn short_secrets_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    for (args, yaml, want) in [
+        (vec!["--admin-key", "short"], "", "admin_key"),
+        (vec![], "session_secret: tiny\n", "session_secret"),
+        (vec![], "viewer_keys: [abc]\n", "viewer key"),
+        (
+            vec![],
+            "data_encryption:\n  keyring: [not-16-bytes]\n",
+            "keyring",
+        ),
+    ] {
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = std::process::Command::new(common::cairn_bin())
+            .arg("control")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--endpoints",
+                "http://127.0.0.1:1",
+            ])
+            .args(["--config", cfg.to_str().unwrap()])
+            .args(&args)
+            .env_remove("CAIRN_ADMIN_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {yaml}: started");
+        assert!(err.contains(want), "{args:?} {yaml}: {err}");
     }
 }

@@ -42,7 +42,7 @@ pub mod secrets;
 pub mod store;
 pub mod validate;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use cairn_client::{Client, ClientOptions};
+use console::session::RateLimiter;
 
 pub use config::{ControlArgs, Settings};
 
@@ -60,7 +61,15 @@ pub struct AppState {
     pub store: store::Store,
     pub keys: auth::Keys,
     pub metrics: health::Metrics,
-    pub login_limiter: console::session::RateLimiter,
+    /// Logins per client address.
+    pub login_limiter: RateLimiter<IpAddr>,
+    /// Logins per user name (guessing one user's password from many addresses).
+    pub user_limiter: RateLimiter<String>,
+    /// Wrong API keys per client address.
+    pub key_failures: RateLimiter<IpAddr>,
+    /// Concurrent argon2 verifications (each takes tens of ms of CPU and
+    /// ~19 MiB of memory): a login flood cannot take the machine.
+    pub argon2: tokio::sync::Semaphore,
 }
 
 /// APISIX's Admin API body limit.
@@ -137,7 +146,10 @@ pub async fn state(settings: Settings) -> Result<Arc<AppState>> {
         keys: auth::Keys::new(settings.admin_key.as_deref(), &settings.viewer_keys),
         store: store::Store { client },
         metrics: health::Metrics::new(),
-        login_limiter: console::session::RateLimiter::new(),
+        login_limiter: RateLimiter::new(10, Duration::from_secs(60), 10_000),
+        user_limiter: RateLimiter::new(10, Duration::from_secs(60), 10_000),
+        key_failures: RateLimiter::new(20, Duration::from_secs(60), 10_000),
+        argon2: tokio::sync::Semaphore::new(2),
         settings,
     }))
 }
