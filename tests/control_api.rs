@@ -1628,6 +1628,56 @@ async fn apisix_parity_details() {
             .await;
         assert_eq!(r.status, 200, "{name}: {}", r.body);
     }
+    // The plugin catalog endpoints APISIX tools call.
+    let l = cp
+        .call("GET", "/apisix/admin/plugins/list", k, None)
+        .await
+        .json();
+    let names: Vec<&str> = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "ai-proxy-multi",
+        "mcp-bridge",
+        "attach-consumer-label",
+        "my-custom",
+    ] {
+        assert!(names.contains(&want), "{want}: {l}");
+    }
+    let l = cp
+        .call(
+            "GET",
+            "/apisix/admin/plugins/list?subsystem=stream",
+            k,
+            None,
+        )
+        .await
+        .json();
+    assert!(l.as_array().unwrap().contains(&json!("mqtt-proxy")), "{l}");
+    let s = cp
+        .call(
+            "GET",
+            "/apisix/admin/schema/plugins/key-auth?schema_type=consumer",
+            k,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(s["required"], json!(["key"]), "{s}");
+    let s = cp
+        .call("GET", "/apisix/admin/plugins/limit-count", k, None)
+        .await
+        .json();
+    assert!(s["properties"]["count"].is_object(), "{s}");
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/plugins/nope", k, None)
+            .await
+            .status,
+        404
+    );
     // Plugins of APISIX 3.13+, custom ones from the config, stream plugins.
     for (path, body, want) in [
         (

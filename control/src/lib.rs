@@ -8,6 +8,7 @@
 //! - [`resources`]: the table of Admin API resources (one row per resource).
 //! - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
 //!   `schema_def.lua`), known plugins and the common plugins' schemas.
+//! - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
 //! - [`admin`]: the one generic handler for every resource: list, get, put,
 //!   post, patch, delete, referential checks.
 //! - [`secrets`]: secret fields decrypted on read, encrypted on write
@@ -36,6 +37,7 @@ pub mod health;
 pub mod history;
 pub mod openapi;
 pub mod patch;
+pub mod plugins;
 pub mod resources;
 pub mod retention;
 pub mod secrets;
@@ -78,6 +80,9 @@ const BODY_LIMIT: usize = 1536 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     let authed = Router::new()
         .route("/apisix/admin/schema/{resource}", get(admin::schema))
+        .route("/apisix/admin/schema/plugins/{name}", get(plugins::schema))
+        .route("/apisix/admin/plugins/list", get(plugins::list))
+        .route("/apisix/admin/plugins/{name}", get(plugins::schema))
         .route(
             "/apisix/admin/{resource}",
             get(admin::collection)

@@ -155,6 +155,22 @@ pub const SECRET_MANAGERS: &[(&str, &[&str])] = &[
     ("gcp", &[]),
 ];
 
+/// The JSON Schema of a plugin (the consumer-side one when asked and there
+/// is one), with the shared `$defs`; `None` when only its name is checked.
+pub fn plugin_schema(name: &str, consumer: bool) -> Option<Value> {
+    let table: Map<String, Value> =
+        serde_json::from_str(include_str!("schemas/plugins.json")).ok()?;
+    let entry = table.get(name)?;
+    let mut s = match (consumer, entry.get("consumer_schema")) {
+        (true, Some(c)) => c.clone(),
+        _ => entry.get("schema")?.clone(),
+    };
+    if let Value::Object(m) = &mut s {
+        m.insert("$defs".into(), defs());
+    }
+    Some(s)
+}
+
 struct Compiled {
     /// By the resource's singular name (credentials share `consumers`).
     resources: HashMap<&'static str, Validator>,
