@@ -118,6 +118,16 @@ impl Keys {
                     .is_some_and(matches))
     }
 
+    /// Waits (at most `limit`) for the shared session secret, which the
+    /// start-up bootstrap loads from the store: requests that arrive in the
+    /// first moments then work instead of failing.
+    pub async fn wait_for_secret(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.session_secret().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn session_secret(&self) -> Option<Vec<u8>> {
         self.session_secret
             .read()
@@ -277,6 +287,7 @@ pub async fn require(
     mut req: Request,
     next: Next,
 ) -> Response {
+    state.keys.wait_for_secret(Duration::from_secs(5)).await;
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
