@@ -1734,3 +1734,98 @@ fn short_secrets_are_refused_at_start() {
         assert!(err.contains(want), "{args:?} {yaml}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_use_checks_use_the_reference_index() {
+    // A route written before the control plane ran (as APISIX's Admin API
+    // would): indexed when the index is first built.
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let c = cluster.client().await;
+    c.put(
+        "/apisix/upstreams/old",
+        json!({"id": "old", "nodes": {"127.0.0.1:1": 1}}).to_string(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    c.put(
+        "/apisix/routes/old-route",
+        json!({"id": "old-route", "uri": "/o", "upstream_id": "old"}).to_string(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let cp = ControlPlane::start(&cluster, &["--admin-key", ADMIN]).await;
+    let k = Some(ADMIN);
+    wait_until(SLOW, "the reference index to be built", || async {
+        cp.call("DELETE", "/apisix/admin/upstreams/old", k, None)
+            .await
+            .status
+            == 400
+    })
+    .await;
+    let r = cp
+        .call("DELETE", "/apisix/admin/upstreams/old", k, None)
+        .await;
+    assert_eq!(
+        r.json()["error_msg"],
+        "can not delete this upstream, route [old-route] is still using it now"
+    );
+    // Written through the API: indexed in the write's txn, dropped with it.
+    for (path, body) in [
+        ("/apisix/admin/upstreams/u1", upstream()),
+        ("/apisix/admin/upstreams/u2", upstream()),
+        (
+            "/apisix/admin/routes/r1",
+            json!({"uri": "/r1", "upstream_id": "u1"}),
+        ),
+    ] {
+        assert_eq!(cp.call("PUT", path, k, Some(body)).await.status, 201);
+    }
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/upstreams/u1", k, None)
+            .await
+            .status,
+        400
+    );
+    // The route moves to u2: u1 is free, u2 is not.
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/r1",
+            k,
+            Some(json!({"upstream_id": "u2"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/upstreams/u1", k, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/upstreams/u2", k, None)
+            .await
+            .status,
+        400
+    );
+    // A route deleted around the control plane leaves a stale entry, which
+    // the next check drops.
+    c.delete("/apisix/routes/r1", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/upstreams/u2", k, None)
+            .await
+            .status,
+        200
+    );
+    // ?force=true deletes a referenced one.
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/upstreams/old?force=true", k, None)
+            .await
+            .status,
+        200
+    );
+}

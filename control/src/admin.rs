@@ -29,8 +29,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::patch::{diff, merge};
 use crate::resources::{self, valid_id_segment, Resource, CREDENTIALS};
-use crate::store::{Committed, Expect, Write};
-use crate::{history, secrets, validate, AppState};
+use crate::store::{Also, Committed, Expect, Write};
+use crate::{history, refs, secrets, validate, AppState};
 
 type Q = HashMap<String, String>;
 
@@ -553,6 +553,10 @@ pub async fn commit(
         None => Expect::Absent,
     };
     let bytes = secrets::encode(state, res, id, &value)?;
+    let also = Also {
+        ops: refs::ops(state, res, id, prev.map(|p| &p.value), Some(&value)),
+        ..Default::default()
+    };
     match state
         .store
         .commit(
@@ -563,6 +567,7 @@ pub async fn commit(
                 lease,
             },
             audit::entries(state, &rec),
+            also,
         )
         .await?
     {
@@ -711,43 +716,64 @@ fn set_path(v: &mut Value, path: &[&str], new: Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// DELETE: refused while another resource names this one, unless
-/// `?force=true`. A consumer's credentials go with it (same txn).
+/// DELETE: refused while another resource names this one (the reference
+/// index, `refs`), unless `?force=true`. The txn requires that nothing names
+/// it still, so a reference added meanwhile makes it check again. A
+/// consumer's credentials go with it (same txn).
 async fn delete(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Response> {
     let state = ctx.state;
     let key = key_of(state, res, id);
-    let prev = current(ctx, res, id).await?;
-    if ctx.query.get("force").map(String::as_str) != Some("true") {
-        for (user, field) in resources::users_of(res.name) {
-            let dir = format!("{}/{}/", state.settings.prefix, user.name);
-            for kv in state.store.list(&dir).await? {
-                let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-                if v.get(field).map(id_string).as_deref() == Some(id) {
-                    let uid = String::from_utf8_lossy(&kv.key[dir.len()..]).to_string();
-                    return Err(ApiError::bad_request(format!(
-                        "can not delete this {}, {} [{uid}] is still using it now",
-                        res.singular, user.singular
-                    )));
-                }
+    let force = ctx.query.get("force").map(String::as_str) == Some("true");
+    for _ in 0..5 {
+        let prev = current(ctx, res, id).await?;
+        let mut also = Also {
+            ops: refs::ops(state, res, id, Some(&prev.value), None),
+            ..Default::default()
+        };
+        if force {
+            also.ops.push(cairn_client::txn::op_delete(
+                refs::prefix(state, res.name, id),
+                cairn_client::DeleteOptions::prefix(),
+            ));
+        } else {
+            if let Some((user, uid)) = refs::first_user(state, res, id).await? {
+                return Err(ApiError::bad_request(format!(
+                    "can not delete this {}, {user} [{uid}] is still using it now",
+                    res.singular
+                )));
+            }
+            also.compares.push(refs::unreferenced(state, res, id));
+        }
+        let rec = record(ctx, res, id, "delete", Some(&prev), None)?;
+        let credentials = (res.name == "consumers" && res.id_segments == 1)
+            .then(|| format!("{key}/credentials/"));
+        match state
+            .store
+            .commit(
+                &key,
+                Expect::ModRevision(prev.kv.mod_revision),
+                Write::Delete {
+                    also_prefix: credentials,
+                },
+                audit::entries(state, &rec),
+                also,
+            )
+            .await?
+        {
+            Committed::At(_) => {
+                return Ok(Json(json!({ "deleted": "1", "key": key })).into_response())
+            }
+            // The key is as read: a reference appeared; check again.
+            Committed::Conflict { found } if found == prev.kv.mod_revision => continue,
+            Committed::Conflict { found } => {
+                return Err(ApiError::conflict(&key, prev.kv.mod_revision, found))
             }
         }
     }
-    let rec = record(ctx, res, id, "delete", Some(&prev), None)?;
-    let also =
-        (res.name == "consumers" && res.id_segments == 1).then(|| format!("{key}/credentials/"));
-    match state
-        .store
-        .commit(
-            &key,
-            Expect::ModRevision(prev.kv.mod_revision),
-            Write::Delete { also_prefix: also },
-            audit::entries(state, &rec),
-        )
-        .await?
-    {
-        Committed::At(_) => Ok(Json(json!({ "deleted": "1", "key": key })).into_response()),
-        Committed::Conflict { found } => Err(ApiError::conflict(&key, prev.kv.mod_revision, found)),
-    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("{key}: references to it kept changing; try again"),
+    ))
 }
 
 /// `GET /apisix/admin/schema/<res>` (APISIX's singular names, and the

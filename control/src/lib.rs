@@ -14,6 +14,7 @@
 //! - [`secrets`]: secret fields decrypted on read, encrypted on write
 //!   (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
 //! - [`patch`]: JSON merge patches (PATCH, audit revert patches).
+//! - [`refs`]: the reference index behind the in-use check of a delete.
 //! - [`history`]: versions from MVCC history and audit records; rollback.
 //! - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
 //! - [`retention`]: audit log pruning by one instance under a leased key.
@@ -38,6 +39,7 @@ pub mod history;
 pub mod openapi;
 pub mod patch;
 pub mod plugins;
+pub mod refs;
 pub mod resources;
 pub mod retention;
 pub mod secrets;
@@ -192,6 +194,15 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> R
     tokio::spawn(auth::bootstrap(state.clone()));
     let name = format!("{addr}/{}", auth::random_token().get(..8).unwrap_or("0"));
     tokio::spawn(retention::run(state.clone(), name));
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = refs::build_once(&s).await {
+            tracing::warn!("reference index: {:?}", e.body);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())

@@ -209,17 +209,6 @@ pub fn find(name: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.name == name)
 }
 
-/// The (resource, field) pairs that may name a `target` resource: derived
-/// from `refs`, so the delete check and the write check cannot drift apart.
-pub fn users_of(target: &str) -> impl Iterator<Item = (&'static Resource, &'static str)> + '_ {
-    RESOURCES.iter().flat_map(move |r| {
-        r.refs
-            .iter()
-            .filter(move |(_, t)| *t == target)
-            .map(move |(field, _)| (r, *field))
-    })
-}
-
 /// APISIX's id rule: 1–64 characters of `[a-zA-Z0-9-_.]`.
 pub fn valid_id_segment(s: &str) -> bool {
     !s.is_empty()

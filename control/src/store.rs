@@ -37,6 +37,14 @@ pub enum Write {
     },
 }
 
+/// More of the same txn: conditions beside the key's revision, and
+/// operations beside the write and its audit record (the reference index).
+#[derive(Default)]
+pub struct Also {
+    pub compares: Vec<cairn_client::pb::Compare>,
+    pub ops: Vec<cairn_client::pb::RequestOp>,
+}
+
 pub enum Committed {
     /// Applied at this revision.
     At(i64),
@@ -145,6 +153,7 @@ impl Store {
         expect: Expect,
         write: Write,
         audit: [(String, Vec<u8>); 2],
+        also: Also,
     ) -> ApiResult<Committed> {
         let cmp = match expect {
             Expect::Absent => txn::version(key, CompareResult::Equal, 0),
@@ -170,8 +179,11 @@ impl Store {
         let [(rk, rv), (tk, tv)] = audit;
         ops.push(txn::op_put(rk, rv, PutOptions::default()));
         ops.push(txn::op_put(tk, tv, PutOptions::default()));
+        ops.extend(also.ops);
+        let mut cmps = vec![cmp];
+        cmps.extend(also.compares);
         let t = Txn::new()
-            .when([cmp])
+            .when(cmps)
             .and_then(ops)
             .or_else([txn::op_range(key, GetOptions::default())]);
         let resp = self.client.txn(t).await?;
