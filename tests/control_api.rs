@@ -21,7 +21,23 @@ async fn setup() -> (Cluster, ControlPlane) {
         &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
     )
     .await;
+    settled(&cluster).await;
     (cluster, cp)
+}
+
+/// Waits until the control plane's start-up writes are done (the reference
+/// index marks itself built), so a test can measure the store's revision.
+async fn settled(cluster: &Cluster) {
+    let c = cluster.client().await;
+    wait_until(SLOW, "the reference index to be built", || {
+        let c = c.clone();
+        async move {
+            c.get("/cairn/refs/.built", Default::default())
+                .await
+                .is_ok_and(|r| !r.kvs.is_empty())
+        }
+    })
+    .await;
 }
 
 fn upstream() -> Value {
@@ -1210,6 +1226,7 @@ async fn setup_one(extra: &str) -> (Cluster, ControlPlane) {
         &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
     )
     .await;
+    settled(&cluster).await;
     (cluster, cp)
 }
 
@@ -1828,4 +1845,37 @@ async fn in_use_checks_use_the_reference_index() {
             .status,
         200
     );
+    // Lists page in the store, in creation order; APISIX's init_dir
+    // placeholder is no item.
+    c.put("/apisix/upstreams/", "init_dir", Default::default())
+        .await
+        .unwrap();
+    for i in (0..12).rev() {
+        let r = cp
+            .call(
+                "PUT",
+                &format!("/apisix/admin/upstreams/p{i:02}"),
+                k,
+                Some(upstream()),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let p = cp
+        .call(
+            "GET",
+            "/apisix/admin/upstreams?page=2&page_size=10",
+            k,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(p["total"], 12, "{p}");
+    let ids: Vec<&str> = p["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["p01", "p00"], "{p}");
 }

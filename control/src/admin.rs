@@ -322,10 +322,21 @@ async fn list(ctx: &Ctx<'_>, res: &Resource, owner: &str) -> ApiResult<Response>
     } else {
         format!("{}/{}/", state.settings.prefix, res.name)
     };
-    let mut items: Vec<(String, Stored)> = state
-        .store
-        .list(&dir)
-        .await?
+    let q = ctx.query;
+    let paging = page_of(q)?;
+    let filtered = ["name", "uri", "label"]
+        .iter()
+        .any(|f| q.get(*f).is_some_and(|v| !v.is_empty()));
+    // Paged in the store when nothing needs filtering and every key under
+    // the directory is an item (consumers' directories hold credentials too).
+    let (kvs, store_total) = match paging {
+        Some((p, s)) if !filtered && res.name != "consumers" => {
+            let (kvs, total) = state.store.page_by_creation(&dir, (p - 1) * s, s).await?;
+            (kvs, Some(total))
+        }
+        _ => (state.store.list(&dir).await?, None),
+    };
+    let mut items: Vec<(String, Stored)> = kvs
         .into_iter()
         .filter_map(|kv| {
             let rel = String::from_utf8_lossy(&kv.key[dir.len()..]).into_owned();
@@ -348,33 +359,39 @@ async fn list(ctx: &Ctx<'_>, res: &Resource, owner: &str) -> ApiResult<Response>
             value.is_object().then_some((id, Stored { kv, value }))
         })
         .collect();
-    let q = ctx.query;
     items.retain(|(_, s)| matches_filters(&s.value, q));
     items.sort_by_key(|(_, s)| s.kv.create_revision);
-    let total = items.len();
-    let page = match (q.get("page"), q.get("page_size")) {
-        (Some(p), Some(s)) => {
-            // APISIX treats a page below 1 as the first.
-            let p: usize = p
-                .parse::<i64>()
-                .map(|p| p.max(1) as usize)
-                .map_err(|_| ApiError::bad_request("page must be an integer"))?;
-            let s: usize = s
-                .parse()
-                .ok()
-                .filter(|s| (10..=500).contains(s))
-                .ok_or_else(|| {
-                    ApiError::bad_request("page_size must be an integer between 10 and 500")
-                })?;
-            items.into_iter().skip((p - 1) * s).take(s).collect()
-        }
-        _ => items,
+    let (total, page) = match (store_total, paging) {
+        (Some(total), _) => (total, items),
+        (None, Some((p, s))) => (
+            items.len(),
+            items.into_iter().skip((p - 1) * s).take(s).collect(),
+        ),
+        (None, None) => (items.len(), items),
     };
     let list = page
         .iter()
         .map(|(id, s)| envelope(state, res, id, s))
         .collect::<ApiResult<Vec<Value>>>()?;
     Ok(Json(json!({ "total": total, "list": list })).into_response())
+}
+
+/// `page` and `page_size`, when both are given (APISIX pages only then):
+/// a page below 1 is the first, as in APISIX; sizes 10 to 500.
+fn page_of(q: &Q) -> ApiResult<Option<(usize, usize)>> {
+    let (Some(p), Some(s)) = (q.get("page"), q.get("page_size")) else {
+        return Ok(None);
+    };
+    let p = p
+        .parse::<i64>()
+        .map(|p| p.max(1) as usize)
+        .map_err(|_| ApiError::bad_request("page must be an integer"))?;
+    let s: usize = s
+        .parse()
+        .ok()
+        .filter(|s| (10..=500).contains(s))
+        .ok_or_else(|| ApiError::bad_request("page_size must be an integer between 10 and 500"))?;
+    Ok(Some((p, s)))
 }
 
 /// APISIX's list filters: `name` (substring), `uri` (substring of `uri` or

@@ -97,6 +97,60 @@ impl Store {
         Ok((r.kvs, r.more))
     }
 
+    /// Keys `skip..skip + take` under `prefix` in creation order, with their
+    /// values, and how many keys lie under it; the key `prefix` itself
+    /// (APISIX's `init_dir` placeholder) is not counted. Two ranges: the
+    /// keys up to the page (keys only), then the page's values from its
+    /// first creation revision on.
+    pub async fn page_by_creation(
+        &self,
+        prefix: &str,
+        skip: usize,
+        take: usize,
+    ) -> ApiResult<(Vec<KeyValue>, usize)> {
+        let placeholder = self.get(prefix).await?.is_some() as usize;
+        let total = (self.count(prefix).await?.max(0) as usize).saturating_sub(placeholder);
+        let by_creation = Some((
+            cairn_client::SortOrder::Ascend,
+            cairn_client::SortTarget::Create,
+        ));
+        let keys = GetOptions {
+            keys_only: true,
+            limit: (skip + take + 1) as i64,
+            sort: by_creation,
+            ..GetOptions::prefix()
+        };
+        let page: Vec<KeyValue> = self
+            .client
+            .get(prefix, keys)
+            .await?
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.key != prefix.as_bytes())
+            .skip(skip)
+            .take(take)
+            .collect();
+        let Some(first) = page.first() else {
+            return Ok((Vec::new(), total));
+        };
+        let values = GetOptions {
+            limit: (take + 1) as i64,
+            sort: by_creation,
+            min_create_revision: first.create_revision,
+            ..GetOptions::prefix()
+        };
+        let kvs = self
+            .client
+            .get(prefix, values)
+            .await?
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.key != prefix.as_bytes())
+            .take(take)
+            .collect();
+        Ok((kvs, total))
+    }
+
     /// How many keys lie under `prefix`.
     pub async fn count(&self, prefix: &str) -> ApiResult<i64> {
         let opts = GetOptions {
