@@ -1645,6 +1645,61 @@ async fn apisix_parity_details() {
             .await;
         assert_eq!(r.status, 200, "{name}: {}", r.body);
     }
+    // SSL: a client certificate (upstream mTLS) needs no SNI; the key must
+    // match the certificate; the validity period is answered, not stored.
+    let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b.test".to_string()]).unwrap();
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/ssls/client1",
+            k,
+            Some(
+                json!({"type": "client", "cert": a.cert.pem(), "key": a.key_pair.serialize_pem()}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json()["value"].clone();
+    assert!(
+        v["validity_end"].as_i64() > v["validity_start"].as_i64(),
+        "{v}"
+    );
+    let stored = cluster
+        .client()
+        .await
+        .get("/apisix/ssls/client1", Default::default())
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&stored.kvs[0].value).contains("validity"));
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/ssls/bad",
+            k,
+            Some(json!({"snis": ["a.test"], "cert": a.cert.pem(), "key": b.key_pair.serialize_pem()})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("does not match"), "{}", r.body);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/ssls/nosni",
+            k,
+            Some(json!({"cert": a.cert.pem(), "key": a.key_pair.serialize_pem()})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams/mtls",
+            k,
+            Some(json!({"nodes": {"127.0.0.1:1": 1}, "scheme": "https", "tls": {"client_cert_id": "client1"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     // The plugin catalog endpoints APISIX tools call.
     let l = cp
         .call("GET", "/apisix/admin/plugins/list", k, None)

@@ -86,8 +86,23 @@ async fn current(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Stored> {
     Ok(prev)
 }
 
-/// A value as every reader sees it: secrets replaced by placeholders.
+/// Fields answered but never stored: an SSL certificate's validity, read
+/// from the certificate itself.
+const COMPUTED: &[&str] = &["validity_start", "validity_end"];
+
+/// A value as every reader sees it: secrets replaced by placeholders, and an
+/// SSL's validity period (`validity_start`, `validity_end`, Unix seconds).
 pub fn shown(state: &AppState, res: &Resource, id: &str, mut v: Value) -> ApiResult<Value> {
+    if res.name == "ssls" {
+        let cert = v
+            .get("cert")
+            .and_then(Value::as_str)
+            .map(crate::x509::parse_cert);
+        if let (Some(Ok(c)), Value::Object(m)) = (cert, &mut v) {
+            m.insert("validity_start".into(), json!(c.not_before));
+            m.insert("validity_end".into(), json!(c.not_after));
+        }
+    }
     secrets::redact(state, res, id, &mut v)?;
     Ok(v)
 }
@@ -454,6 +469,11 @@ fn stamp(res: &Resource, id: &str, mut v: Value, prev: Option<&Value>) -> ApiRes
             res.singular
         )));
     };
+    if res.name == "ssls" {
+        for f in COMPUTED {
+            obj.remove(*f);
+        }
+    }
     let id = value_id(res, id);
     if let Some(field) = res.id_field {
         match obj.get(field) {

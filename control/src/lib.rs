@@ -23,6 +23,7 @@
 //! - [`cluster`]: store member status for the console.
 //! - [`gateways`]: the gateways' registrations and sync state.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`x509`]: certificate validity and key matching for SSL checks.
 //! - [`openapi`]: `/openapi.json`, built from the resource table.
 //! - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
 
@@ -45,6 +46,7 @@ pub mod retention;
 pub mod secrets;
 pub mod store;
 pub mod validate;
+pub mod x509;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -117,7 +117,8 @@ pub static RESOURCES: &[Resource] = &[
         post: true,
         patch: true,
         refs: &[],
-        rules: &[Rule::ExactlyOne(&["sni", "snis"])],
+        // A server certificate also needs one of them (`validate::check_ssl`).
+        rules: &[Rule::AtMostOne(&["sni", "snis"])],
     },
     Resource {
         name: "global_rules",

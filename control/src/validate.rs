@@ -240,6 +240,9 @@ pub fn check(res: &Resource, id: &str, extra: &[String], value: &Value) -> Resul
     if res.name == "secrets" {
         check_secret(id, obj)?;
     }
+    if res.name == "ssls" {
+        check_ssl(obj)?;
+    }
     let known = |name: &str| {
         let builtin = if res.name == "stream_routes" {
             STREAM_PLUGINS
@@ -369,6 +372,44 @@ fn check_plugins(
         stripped.remove("disable");
         schema_errors(schema, &Value::Object(stripped))
             .map_err(|e| format!("failed to check the configuration of plugin {name} err: {e}"))?;
+    }
+    Ok(())
+}
+
+/// APISIX's SSL rules: a server certificate names its SNIs (a client one,
+/// for upstream mTLS, need not); certificates and keys parse and belong
+/// together, pair by pair. Values taken from a secret manager (`$secret://`,
+/// `$env://`) are checked by the gateway that resolves them.
+fn check_ssl(obj: &Map<String, Value>) -> Result<(), String> {
+    let server = obj.get("type").and_then(Value::as_str).unwrap_or("server") == "server";
+    if server && !obj.contains_key("sni") && !obj.contains_key("snis") {
+        return Err("a server certificate needs \"sni\" or \"snis\"".into());
+    }
+    let strs = |f: &str| -> Vec<&str> {
+        match obj.get(f) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (certs, keys) = (strs("certs"), strs("keys"));
+    if certs.len() != keys.len() {
+        return Err("mismatched number of certs and keys".into());
+    }
+    let pairs = strs("cert")
+        .into_iter()
+        .zip(strs("key"))
+        .chain(certs.into_iter().zip(keys));
+    for (cert, key) in pairs {
+        let external = |s: &str| s.starts_with("$secret://") || s.starts_with("$env://");
+        if external(cert) || external(key) {
+            continue;
+        }
+        let c = crate::x509::parse_cert(cert).map_err(|e| format!("failed to parse cert: {e}"))?;
+        let k = crate::x509::public_key_of(key).map_err(|e| format!("failed to parse key: {e}"))?;
+        if k != c.public_key {
+            return Err("the private key does not match the certificate".into());
+        }
     }
     Ok(())
 }
