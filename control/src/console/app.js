@@ -47,7 +47,8 @@ const PAGES = {
   consumers: { title: "Consumers", idField: "username", plugins: "consumer", column: ["Plugins", (v) => Object.keys(v.plugins || {}).join(", ")],
     fields: [["username", "User name", "text"], ["group_id", "Consumer group ID", "text"], ["desc", "Description", "text"]], template: { username: "", plugins: {} } },
   consumer_groups: { title: "Consumer groups", plugins: true, column: ["Plugins", (v) => Object.keys(v.plugins || {}).join(", ")], fields: [["name", "Name", "text"], ["desc", "Description", "text"]], template: { plugins: {} } },
-  ssls: { title: "SSL certificates", post: true, column: ["SNIs", (v) => (Array.isArray(v.snis) ? v.snis : [v.sni]).filter((x) => typeof x === "string").join(", ")],
+  ssls: { title: "SSL certificates", post: true, column: ["SNIs and expiry", (v) => (Array.isArray(v.snis) ? v.snis : [v.sni]).filter((x) => typeof x === "string").join(", ") +
+      (v.type === "client" ? " (client)" : "") + (v.validity_end ? ` · valid until ${new Date(v.validity_end * 1000).toISOString().slice(0, 10)}` : "")],
     fields: [["type", "Type", "ssltype"], ["snis", "SNIs (comma-separated)", "list"], ["cert", "Certificate (PEM)", "pem"], ["key", "Private key (PEM)", "secretpem"]],
     template: { type: "server", snis: [], cert: "", key: "" } },
   secrets: { title: "Secrets", idLabel: "ID (manager/id, e.g. vault/1)", column: ["URI", (v) => v.uri || v.region || ""],
