@@ -72,6 +72,34 @@ async fn set_input(c: &Client, css: &str, value: &str) {
     e.send_keys(value).await.unwrap();
 }
 
+/// The id of the list's first row.
+async fn first_row_id(c: &Client) -> String {
+    c.find(Locator::Css("#list tbody tr[data-id]"))
+        .await
+        .unwrap()
+        .attr("data-id")
+        .await
+        .unwrap()
+        .expect("a row id")
+}
+
+/// Opens the create form of a resource page.
+async fn open_create(c: &Client, url: &str, res: &str) {
+    c.goto(&format!("{url}/#/{res}/new")).await.unwrap();
+    wait_text(c, "#view h1", "Create").await;
+}
+
+/// Types into the list's search box and presses Enter.
+async fn search(c: &Client, text: &str) {
+    set_input(c, "#search", text).await;
+    c.find(Locator::Css("#search"))
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+}
+
 async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
@@ -159,14 +187,7 @@ async fn console_in_headless_chromium() {
     click(&c, "#save").await;
     wait_text(&c, "#list tbody", "/from-browser").await;
     shot(&c, "03-routes-list").await;
-    let id = c
-        .find(Locator::Css("#list tbody tr[data-id]"))
-        .await
-        .unwrap()
-        .attr("data-id")
-        .await
-        .unwrap()
-        .expect("row id");
+    let id = first_row_id(&c).await;
     let stored = cp
         .call(
             "GET",
@@ -180,30 +201,12 @@ async fn console_in_headless_chromium() {
     assert_eq!(stored["value"]["uri"], "/from-browser");
 
     // Search.
-    set_input(&c, "#search", "nothing-matches").await;
-    c.find(Locator::Css("#search"))
-        .await
-        .unwrap()
-        .send_keys("\u{E007}")
-        .await
-        .unwrap();
+    search(&c, "nothing-matches").await;
     wait_text(&c, "#list tbody", "Nothing here").await;
     // Search by URI (server-side filter), then clear the search.
-    set_input(&c, "#search", "/from").await;
-    c.find(Locator::Css("#search"))
-        .await
-        .unwrap()
-        .send_keys("\u{E007}")
-        .await
-        .unwrap();
+    search(&c, "/from").await;
     wait_text(&c, "#list tbody", "/from-browser").await;
-    set_input(&c, "#search", "").await;
-    c.find(Locator::Css("#search"))
-        .await
-        .unwrap()
-        .send_keys("\u{E007}")
-        .await
-        .unwrap();
+    search(&c, "").await;
     wait_text(&c, "#page-info", "1 in all").await;
 
     // Edit it; a bad value shows the API's error next to the form.
@@ -342,10 +345,7 @@ async fn console_in_headless_chromium() {
     }
 
     // A consumer with key-auth, through the schema-driven plugin editor.
-    c.goto(&format!("{}/#/consumers/new", cp.url))
-        .await
-        .unwrap();
-    wait_text(&c, "#view h1", "Create").await;
+    open_create(&c, &cp.url, "consumers").await;
     set_input(&c, "input[name=username]", "carol").await;
     wait_for(SLOW, "the plugin list", || async {
         c.find(Locator::Css(
@@ -389,10 +389,7 @@ async fn console_in_headless_chromium() {
     wait_text(&c, ".plugin[data-plugin=key-auth]", "set").await;
     assert!(!c.source().await.unwrap().contains("carol-secret-key"));
     // Creating one that exists never overwrites it.
-    c.goto(&format!("{}/#/consumers/new", cp.url))
-        .await
-        .unwrap();
-    wait_text(&c, "#view h1", "Create").await;
+    open_create(&c, &cp.url, "consumers").await;
     set_input(&c, "input[name=username]", "carol").await;
     click(&c, "#save").await;
     wait_text(&c, "#form-error", "exists already").await;
@@ -416,14 +413,7 @@ async fn console_in_headless_chromium() {
     }
     click(&c, "#save").await;
     wait_text(&c, "#list tbody", "shop.test").await;
-    let id = c
-        .find(Locator::Css("#list tbody tr[data-id]"))
-        .await
-        .unwrap()
-        .attr("data-id")
-        .await
-        .unwrap()
-        .expect("ssl id");
+    let id = first_row_id(&c).await;
     c.goto(&format!("{}/#/ssls/edit/{id}", cp.url))
         .await
         .unwrap();
@@ -497,10 +487,7 @@ async fn console_in_headless_chromium() {
     }
     shot(&c, "14-gateways").await;
     // A change made in the console shows when every live gateway applied it.
-    c.goto(&format!("{}/#/upstreams/new", cp.url))
-        .await
-        .unwrap();
-    wait_text(&c, "#view h1", "Create").await;
+    open_create(&c, &cp.url, "upstreams").await;
     set_input(&c, "input[name=__id]", "applied-u").await;
     click(&c, "#save").await;
     wait_text(&c, "#applied", "Applied by 0 of 2").await;

@@ -1829,11 +1829,12 @@ async fn in_use_checks_use_the_reference_index() {
     .unwrap();
     let cp = ControlPlane::start(&cluster, &["--admin-key", ADMIN]).await;
     let k = Some(ADMIN);
+    let delete = |path: &'static str| {
+        let cp = &cp;
+        async move { cp.call("DELETE", path, k, None).await.status }
+    };
     wait_until(SLOW, "the reference index to be built", || async {
-        cp.call("DELETE", "/apisix/admin/upstreams/old", k, None)
-            .await
-            .status
-            == 400
+        delete("/apisix/admin/upstreams/old").await == 400
     })
     .await;
     let r = cp
@@ -1854,12 +1855,7 @@ async fn in_use_checks_use_the_reference_index() {
     ] {
         assert_eq!(cp.call("PUT", path, k, Some(body)).await.status, 201);
     }
-    assert_eq!(
-        cp.call("DELETE", "/apisix/admin/upstreams/u1", k, None)
-            .await
-            .status,
-        400
-    );
+    assert_eq!(delete("/apisix/admin/upstreams/u1").await, 400);
     // The route moves to u2: u1 is free, u2 is not.
     let r = cp
         .call(
@@ -1870,36 +1866,16 @@ async fn in_use_checks_use_the_reference_index() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        cp.call("DELETE", "/apisix/admin/upstreams/u1", k, None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        cp.call("DELETE", "/apisix/admin/upstreams/u2", k, None)
-            .await
-            .status,
-        400
-    );
+    assert_eq!(delete("/apisix/admin/upstreams/u1").await, 200);
+    assert_eq!(delete("/apisix/admin/upstreams/u2").await, 400);
     // A route deleted around the control plane leaves a stale entry, which
     // the next check drops.
     c.delete("/apisix/routes/r1", Default::default())
         .await
         .unwrap();
-    assert_eq!(
-        cp.call("DELETE", "/apisix/admin/upstreams/u2", k, None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(delete("/apisix/admin/upstreams/u2").await, 200);
     // ?force=true deletes a referenced one.
-    assert_eq!(
-        cp.call("DELETE", "/apisix/admin/upstreams/old?force=true", k, None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(delete("/apisix/admin/upstreams/old?force=true").await, 200);
     // Lists page in the store, in creation order; APISIX's init_dir
     // placeholder is no item.
     c.put("/apisix/upstreams/", "init_dir", Default::default())
