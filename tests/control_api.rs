@@ -1112,6 +1112,16 @@ async fn console_sessions_are_shared_signed_and_rate_limited() {
     }
     assert_eq!(statuses[0], 401);
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    // A right key from the same address still works.
+    let r = c
+        .call(
+            "GET",
+            "/apisix/admin/routes",
+            Some("another-admin-key-0123456789"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 /// Logs in, waiting for the instance to have loaded the session secret.
@@ -1556,6 +1566,16 @@ async fn apisix_parity_details() {
         r.json()["error_msg"],
         "not supported `PATCH` method for consumer"
     );
+    // If-None-Match: * creates only.
+    let r = request(
+        "PUT",
+        &format!("{}/apisix/admin/consumers/jack", cp.url),
+        &[("x-api-key", ADMIN), ("if-none-match", "*")],
+        Some(json!({"username": "jack", "desc": "overwritten?"}).to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
     // Credentials: under the consumer, auth secrets kept secret, gone with it.
     let r = cp
         .call(

@@ -185,7 +185,15 @@ fn forbid_times(body: &Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// `If-Match: <modifiedIndex>`; `If-None-Match: *` (create only, never
+/// overwrite) is `If-Match: 0`, the revision of a key that does not exist.
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    if headers
+        .get("if-none-match")
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"*")
+    {
+        return Ok(Some(0));
+    }
     match headers.get("if-match") {
         None => Ok(None),
         Some(v) => v

@@ -227,22 +227,18 @@ pub async fn caller(
         .map(str::to_string)
         .or_else(|| query.get("api_key").cloned());
     if let Some(key) = key {
-        if let Some(ip) = peer {
-            if state.key_failures.blocked(&ip) {
-                return Err(too_many("wrong API keys"));
-            }
-        }
         return match state.keys.role_of(&key) {
             Some(role) => Ok(Caller {
                 name: format!("api-key:{}", role_name(role)),
                 role,
             }),
-            None => {
-                if let Some(ip) = peer {
-                    state.key_failures.allow(&ip);
-                }
-                Err(ApiError::unauthorized("wrong apikey"))
-            }
+            // Past its budget, an address gets 429 for a wrong key. A right
+            // key still works: a client behind the same load balancer, or a
+            // flood of wrong keys, cannot lock an operator out.
+            None => match peer {
+                Some(ip) if !state.key_failures.allow(&ip) => Err(too_many("wrong API keys")),
+                _ => Err(ApiError::unauthorized("wrong apikey")),
+            },
         };
     }
     if let Some(sess) = session::from_headers(state, headers) {

@@ -111,11 +111,13 @@ pub async fn prune(state: &AppState) -> ApiResult<usize> {
         let kvs = store.client.get(tp.as_str(), opts).await?.kvs;
         // Oldest first: delete while too old or too many.
         let mut keys = Vec::new();
+        let mut records = 0;
         for (i, kv) in kvs.iter().enumerate() {
             let too_old = kv.key.as_slice() < cutoff_key.as_bytes();
             if !too_old && (i as u64) >= over {
                 break;
             }
+            records += 1;
             keys.push(String::from_utf8_lossy(&kv.key).into_owned());
             if let Some(r) = serde_json::from_slice::<AuditRecord>(&kv.value)
                 .ok()
@@ -128,7 +130,7 @@ pub async fn prune(state: &AppState) -> ApiResult<usize> {
             break;
         }
         store.delete_keys(&keys, 2 * BATCH as usize).await?;
-        deleted += keys.len().div_ceil(2);
+        deleted += records;
     }
     Ok(deleted)
 }

@@ -254,7 +254,7 @@ function readField(kind, el, old) {
 }
 function writeField(kind, el, v) {
   const pill = $(`[data-secret="${el.name}"]`);
-  if (pill) pill.textContent = isSecret(v) ? "set" : "not set";
+  if (pill) pill.textContent = isSecret(v) ? "set" : "empty";
   if (kind === "list") el.value = arr(v).join(", ");
   else if (kind === "nodes") el.value = nodesText(v);
   else if (kind === "status") el.value = String(v === undefined ? 1 : v);
@@ -380,12 +380,12 @@ async function editPage(res, id) {
       else if (p.idField) {
         const uid = String(body[p.idField] || "");
         if (!validId(res, uid)) throw new Error(`${p.idField}: use 1-64 characters of a-z, A-Z, 0-9, -, _ and .`);
-        // If-Match 0: create only, never overwrite an existing one.
-        r = await api("PUT", itemPath(res, uid), body, { "if-match": "0" });
+        // If-None-Match: create only, never overwrite an existing one.
+        r = await api("PUT", itemPath(res, uid), body, { "if-none-match": "*" });
       } else if (form.elements.__id.value.trim()) {
         const nid = form.elements.__id.value.trim();
         if (!validId(res, nid)) throw new Error(res === "secrets" ? "ID: use manager/id, e.g. vault/1" : "ID: use 1-64 characters of a-z, A-Z, 0-9, -, _ and .");
-        r = await api("PUT", itemPath(res, nid), body, { "if-match": "0" });
+        r = await api("PUT", itemPath(res, nid), body, { "if-none-match": "*" });
       } else if (p.post) r = await api("POST", `/apisix/admin/${res}`, body);
       else throw new Error("Give an ID.");
       saved(res, r);
