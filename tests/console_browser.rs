@@ -441,6 +441,7 @@ async fn console_in_headless_chromium() {
         .unwrap();
     let pill = wait_text(&c, "[data-secret=key]", "set").await;
     assert_eq!(pill, "set");
+    wait_text(&c, "#ssl-validity", "valid from").await;
     let src = c.source().await.unwrap();
     assert!(!src.contains("PRIVATE KEY"), "the SSL page shows the key");
     shot(&c, "13-ssl-edit").await;

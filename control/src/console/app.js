@@ -334,6 +334,7 @@ async function editPage(res, id) {
     <div class="grid"><div><form id="edit-form" class="card">
       ${needsId ? `<label>${esc(p.idLabel || (p.post ? "ID (empty: generated)" : "ID"))}<input name="__id"></label>` : ""}
       ${p.fields.map(fieldHtml).join("")}
+      ${res === "ssls" && value.validity_end ? `<p class="hint" id="ssl-validity">Certificate valid from ${new Date(value.validity_start * 1000).toISOString().slice(0, 10)} until ${new Date(value.validity_end * 1000).toISOString().slice(0, 10)}.</p>` : ""}
       <button id="save" class="write" type="submit">Save</button> <button type="button" class="secondary" id="cancel">Cancel</button>
       <p id="form-error" class="error" role="alert"></p></form>
       ${p.plugins ? '<div class="card" id="plugins-box"></div>' : ""}</div>
