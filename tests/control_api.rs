@@ -21,7 +21,23 @@ async fn setup() -> (Cluster, ControlPlane) {
         &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
     )
     .await;
+    settled(&cluster).await;
     (cluster, cp)
+}
+
+/// Waits until the control plane's start-up writes are done (the reference
+/// index marks itself built), so a test can measure the store's revision.
+async fn settled(cluster: &Cluster) {
+    let c = cluster.client().await;
+    wait_until(SLOW, "the reference index to be built", || {
+        let c = c.clone();
+        async move {
+            c.get("/cairn/refs/.built", Default::default())
+                .await
+                .is_ok_and(|r| !r.kvs.is_empty())
+        }
+    })
+    .await;
 }
 
 fn upstream() -> Value {
@@ -165,7 +181,11 @@ async fn etcdctl_reads_what_the_api_wrote() {
         &["get", "/apisix/consumers/jack", "--print-value-only"],
         None,
     );
-    assert!(c.contains("\"key-auth\":{\"key\":\"jack-key\"}"), "{c}");
+    // Encrypted as APISIX does with its default keyring (none configured).
+    assert!(
+        c.contains("\"key-auth\":{\"key\":\"1jhUSuP5Dz3oF/IEiJ1SAg==\"}"),
+        "{c}"
+    );
 
     // ?ttl= puts the key under a lease.
     let r = cp
@@ -195,10 +215,11 @@ async fn etcdctl_reads_what_the_api_wrote() {
     let left = etcdctl_ok(&eps, &["get", &format!("/apisix/routes/{pid}")], None);
     assert!(left.is_empty(), "{left}");
 
-    // Every write left an audit record, outside /apisix.
+    // Every write left an audit record, outside /apisix: one in the time
+    // index, one under its resource.
     let audit = etcdctl_ok(
         &eps,
-        &["get", "--prefix", "/cairn/audit/", "--keys-only"],
+        &["get", "--prefix", "/cairn/audit/t/", "--keys-only"],
         None,
     );
     assert_eq!(
@@ -742,11 +763,18 @@ async fn history_and_rollback_survive_compaction() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["value"]["uri"], "/v2");
 
-    // The audit log, newest first.
+    // The audit log, newest first; a resource's records carry the patch
+    // back to the version before (not both values).
     let a = cp.call("GET", "/api/audit", k, None).await.json();
     assert_eq!(a["list"][0]["action"], "rollback");
-    assert_eq!(a["list"][0]["old_value"]["uri"], "/v1");
+    assert!(a["list"][0].get("revert").is_none(), "{a}");
     assert!(a["list"][0]["new_revision"].as_i64() > a["list"][0]["old_revision"].as_i64());
+    let a = cp
+        .call("GET", "/api/audit?resource=routes&id=h", k, None)
+        .await
+        .json();
+    assert_eq!(a["list"][0]["revert"]["uri"], "/v1", "{a}");
+    assert!(a["list"][0]["revert"].get("upstream").is_none(), "{a}");
 
     // A deleted route keeps its history, and a rollback brings it back.
     assert_eq!(
@@ -1006,15 +1034,94 @@ async fn console_sessions_are_shared_signed_and_rate_limited() {
     assert!(statuses.contains(&401), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     // The other instance counts on its own.
-    assert_eq!(
-        login(
-            a.url.clone(),
-            json!({"username": "bob", "password": "pw-bob"})
+    let r = login(
+        a.url.clone(),
+        json!({"username": "bob", "password": "pw-bob"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let cookie2 = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let session_status = |url: String, cookie: String| async move {
+        request(
+            "GET",
+            &format!("{url}/api/session"),
+            &[("cookie", &cookie)],
+            None,
         )
         .await
-        .status,
+        .unwrap()
+        .status
+    };
+    assert_eq!(session_status(a.url.clone(), cookie2.clone()).await, 200);
+    // Logout on one instance ends the session on every instance.
+    let r = request(
+        "POST",
+        &format!("{}/logout", b.url),
+        &[("cookie", &cookie2), ("x-cairn-console", "1")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(session_status(a.url.clone(), cookie2.clone()).await, 401);
+    assert_eq!(session_status(b.url.clone(), cookie2).await, 401);
+    // An instance whose config no longer has bob as a viewer, or no longer
+    // takes the admin key, ends sessions opened with them.
+    let cfg2 = cluster.dir.join("control2.yaml");
+    std::fs::write(
+        &cfg2,
+        format!("users:\n  - username: bob\n    password_hash: '{hash}'\n    role: admin\n"),
+    )
+    .unwrap();
+    let c = ControlPlane::start(
+        &cluster,
+        &[
+            "--admin-key",
+            "another-admin-key-0123456789",
+            "--config",
+            cfg2.to_str().unwrap(),
+        ],
+    )
+    .await;
+    wait_for_login(&c.url, json!({"api_key": "another-admin-key-0123456789"})).await;
+    assert_eq!(session_status(a.url.clone(), cookie.clone()).await, 200);
+    assert_eq!(session_status(c.url.clone(), cookie).await, 401);
+    assert_eq!(
+        session_status(a.url.clone(), admin_cookie.clone()).await,
         200
     );
+    assert_eq!(session_status(c.url.clone(), admin_cookie).await, 401);
+    // Wrong API keys are limited per address.
+    let mut statuses = Vec::new();
+    for i in 0..22 {
+        let r = c
+            .call(
+                "GET",
+                "/apisix/admin/routes",
+                Some(&format!("wrong-key-{i}")),
+                None,
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[0], 401);
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    // A right key from the same address still works.
+    let r = c
+        .call(
+            "GET",
+            "/apisix/admin/routes",
+            Some("another-admin-key-0123456789"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 /// Logs in, waiting for the instance to have loaded the session secret.
@@ -1111,4 +1218,715 @@ async fn store_with_tls_and_auth() {
     assert_eq!(v["nodes"], upstream()["nodes"]);
     let r = cp.call("GET", "/readyz", None, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+const SESSION_SECRET: &str = "test-session-secret-0123456789abcdef";
+
+/// A 1-node store and a control plane with this extra config (YAML lines).
+async fn setup_one(extra: &str) -> (Cluster, ControlPlane) {
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let cfg = cluster.dir.join("control.yaml");
+    std::fs::write(
+        &cfg,
+        format!("viewer_keys: [{VIEWER}]\nsession_secret: {SESSION_SECRET}\n{extra}"),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(
+        &cluster,
+        &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
+    )
+    .await;
+    settled(&cluster).await;
+    (cluster, cp)
+}
+
+fn stored_json(c: &Cluster, key: &str) -> Value {
+    let out = etcdctl_ok(&c.endpoints(), &["get", key, "--print-value-only"], None);
+    serde_json::from_str(out.trim_end()).unwrap_or_else(|e| panic!("{key}: {e}: {out}"))
+}
+
+/// What every read answer must never contain.
+fn assert_no_secret(what: &str, body: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(!body.contains(s.as_str()), "{what} leaks {s:?}:\n{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_stored_as_apisix_encrypts_them_and_never_shown() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let (cluster, cp) = setup_one("data_encryption:\n  keyring: [edd1c9f0985e76a2]\n").await;
+    let k = Some(ADMIN);
+    let eps = cluster.endpoints();
+    let site = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    let (cert, key) = (site.cert.pem(), site.key_pair.serialize_pem());
+    let client = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+    let client_key = client.key_pair.serialize_pem();
+    let mut answers: Vec<(String, String)> = Vec::new();
+    let writes = [
+        (
+            "/apisix/admin/consumers",
+            json!({"username": "foo", "plugins": {
+                "basic-auth": {"username": "foo", "password": "bar"},
+                "key-auth": {"key": "key-auth-secret-1"},
+                "jwt-auth": {"key": "jk", "secret": "jwt-secret-2"}}}),
+        ),
+        (
+            "/apisix/admin/ssls/s1",
+            json!({"cert": cert, "key": key, "snis": ["a.test"]}),
+        ),
+        (
+            "/apisix/admin/upstreams/u1",
+            json!({"nodes": {"127.0.0.1:1980": 1}, "scheme": "https",
+                   "tls": {"client_cert": client.cert.pem(), "client_key": client_key}}),
+        ),
+        (
+            "/apisix/admin/secrets/vault/v1",
+            json!({"uri": "http://127.0.0.1:8200", "prefix": "kv/apisix", "token": "vault-token-3"}),
+        ),
+        (
+            "/apisix/admin/routes/r1",
+            json!({"uri": "/r", "upstream_id": "u1", "plugins": {"limit-count": {
+                "count": 1, "time_window": 60, "policy": "redis", "redis_host": "127.0.0.1",
+                "redis_password": "redis-pass-4"}}}),
+        ),
+    ];
+    for (path, body) in writes {
+        let r = cp.call("PUT", path, k, Some(body)).await;
+        assert_eq!(r.status, 201, "{path}: {}", r.body);
+        answers.push((format!("PUT {path}"), r.body));
+    }
+    // Stored as APISIX's Admin API stores them with the same keyring.
+    let foo = stored_json(&cluster, "/apisix/consumers/foo");
+    assert_eq!(
+        foo["plugins"]["basic-auth"]["password"],
+        "77+NmbYqNfN+oLm0aX5akg=="
+    );
+    assert_eq!(foo["plugins"]["basic-auth"]["username"], "foo");
+    let ssl = stored_json(&cluster, "/apisix/ssls/s1");
+    let stored_key = ssl["key"].as_str().unwrap().to_string();
+    assert!(!stored_key.starts_with("---") && stored_key.len() > 100);
+    let up = stored_json(&cluster, "/apisix/upstreams/u1");
+    let stored_client_key = up["tls"]["client_key"].as_str().unwrap().to_string();
+    assert!(!stored_client_key.starts_with("---"));
+    let route = stored_json(&cluster, "/apisix/routes/r1");
+    let stored_redis = route["plugins"]["limit-count"]["redis_password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(stored_redis, "redis-pass-4");
+    // APISIX keeps secret managers' tokens in clear text; so does Cairn.
+    assert_eq!(
+        stored_json(&cluster, "/apisix/secrets/vault/v1")["token"],
+        "vault-token-3"
+    );
+    // What APISIX's Admin API wrote (same keyring) is read back.
+    etcdctl_ok(
+        &eps,
+        &[
+            "put",
+            "/apisix/consumers/bar",
+            r#"{"username":"bar","plugins":{"key-auth":{"key":"vU/ZHVJw7b0XscDJ1Fhtig=="}}}"#,
+        ],
+        None,
+    );
+    let fp_key = cairn_control::secrets::fingerprint_key_from(SESSION_SECRET.as_bytes());
+    let bar = cp
+        .call("GET", "/apisix/admin/consumers/bar", k, None)
+        .await
+        .json();
+    assert_eq!(
+        bar["value"]["plugins"]["key-auth"]["key"],
+        format!(
+            "<secret fp:{}>",
+            cairn_control::secrets::fingerprint(&fp_key, "auth-two")
+        )
+    );
+
+    // A change to make history and audit non-trivial.
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/r1",
+            k,
+            Some(json!({"plugins": {"limit-count": {"redis_password": "redis-pass-5"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    answers.push(("PATCH route".into(), r.body));
+
+    // Every read path, for both roles.
+    let secrets: Vec<String> = [
+        "bar",
+        "key-auth-secret-1",
+        "jwt-secret-2",
+        "vault-token-3",
+        "redis-pass-4",
+        "redis-pass-5",
+        "77+NmbYqNfN+oLm0aX5akg==",
+        "BEGIN PRIVATE KEY",
+        stored_key.as_str(),
+        stored_client_key.as_str(),
+        stored_redis.as_str(),
+    ]
+    .iter()
+    .map(|s| s.replace('\n', "\\n"))
+    .collect();
+    let mut reads = vec![
+        "/api/audit".to_string(),
+        "/apisix/admin/consumers".into(),
+        "/apisix/admin/ssls".into(),
+        "/apisix/admin/upstreams".into(),
+        "/apisix/admin/secrets".into(),
+        "/apisix/admin/routes".into(),
+    ];
+    for (res, id) in [
+        ("consumers", "foo"),
+        ("ssls", "s1"),
+        ("upstreams", "u1"),
+        ("secrets", "vault/v1"),
+        ("routes", "r1"),
+    ] {
+        reads.push(format!("/apisix/admin/{res}/{id}"));
+        reads.push(format!("/apisix/admin/{res}/{id}/history"));
+        reads.push(format!("/api/audit?resource={res}&id={id}"));
+    }
+    for key in [ADMIN, VIEWER] {
+        for path in &reads {
+            let r = cp.call("GET", path, Some(key), None).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            // "bar" is also a user name: check the password field itself.
+            let body = r.body.replace("\"bar\"", "").replace("consumers/bar", "");
+            assert_no_secret(path, &body, &secrets);
+        }
+    }
+    for (what, body) in &answers {
+        assert_no_secret(what, &body.replace("\"bar\"", ""), &secrets);
+    }
+
+    // A GET edited and PUT back keeps the stored secrets.
+    let mut v = cp
+        .call("GET", "/apisix/admin/consumers/foo", k, None)
+        .await
+        .json()["value"]
+        .clone();
+    let placeholder = v["plugins"]["basic-auth"]["password"].clone();
+    assert!(
+        placeholder.as_str().unwrap().starts_with("<secret fp:"),
+        "{v}"
+    );
+    for f in ["create_time", "update_time"] {
+        v.as_object_mut().unwrap().remove(f);
+    }
+    v["desc"] = json!("edited");
+    let r = cp
+        .call("PUT", "/apisix/admin/consumers/foo", k, Some(v.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let foo = stored_json(&cluster, "/apisix/consumers/foo");
+    assert_eq!(
+        foo["plugins"]["basic-auth"]["password"],
+        "77+NmbYqNfN+oLm0aX5akg=="
+    );
+    assert_eq!(foo["desc"], "edited");
+    // A placeholder that matches nothing stored is refused.
+    v["plugins"]["key-auth"]["key"] = json!("<secret fp:000000000000>");
+    let r = cp
+        .call("PUT", "/apisix/admin/consumers/foo", k, Some(v))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("plugins.key-auth.key"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_is_pruned_by_one_instance() {
+    let (cluster, cp) = setup_one("audit:\n  max_records: 10\n  prune_interval_secs: 1\n").await;
+    let cfg = cluster.dir.join("control.yaml");
+    let cp2 = ControlPlane::start(
+        &cluster,
+        &["--admin-key", ADMIN, "--config", cfg.to_str().unwrap()],
+    )
+    .await;
+    let c = cluster.client().await;
+    // A record of the first layout (clear-text values) goes at the first run.
+    c.put(
+        "/cairn/audit/1700000000000-deadbeef",
+        "{}",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..25 {
+        let target = if i % 2 == 0 { &cp } else { &cp2 };
+        let r = target
+            .call(
+                "PUT",
+                "/apisix/admin/routes/p",
+                Some(ADMIN),
+                Some(json!({"uri": format!("/v{i}"), "upstream": upstream()})),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    }
+    let count = |prefix: &'static str| {
+        let c = c.clone();
+        async move {
+            let opts = cairn_client::GetOptions {
+                count_only: true,
+                ..cairn_client::GetOptions::prefix()
+            };
+            c.get(prefix, opts).await.unwrap().count
+        }
+    };
+    wait_until(SLOW, "the audit log to be pruned to 10 records", || async {
+        count("/cairn/audit/t/").await <= 10
+            && count("/cairn/audit/r/").await <= 10
+            && count("/cairn/audit/1").await == 0
+    })
+    .await;
+    // The newest records are the ones kept; the history still reads them.
+    let a = cp.call("GET", "/api/audit", Some(ADMIN), None).await.json();
+    assert_eq!(a["total"], 10, "{a}");
+    let h = cp
+        .call("GET", "/apisix/admin/routes/p/history", Some(ADMIN), None)
+        .await
+        .json();
+    assert_eq!(h["list"][0]["value"]["uri"], "/v24", "{h}");
+    // One pruner, holding its key under a lease.
+    let r = c
+        .get("/cairn/audit/pruner", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(r.kvs.len(), 1);
+    assert_ne!(r.kvs[0].lease, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apisix_parity_details() {
+    let (cluster, cp) = setup_one("extra_plugins: [my-custom]\n").await;
+    let k = Some(ADMIN);
+    let before = revision(&cluster).await;
+    // A body near the request limit: the store refuses it as too large: 413.
+    let big = "x".repeat(1536 * 1024 - 200);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/routes/big",
+            k,
+            Some(json!({"uri": "/big", "plugins": {"echo": {"body": big}}})),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", &r.body[..r.body.len().min(300)]);
+    assert!(r.json()["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
+    // Times are the admin layer's.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/routes/t",
+            k,
+            Some(json!({"uri": "/t", "upstream": upstream(), "create_time": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error_msg"],
+        "the property is forbidden:  create_time"
+    );
+    assert_eq!(
+        revision(&cluster).await,
+        before,
+        "refused writes wrote nothing"
+    );
+    // PATCH where APISIX refuses it; the version header.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/consumers/jack",
+            k,
+            Some(json!({"username": "jack"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.headers["x-api-version"], "v3");
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/consumers/jack",
+            k,
+            Some(json!({"desc": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        r.json()["error_msg"],
+        "not supported `PATCH` method for consumer"
+    );
+    // If-None-Match: * creates only.
+    let r = request(
+        "PUT",
+        &format!("{}/apisix/admin/consumers/jack", cp.url),
+        &[("x-api-key", ADMIN), ("if-none-match", "*")],
+        Some(json!({"username": "jack", "desc": "overwritten?"}).to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    // Credentials: under the consumer, auth secrets kept secret, gone with it.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/consumers/jack/credentials/c1",
+            k,
+            Some(json!({"plugins": {"key-auth": {"key": "cred-secret-1"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["key"], "/apisix/consumers/jack/credentials/c1");
+    assert!(!r.body.contains("cred-secret-1"), "{}", r.body);
+    let l = cp
+        .call("GET", "/apisix/admin/consumers/jack/credentials", k, None)
+        .await
+        .json();
+    assert_eq!(l["total"], 1, "{l}");
+    let l = cp
+        .call("GET", "/apisix/admin/consumers", k, None)
+        .await
+        .json();
+    assert_eq!(l["total"], 1, "credentials are not consumers: {l}");
+    assert_eq!(
+        cp.call(
+            "PUT",
+            "/apisix/admin/consumers/nobody/credentials/c1",
+            k,
+            Some(json!({"plugins": {}}))
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        cp.call("DELETE", "/apisix/admin/consumers/jack", k, None)
+            .await
+            .status,
+        200
+    );
+    let c = cluster.client().await;
+    let left = c
+        .get("/apisix/consumers/jack", cairn_client::GetOptions::prefix())
+        .await
+        .unwrap();
+    assert_eq!(left.kvs.len(), 0, "credentials deleted with the consumer");
+    // Ids: collection PUTs follow the item rules; secrets are <manager>/<id>.
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams",
+            k,
+            Some(json!({"id": "a/b", "nodes": {"127.0.0.1:1": 1}})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/secrets/nope/1",
+            k,
+            Some(json!({"uri": "http://127.0.0.1:1"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Metric labels come from a fixed set: a made-up method or path is `other`.
+    let r = request("FROB", &format!("{}/nowhere-abc123", cp.url), &[], None)
+        .await
+        .unwrap();
+    assert!(r.status >= 400);
+    let m = cp.call("GET", "/metrics", None, None).await.body;
+    assert!(!m.contains("FROB") && !m.contains("nowhere-abc123"), "{m}");
+    assert!(m.contains("method=\"other\""), "{m}");
+    // Paging: a page below 1 is the first.
+    let p = cp
+        .call(
+            "GET",
+            "/apisix/admin/consumers?page=0&page_size=10",
+            k,
+            None,
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    // Schemas by APISIX's singular names (the plural stays an alias).
+    for name in ["route", "routes", "stream_route", "credential"] {
+        let r = cp
+            .call("GET", &format!("/apisix/admin/schema/{name}"), k, None)
+            .await;
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+    }
+    // SSL: a client certificate (upstream mTLS) needs no SNI; the key must
+    // match the certificate; the validity period is answered, not stored.
+    let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b.test".to_string()]).unwrap();
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/ssls/client1",
+            k,
+            Some(
+                json!({"type": "client", "cert": a.cert.pem(), "key": a.key_pair.serialize_pem()}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json()["value"].clone();
+    assert!(
+        v["validity_end"].as_i64() > v["validity_start"].as_i64(),
+        "{v}"
+    );
+    let stored = cluster
+        .client()
+        .await
+        .get("/apisix/ssls/client1", Default::default())
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&stored.kvs[0].value).contains("validity"));
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/ssls/bad",
+            k,
+            Some(json!({"snis": ["a.test"], "cert": a.cert.pem(), "key": b.key_pair.serialize_pem()})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("does not match"), "{}", r.body);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/ssls/nosni",
+            k,
+            Some(json!({"cert": a.cert.pem(), "key": a.key_pair.serialize_pem()})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = cp
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams/mtls",
+            k,
+            Some(json!({"nodes": {"127.0.0.1:1": 1}, "scheme": "https", "tls": {"client_cert_id": "client1"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // The plugin catalog endpoints APISIX tools call.
+    let l = cp
+        .call("GET", "/apisix/admin/plugins/list", k, None)
+        .await
+        .json();
+    let names: Vec<&str> = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "ai-proxy-multi",
+        "mcp-bridge",
+        "attach-consumer-label",
+        "my-custom",
+    ] {
+        assert!(names.contains(&want), "{want}: {l}");
+    }
+    let l = cp
+        .call(
+            "GET",
+            "/apisix/admin/plugins/list?subsystem=stream",
+            k,
+            None,
+        )
+        .await
+        .json();
+    assert!(l.as_array().unwrap().contains(&json!("mqtt-proxy")), "{l}");
+    let s = cp
+        .call(
+            "GET",
+            "/apisix/admin/schema/plugins/key-auth?schema_type=consumer",
+            k,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(s["required"], json!(["key"]), "{s}");
+    let s = cp
+        .call("GET", "/apisix/admin/plugins/limit-count", k, None)
+        .await
+        .json();
+    assert!(s["properties"]["count"].is_object(), "{s}");
+    assert_eq!(
+        cp.call("GET", "/apisix/admin/plugins/nope", k, None)
+            .await
+            .status,
+        404
+    );
+    // Plugins of APISIX 3.13+, custom ones from the config, stream plugins.
+    for (path, body, want) in [
+        (
+            "/apisix/admin/routes/ai",
+            json!({"uri": "/ai", "plugins": {"ai-prompt-guard": {}, "my-custom": {}}}),
+            201,
+        ),
+        (
+            "/apisix/admin/stream_routes/s1",
+            json!({"upstream": upstream(), "plugins": {"mqtt-proxy": {}}}),
+            201,
+        ),
+        (
+            "/apisix/admin/stream_routes/s2",
+            json!({"upstream": upstream(), "plugins": {"key-auth": {}}}),
+            400,
+        ),
+    ] {
+        let r = cp.call("PUT", path, k, Some(body)).await;
+        assert_eq!(r.status, want, "{path}: {}", r.body);
+    }
+}
+
+#[test]
+fn short_secrets_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    for (args, yaml, want) in [
+        (vec!["--admin-key", "short"], "", "admin_key"),
+        (vec![], "session_secret: tiny\n", "session_secret"),
+        (vec![], "viewer_keys: [abc]\n", "viewer key"),
+        (
+            vec![],
+            "data_encryption:\n  keyring: [not-16-bytes]\n",
+            "keyring",
+        ),
+    ] {
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = std::process::Command::new(common::cairn_bin())
+            .arg("control")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--endpoints",
+                "http://127.0.0.1:1",
+            ])
+            .args(["--config", cfg.to_str().unwrap()])
+            .args(&args)
+            .env_remove("CAIRN_ADMIN_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {yaml}: started");
+        assert!(err.contains(want), "{args:?} {yaml}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_use_checks_use_the_reference_index() {
+    // A route written before the control plane ran (as APISIX's Admin API
+    // would): indexed when the index is first built.
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let c = cluster.client().await;
+    c.put(
+        "/apisix/upstreams/old",
+        json!({"id": "old", "nodes": {"127.0.0.1:1": 1}}).to_string(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    c.put(
+        "/apisix/routes/old-route",
+        json!({"id": "old-route", "uri": "/o", "upstream_id": "old"}).to_string(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let cp = ControlPlane::start(&cluster, &["--admin-key", ADMIN]).await;
+    let k = Some(ADMIN);
+    let delete = |path: &'static str| {
+        let cp = &cp;
+        async move { cp.call("DELETE", path, k, None).await.status }
+    };
+    wait_until(SLOW, "the reference index to be built", || async {
+        delete("/apisix/admin/upstreams/old").await == 400
+    })
+    .await;
+    let r = cp
+        .call("DELETE", "/apisix/admin/upstreams/old", k, None)
+        .await;
+    assert_eq!(
+        r.json()["error_msg"],
+        "can not delete this upstream, route [old-route] is still using it now"
+    );
+    // Written through the API: indexed in the write's txn, dropped with it.
+    for (path, body) in [
+        ("/apisix/admin/upstreams/u1", upstream()),
+        ("/apisix/admin/upstreams/u2", upstream()),
+        (
+            "/apisix/admin/routes/r1",
+            json!({"uri": "/r1", "upstream_id": "u1"}),
+        ),
+    ] {
+        assert_eq!(cp.call("PUT", path, k, Some(body)).await.status, 201);
+    }
+    assert_eq!(delete("/apisix/admin/upstreams/u1").await, 400);
+    // The route moves to u2: u1 is free, u2 is not.
+    let r = cp
+        .call(
+            "PATCH",
+            "/apisix/admin/routes/r1",
+            k,
+            Some(json!({"upstream_id": "u2"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(delete("/apisix/admin/upstreams/u1").await, 200);
+    assert_eq!(delete("/apisix/admin/upstreams/u2").await, 400);
+    // A route deleted around the control plane leaves a stale entry, which
+    // the next check drops.
+    c.delete("/apisix/routes/r1", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(delete("/apisix/admin/upstreams/u2").await, 200);
+    // ?force=true deletes a referenced one.
+    assert_eq!(delete("/apisix/admin/upstreams/old?force=true").await, 200);
+    // Lists page in the store, in creation order; APISIX's init_dir
+    // placeholder is no item.
+    c.put("/apisix/upstreams/", "init_dir", Default::default())
+        .await
+        .unwrap();
+    for i in (0..12).rev() {
+        let r = cp
+            .call(
+                "PUT",
+                &format!("/apisix/admin/upstreams/p{i:02}"),
+                k,
+                Some(upstream()),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let p = cp
+        .call(
+            "GET",
+            "/apisix/admin/upstreams?page=2&page_size=10",
+            k,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(p["total"], 12, "{p}");
+    let ids: Vec<&str> = p["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["p01", "p00"], "{p}");
 }

@@ -5,10 +5,13 @@
 //! - `POST /apisix/admin/<res>`: create with a generated id.
 //! - `PUT /apisix/admin/<res>` (id in the body) or `/<res>/<id>`: create (201) or replace (200).
 //! - `GET`, `DELETE`, `PATCH /<res>/<id>`; `PATCH /<res>/<id>/<path>` replaces one sub-field.
+//! - `GET`, `PUT`, `DELETE /consumers/<name>/credentials[/<id>]` (`resources::CREDENTIALS`).
 //! - `GET /<res>/<id>/history`, `POST /<res>/<id>/rollback?revision=N` (module `history`).
 //!
 //! Every write checks the key's revision in its txn (`If-Match: <modifiedIndex>`
 //! pins the revision the caller saw), so concurrent edits are never lost.
+//! Values are handled with their secrets in clear text ([`Stored`]), stored
+//! encrypted and answered with placeholders (module `secrets`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +27,10 @@ use serde_json::{json, Map, Value};
 use crate::audit::{self, AuditRecord};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{self, valid_id_segment, Resource};
-use crate::store::{Committed, Expect, Write};
-use crate::{history, validate, AppState};
+use crate::patch::{diff, merge};
+use crate::resources::{self, valid_id_segment, Resource, CREDENTIALS};
+use crate::store::{Also, Committed, Expect, Write};
+use crate::{history, refs, secrets, validate, AppState};
 
 type Q = HashMap<String, String>;
 
@@ -48,41 +52,148 @@ pub fn key_of(state: &AppState, res: &Resource, id: &str) -> String {
     format!("{}/{}/{}", state.settings.prefix, res.name, id)
 }
 
-/// The stored item at `key`, checked against the caller's `If-Match` (the
-/// `modifiedIndex` it last saw) when one was sent.
-async fn current(ctx: &Ctx<'_>, key: &str) -> ApiResult<cairn_client::mvccpb::KeyValue> {
-    let prev = ctx
-        .state
+/// A stored item: the key as read, and its value with secrets in clear text
+/// (`secrets::decode`), for this process only.
+pub struct Stored {
+    pub kv: KeyValue,
+    pub value: Value,
+}
+
+/// The item `id` of `res` as stored now, if it exists.
+pub async fn read(state: &AppState, res: &Resource, id: &str) -> ApiResult<Option<Stored>> {
+    Ok(state
         .store
-        .get(key)
+        .get(&key_of(state, res, id))
+        .await?
+        .map(|kv| Stored {
+            value: secrets::decode(state, res, id, &kv.value),
+            kv,
+        }))
+}
+
+/// The stored item, checked against the caller's `If-Match` (the
+/// `modifiedIndex` it last saw) when one was sent.
+async fn current(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Stored> {
+    let prev = read(ctx.state, res, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     if let Some(expected) = ctx.if_match {
-        if prev.mod_revision != expected {
-            return Err(ApiError::conflict(key, expected, prev.mod_revision));
+        if prev.kv.mod_revision != expected {
+            let key = key_of(ctx.state, res, id);
+            return Err(ApiError::conflict(&key, expected, prev.kv.mod_revision));
         }
     }
     Ok(prev)
 }
 
-/// `{"key","value","createdIndex","modifiedIndex"}`, APISIX's item envelope.
-pub fn envelope(kv: &KeyValue) -> Value {
-    json!({
-        "key": String::from_utf8_lossy(&kv.key),
-        "value": parse_value(&kv.value),
-        "createdIndex": kv.create_revision,
-        "modifiedIndex": kv.mod_revision,
-    })
+/// Fields answered but never stored: an SSL certificate's validity, read
+/// from the certificate itself.
+const COMPUTED: &[&str] = &["validity_start", "validity_end"];
+
+/// A value as every reader sees it: secrets replaced by placeholders, and an
+/// SSL's validity period (`validity_start`, `validity_end`, Unix seconds).
+pub fn shown(state: &AppState, res: &Resource, id: &str, mut v: Value) -> ApiResult<Value> {
+    if res.name == "ssls" {
+        let cert = v
+            .get("cert")
+            .and_then(Value::as_str)
+            .map(crate::x509::parse_cert);
+        if let (Some(Ok(c)), Value::Object(m)) = (cert, &mut v) {
+            m.insert("validity_start".into(), json!(c.not_before));
+            m.insert("validity_end".into(), json!(c.not_after));
+        }
+    }
+    secrets::redact(state, res, id, &mut v)?;
+    Ok(v)
 }
 
-/// A stored value as JSON; a value that is not JSON (written by someone
-/// else) is shown as a string rather than hidden.
-pub fn parse_value(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into()))
+/// `{"key","value","createdIndex","modifiedIndex"}`, APISIX's item envelope,
+/// secrets shown as placeholders.
+pub fn envelope(state: &AppState, res: &Resource, id: &str, s: &Stored) -> ApiResult<Value> {
+    Ok(json!({
+        "key": String::from_utf8_lossy(&s.kv.key),
+        "value": shown(state, res, id, s.value.clone())?,
+        "createdIndex": s.kv.create_revision,
+        "modifiedIndex": s.kv.mod_revision,
+    }))
 }
 
+/// Checks an id against the resource's rules: APISIX's 1–64 characters of
+/// `[a-zA-Z0-9-_.]` per segment, as many segments as the resource's ids
+/// have; secrets start with a known manager (`vault/1`), credentials are
+/// `<username>/credentials/<id>`.
+pub fn check_id(res: &Resource, id: &str) -> ApiResult<()> {
+    let segs: Vec<&str> = id.split('/').collect();
+    let shape_ok = segs.len() == res.id_segments
+        && segs.iter().all(|s| valid_id_segment(s))
+        && (res.id_segments != 3 || segs[1] == "credentials");
+    if !shape_ok {
+        let shape = match res.id_segments {
+            2 => "<manager>/<id>, each ",
+            3 => "<username>/credentials/<id>, each ",
+            _ => "",
+        };
+        let field = if res.id_segments == 1 {
+            res.id_field.unwrap_or("id")
+        } else {
+            "id"
+        };
+        return Err(ApiError::invalid(format!(
+            "{} \"{field}\" [{id}]: use {shape}1-64 characters of a-z, A-Z, 0-9, -, _ and .",
+            res.singular
+        )));
+    }
+    if res.name == "secrets" && !validate::SECRET_MANAGERS.iter().any(|(m, _)| *m == segs[0]) {
+        return Err(ApiError::invalid(format!(
+            "unknown secret manager [{}] (one of vault, aws, gcp)",
+            segs[0]
+        )));
+    }
+    Ok(())
+}
+
+/// The id as the value holds it: a credential keeps its own id only.
+fn value_id<'a>(res: &Resource, id: &'a str) -> &'a str {
+    if res.id_segments == 3 {
+        id.rsplit('/').next().unwrap_or(id)
+    } else {
+        id
+    }
+}
+
+/// APISIX refuses `create_time`/`update_time` in a PUT or POST body (they
+/// are the admin layer's), at the top, in `upstream` and in `plugins`.
+fn forbid_times(body: &Value) -> ApiResult<()> {
+    let scopes = [
+        (Some(body), ""),
+        (body.get("upstream"), "upstream."),
+        (body.get("plugins"), "plugins."),
+    ];
+    for (scope, prefix) in scopes {
+        let Some(Value::Object(m)) = scope else {
+            continue;
+        };
+        for f in ["create_time", "update_time"] {
+            if m.contains_key(f) {
+                // APISIX's message, its double space included.
+                return Err(ApiError::bad_request(format!(
+                    "the property is forbidden:  {prefix}{f}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `If-Match: <modifiedIndex>`; `If-None-Match: *` (create only, never
+/// overwrite) is `If-Match: 0`, the revision of a key that does not exist.
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    if headers
+        .get("if-none-match")
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"*")
+    {
+        return Ok(Some(0));
+    }
     match headers.get("if-match") {
         None => Ok(None),
         Some(v) => v
@@ -102,6 +213,13 @@ fn parse_body(body: &Bytes) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
+fn not_supported(method: &Method, res: &Resource) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "not supported `{method}` method for {}",
+        res.singular
+    ))
+}
+
 /// `/apisix/admin/<res>`.
 pub async fn collection(
     State(state): State<Arc<AppState>>,
@@ -112,46 +230,35 @@ pub async fn collection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let res = match resource(&name) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let ctx = match if_match(&headers) {
-        Ok(if_match) => Ctx {
+    let r = async {
+        let res = resource(&name)?;
+        let ctx = Ctx {
             state: &state,
             caller: &caller,
             query: &query,
-            if_match,
-        },
-        Err(e) => return e.into_response(),
-    };
-    let r = match method {
-        Method::GET => list(&ctx, res).await,
-        Method::POST if res.post => match parse_body(&body) {
-            Ok(v) => match state.store.gen_id(&state.settings.prefix).await {
-                Ok(id) => put(&ctx, res, &id, v, "create").await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        // PUT without an id in the path: the id comes from the body.
-        Method::PUT => match parse_body(&body) {
-            Ok(v) => {
-                let field = res.id_field.unwrap_or("id");
-                match v.get(field).map(id_string) {
-                    Some(id) => put(&ctx, res, &id, v, "update").await,
-                    None => Err(ApiError::invalid(format!(
-                        "missing {} {field}",
-                        res.singular
-                    ))),
-                }
+            if_match: if_match(&headers)?,
+        };
+        match method {
+            Method::GET => list(&ctx, res, "").await,
+            Method::POST if res.post => {
+                let v = parse_body(&body)?;
+                let id = state.store.gen_id(&state.settings.prefix).await?;
+                put(&ctx, res, &id, v, "create").await
             }
-            Err(e) => Err(e),
-        },
-        m => Err(ApiError::method_not_allowed(format!(
-            "{m} is not supported on /apisix/admin/{name}"
-        ))),
-    };
+            // PUT without an id in the path: the id comes from the body.
+            Method::PUT => {
+                let v = parse_body(&body)?;
+                let field = res.id_field.unwrap_or("id");
+                let id = v.get(field).map(id_string).ok_or_else(|| {
+                    ApiError::invalid(format!("missing {} {field}", res.singular))
+                })?;
+                check_id(res, &id)?;
+                put(&ctx, res, &id, v, "update").await
+            }
+            m => Err(not_supported(&m, res)),
+        }
+    }
+    .await;
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -166,7 +273,7 @@ pub async fn item(
     body: Bytes,
 ) -> Response {
     let r = async {
-        let res = resource(&name)?;
+        let mut res = resource(&name)?;
         let ctx = Ctx {
             state: &state,
             caller: &caller,
@@ -180,19 +287,25 @@ pub async fn item(
                 res.singular
             )));
         }
-        let (id_segs, tail) = segs.split_at(res.id_segments);
-        if !id_segs.iter().all(|s| valid_id_segment(s)) {
-            return Err(ApiError::invalid(format!(
-                "{} id [{}]: use 1-64 characters of a-z, A-Z, 0-9, -, _ and .",
-                res.singular,
-                id_segs.join("/")
-            )));
+        let (mut id_segs, mut tail) = segs.split_at(res.id_segments);
+        // `consumers/<name>/credentials[/<id>]`.
+        if res.name == "consumers" && tail.first() == Some(&"credentials") {
+            if tail.len() == 1 {
+                check_id(res, id_segs[0])?;
+                return match method {
+                    Method::GET => list(&ctx, &CREDENTIALS, id_segs[0]).await,
+                    m => Err(not_supported(&m, &CREDENTIALS)),
+                };
+            }
+            res = &CREDENTIALS;
+            (id_segs, tail) = segs.split_at(3);
         }
         let id = id_segs.join("/");
+        check_id(res, &id)?;
         match (&method, tail) {
             (&Method::GET, []) => get(&ctx, res, &id).await,
             (&Method::PUT, []) => put(&ctx, res, &id, parse_body(&body)?, "update").await,
-            (&Method::PATCH, []) => patch(&ctx, res, &id, parse_body(&body)?, &[]).await,
+            (&Method::PATCH, _) if !res.patch => Err(not_supported(&method, res)),
             (&Method::PATCH, path) => patch(&ctx, res, &id, parse_body(&body)?, path).await,
             (&Method::DELETE, []) => delete(&ctx, res, &id).await,
             (&Method::GET, ["history"]) => history::history(&ctx, res, &id).await,
@@ -214,53 +327,94 @@ fn id_string(v: &Value) -> String {
 }
 
 async fn get(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Response> {
-    match ctx.state.store.get(&key_of(ctx.state, res, id)).await? {
-        Some(kv) => Ok(Json(envelope(&kv)).into_response()),
+    match read(ctx.state, res, id).await? {
+        Some(s) => Ok(Json(envelope(ctx.state, res, id, &s)?).into_response()),
         None => Err(ApiError::not_found()),
     }
 }
 
-async fn list(ctx: &Ctx<'_>, res: &Resource) -> ApiResult<Response> {
-    let dir = format!("{}/{}/", ctx.state.settings.prefix, res.name);
-    let mut kvs: Vec<KeyValue> = ctx
-        .state
-        .store
-        .list(&dir)
-        .await?
+/// A list: every item of `res` (for credentials, of consumer `owner`).
+async fn list(ctx: &Ctx<'_>, res: &Resource, owner: &str) -> ApiResult<Response> {
+    let state = ctx.state;
+    let credentials = res.id_segments == 3;
+    let dir = if credentials {
+        format!(
+            "{}/{}/{owner}/credentials/",
+            state.settings.prefix, res.name
+        )
+    } else {
+        format!("{}/{}/", state.settings.prefix, res.name)
+    };
+    let q = ctx.query;
+    let paging = page_of(q)?;
+    let filtered = ["name", "uri", "label"]
+        .iter()
+        .any(|f| q.get(*f).is_some_and(|v| !v.is_empty()));
+    // Paged in the store when nothing needs filtering and every key under
+    // the directory is an item (consumers' directories hold credentials too).
+    let (kvs, store_total) = match paging {
+        Some((p, s)) if !filtered && res.name != "consumers" => {
+            let (kvs, total) = state.store.page_by_creation(&dir, (p - 1) * s, s).await?;
+            (kvs, Some(total))
+        }
+        _ => (state.store.list(&dir).await?, None),
+    };
+    let mut items: Vec<(String, Stored)> = kvs
         .into_iter()
-        // APISIX's CLI puts `<prefix>/<res>/` = init_dir: not a resource.
-        .filter(|kv| kv.key.len() > dir.len())
-        .filter(|kv| {
-            matches!(
-                serde_json::from_slice::<Value>(&kv.value),
-                Ok(Value::Object(_))
-            )
+        .filter_map(|kv| {
+            let rel = String::from_utf8_lossy(&kv.key[dir.len()..]).into_owned();
+            // APISIX's CLI puts `<prefix>/<res>/` = init_dir: not a resource;
+            // a consumer's credentials lie below it: not consumers.
+            let want = if res.id_segments == 3 {
+                1
+            } else {
+                res.id_segments
+            };
+            if rel.is_empty() || rel.split('/').count() != want {
+                return None;
+            }
+            let id = if credentials {
+                format!("{owner}/credentials/{rel}")
+            } else {
+                rel
+            };
+            let value = secrets::decode(state, res, &id, &kv.value);
+            value.is_object().then_some((id, Stored { kv, value }))
         })
         .collect();
-    let q = ctx.query;
-    kvs.retain(|kv| matches_filters(&parse_value(&kv.value), q));
-    kvs.sort_by_key(|kv| kv.create_revision);
-    let total = kvs.len();
-    let page = match (q.get("page"), q.get("page_size")) {
-        (Some(p), Some(s)) => {
-            let p: usize = p
-                .parse()
-                .ok()
-                .filter(|p| *p >= 1)
-                .ok_or_else(|| ApiError::bad_request("page must be an integer >= 1"))?;
-            let s: usize = s
-                .parse()
-                .ok()
-                .filter(|s| (10..=500).contains(s))
-                .ok_or_else(|| {
-                    ApiError::bad_request("page_size must be an integer between 10 and 500")
-                })?;
-            kvs.into_iter().skip((p - 1) * s).take(s).collect()
-        }
-        _ => kvs,
+    items.retain(|(_, s)| matches_filters(&s.value, q));
+    items.sort_by_key(|(_, s)| s.kv.create_revision);
+    let (total, page) = match (store_total, paging) {
+        (Some(total), _) => (total, items),
+        (None, Some((p, s))) => (
+            items.len(),
+            items.into_iter().skip((p - 1) * s).take(s).collect(),
+        ),
+        (None, None) => (items.len(), items),
     };
-    let list: Vec<Value> = page.iter().map(envelope).collect();
+    let list = page
+        .iter()
+        .map(|(id, s)| envelope(state, res, id, s))
+        .collect::<ApiResult<Vec<Value>>>()?;
     Ok(Json(json!({ "total": total, "list": list })).into_response())
+}
+
+/// `page` and `page_size`, when both are given (APISIX pages only then):
+/// a page below 1 is the first, as in APISIX; sizes 10 to 500.
+fn page_of(q: &Q) -> ApiResult<Option<(usize, usize)>> {
+    let (Some(p), Some(s)) = (q.get("page"), q.get("page_size")) else {
+        return Ok(None);
+    };
+    let p = p
+        .parse::<i64>()
+        .map(|p| p.max(1) as usize)
+        .map_err(|_| ApiError::bad_request("page must be an integer"))?;
+    let s: usize = s
+        .parse()
+        .ok()
+        .filter(|s| (10..=500).contains(s))
+        .ok_or_else(|| ApiError::bad_request("page_size must be an integer between 10 and 500"))?;
+    Ok(Some((p, s)))
 }
 
 /// APISIX's list filters: `name` (substring), `uri` (substring of `uri` or
@@ -323,6 +477,12 @@ fn stamp(res: &Resource, id: &str, mut v: Value, prev: Option<&Value>) -> ApiRes
             res.singular
         )));
     };
+    if res.name == "ssls" {
+        for f in COMPUTED {
+            obj.remove(*f);
+        }
+    }
+    let id = value_id(res, id);
     if let Some(field) = res.id_field {
         match obj.get(field) {
             Some(given) if id_string(given) != id => {
@@ -354,7 +514,15 @@ fn stamp(res: &Resource, id: &str, mut v: Value, prev: Option<&Value>) -> ApiRes
 
 /// Schema and references. Nothing is written when this fails.
 pub async fn check(state: &AppState, res: &Resource, id: &str, v: &Value) -> ApiResult<()> {
-    validate::check(res, id, v).map_err(ApiError::invalid)?;
+    validate::check(res, id, &state.settings.extra_plugins, v).map_err(ApiError::invalid)?;
+    if res.id_segments == 3 {
+        let owner = id.split('/').next().unwrap_or_default();
+        if read(state, resource("consumers")?, owner).await?.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "consumer not found: {owner}"
+            )));
+        }
+    }
     for (field, target) in res.refs {
         let Some(rid) = v.get(*field) else { continue };
         let rid = id_string(rid);
@@ -374,36 +542,66 @@ pub async fn check(state: &AppState, res: &Resource, id: &str, v: &Value) -> Api
     Ok(())
 }
 
-/// Validates and commits `value` (already stamped) over `prev`.
+/// The audit record of a change from `old` to `new` (clear values; the
+/// record keeps only the patch back, secrets as fingerprints).
+fn record(
+    ctx: &Ctx<'_>,
+    res: &Resource,
+    id: &str,
+    action: &str,
+    old: Option<&Stored>,
+    new: Option<&Value>,
+) -> ApiResult<AuditRecord> {
+    let state = ctx.state;
+    let revert = match (old, new) {
+        (None, _) => None,
+        (Some(o), None) => Some(shown(state, res, id, o.value.clone())?),
+        (Some(o), Some(n)) => Some(diff(
+            &shown(state, res, id, n.clone())?,
+            &shown(state, res, id, o.value.clone())?,
+        )),
+    };
+    let too_big = revert
+        .as_ref()
+        .is_some_and(|r| r.to_string().len() > audit::REVERT_MAX);
+    Ok(AuditRecord {
+        who: ctx.caller.name.clone(),
+        when_ms: audit::now_ms(),
+        action: action.into(),
+        resource: res.name.into(),
+        id: id.into(),
+        key: key_of(state, res, id),
+        old_revision: old.map(|p| p.kv.mod_revision).unwrap_or(0),
+        new_revision: 0,
+        revert: if too_big { None } else { revert },
+        revert_omitted: too_big,
+    })
+}
+
+/// Validates and commits `value` (clear text, already stamped) over `prev`.
+/// `Ok(Err(found))`: the key changed since `prev` was read.
 pub async fn commit(
     ctx: &Ctx<'_>,
     res: &Resource,
     id: &str,
     value: Value,
-    prev: Option<&KeyValue>,
+    prev: Option<&Stored>,
     action: &str,
     lease: i64,
 ) -> ApiResult<Result<(i64, Value), i64>> {
     let state = ctx.state;
     let key = key_of(state, res, id);
     check(state, res, id, &value).await?;
-    let rec = AuditRecord {
-        who: ctx.caller.name.clone(),
-        when_ms: audit::now_ms(),
-        action: action.into(),
-        resource: res.name.into(),
-        id: id.into(),
-        key: key.clone(),
-        old_revision: prev.map(|p| p.mod_revision).unwrap_or(0),
-        new_revision: 0,
-        old_value: prev.map(|p| parse_value(&p.value)),
-        new_value: Some(value.clone()),
-    };
+    let rec = record(ctx, res, id, action, prev, Some(&value))?;
     let expect = match prev {
-        Some(p) => Expect::ModRevision(p.mod_revision),
+        Some(p) => Expect::ModRevision(p.kv.mod_revision),
         None => Expect::Absent,
     };
-    let bytes = serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?;
+    let bytes = secrets::encode(state, res, id, &value)?;
+    let also = Also {
+        ops: refs::ops(state, res, id, prev.map(|p| &p.value), Some(&value)),
+        ..Default::default()
+    };
     match state
         .store
         .commit(
@@ -413,7 +611,8 @@ pub async fn commit(
                 value: bytes,
                 lease,
             },
-            audit::entry(state, &rec),
+            audit::entries(state, &rec),
+            also,
         )
         .await?
     {
@@ -422,19 +621,27 @@ pub async fn commit(
     }
 }
 
-fn written(key: String, prev: Option<&KeyValue>, rev: i64, value: Value) -> Response {
+/// The answer to a write: APISIX's envelope, 201 if it created the key.
+pub fn written(
+    state: &AppState,
+    res: &Resource,
+    id: &str,
+    prev: Option<&Stored>,
+    rev: i64,
+    value: Value,
+) -> ApiResult<Response> {
     let status = if prev.is_some() {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
     let body = json!({
-        "key": key,
-        "value": value,
-        "createdIndex": prev.map(|p| p.create_revision).unwrap_or(rev),
+        "key": key_of(state, res, id),
+        "value": shown(state, res, id, value)?,
+        "createdIndex": prev.map(|p| p.kv.create_revision).unwrap_or(rev),
         "modifiedIndex": rev,
     });
-    (status, Json(body)).into_response()
+    Ok((status, Json(body)).into_response())
 }
 
 fn ttl_lease_secs(q: &Q) -> ApiResult<Option<i64>> {
@@ -461,29 +668,27 @@ pub async fn put(
 ) -> ApiResult<Response> {
     let state = ctx.state;
     let key = key_of(state, res, id);
+    forbid_times(&body)?;
     let lease = match ttl_lease_secs(ctx.query)? {
         Some(ttl) => state.store.lease(ttl).await?,
         None => 0,
     };
     for _ in 0..5 {
-        let prev = state.store.get(&key).await?;
+        let prev = read(state, res, id).await?;
+        let found = prev.as_ref().map(|p| p.kv.mod_revision).unwrap_or(0);
         if let Some(expected) = ctx.if_match {
-            let found = prev.as_ref().map(|p| p.mod_revision).unwrap_or(0);
             if found != expected {
                 return Err(ApiError::conflict(&key, expected, found));
             }
         }
         if action == "create" && prev.is_some() {
-            return Err(ApiError::conflict(
-                &key,
-                0,
-                prev.map(|p| p.mod_revision).unwrap_or(0),
-            ));
+            return Err(ApiError::conflict(&key, 0, found));
         }
-        let prev_v = prev.as_ref().map(|p| parse_value(&p.value));
-        let value = stamp(res, id, body.clone(), prev_v.as_ref())?;
+        let mut body = body.clone();
+        secrets::restore(state, res, id, &mut body, prev.as_ref().map(|p| &p.value))?;
+        let value = stamp(res, id, body, prev.as_ref().map(|p| &p.value))?;
         match commit(ctx, res, id, value, prev.as_ref(), action, lease).await? {
-            Ok((rev, value)) => return Ok(written(key, prev.as_ref(), rev, value)),
+            Ok((rev, value)) => return written(state, res, id, prev.as_ref(), rev, value),
             Err(found) if ctx.if_match.is_some() => {
                 return Err(ApiError::conflict(&key, ctx.if_match.unwrap_or(0), found))
             }
@@ -508,8 +713,8 @@ async fn patch(
 ) -> ApiResult<Response> {
     let state = ctx.state;
     let key = key_of(state, res, id);
-    let prev = current(ctx, &key).await?;
-    let old = parse_value(&prev.value);
+    let prev = current(ctx, res, id).await?;
+    let old = prev.value.clone();
     let mut merged = old.clone();
     if path.is_empty() {
         if !body.is_object() {
@@ -519,35 +724,15 @@ async fn patch(
     } else {
         set_path(&mut merged, path, body)?;
     }
+    secrets::restore(state, res, id, &mut merged, Some(&old))?;
     // The merge may carry the old update_time: stamp a fresh one.
     if let Value::Object(m) = &mut merged {
         m.remove("update_time");
     }
     let value = stamp(res, id, merged, Some(&old))?;
-    match commit(ctx, res, id, value, Some(&prev), "patch", prev.lease).await? {
-        Ok((rev, value)) => Ok(written(key, Some(&prev), rev, value)),
-        Err(found) => Err(ApiError::conflict(&key, prev.mod_revision, found)),
-    }
-}
-
-/// RFC 7386 JSON merge patch.
-pub fn merge(target: &mut Value, patch: Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(&k);
-                    } else {
-                        merge(t.entry(k).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other,
+    match commit(ctx, res, id, value, Some(&prev), "patch", prev.kv.lease).await? {
+        Ok((rev, value)) => written(state, res, id, Some(&prev), rev, value),
+        Err(found) => Err(ApiError::conflict(&key, prev.kv.mod_revision, found)),
     }
 }
 
@@ -576,56 +761,79 @@ fn set_path(v: &mut Value, path: &[&str], new: Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// DELETE: refused while another resource names this one, unless `?force=true`.
+/// DELETE: refused while another resource names this one (the reference
+/// index, `refs`), unless `?force=true`. The txn requires that nothing names
+/// it still, so a reference added meanwhile makes it check again. A
+/// consumer's credentials go with it (same txn).
 async fn delete(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Response> {
     let state = ctx.state;
     let key = key_of(state, res, id);
-    let prev = current(ctx, &key).await?;
-    if ctx.query.get("force").map(String::as_str) != Some("true") {
-        for (user, field) in resources::users_of(res.name) {
-            let dir = format!("{}/{}/", state.settings.prefix, user.name);
-            for kv in state.store.list(&dir).await? {
-                let v = parse_value(&kv.value);
-                if v.get(field).map(id_string).as_deref() == Some(id) {
-                    let uid = String::from_utf8_lossy(&kv.key[dir.len()..]).to_string();
-                    return Err(ApiError::bad_request(format!(
-                        "can not delete this {}, {} [{uid}] is still using it now",
-                        res.singular, user.singular
-                    )));
-                }
+    let force = ctx.query.get("force").map(String::as_str) == Some("true");
+    for _ in 0..5 {
+        let prev = current(ctx, res, id).await?;
+        let mut also = Also {
+            ops: refs::ops(state, res, id, Some(&prev.value), None),
+            ..Default::default()
+        };
+        if force {
+            also.ops.push(cairn_client::txn::op_delete(
+                refs::prefix(state, res.name, id),
+                cairn_client::DeleteOptions::prefix(),
+            ));
+        } else {
+            if let Some((user, uid)) = refs::first_user(state, res, id).await? {
+                return Err(ApiError::bad_request(format!(
+                    "can not delete this {}, {user} [{uid}] is still using it now",
+                    res.singular
+                )));
+            }
+            also.compares.push(refs::unreferenced(state, res, id));
+        }
+        let rec = record(ctx, res, id, "delete", Some(&prev), None)?;
+        let credentials = (res.name == "consumers" && res.id_segments == 1)
+            .then(|| format!("{key}/credentials/"));
+        match state
+            .store
+            .commit(
+                &key,
+                Expect::ModRevision(prev.kv.mod_revision),
+                Write::Delete {
+                    also_prefix: credentials,
+                },
+                audit::entries(state, &rec),
+                also,
+            )
+            .await?
+        {
+            Committed::At(_) => {
+                return Ok(Json(json!({ "deleted": "1", "key": key })).into_response())
+            }
+            // The key is as read: a reference appeared; check again.
+            Committed::Conflict { found } if found == prev.kv.mod_revision => continue,
+            Committed::Conflict { found } => {
+                return Err(ApiError::conflict(&key, prev.kv.mod_revision, found))
             }
         }
     }
-    let rec = AuditRecord {
-        who: ctx.caller.name.clone(),
-        when_ms: audit::now_ms(),
-        action: "delete".into(),
-        resource: res.name.into(),
-        id: id.into(),
-        key: key.clone(),
-        old_revision: prev.mod_revision,
-        new_revision: 0,
-        old_value: Some(parse_value(&prev.value)),
-        new_value: None,
-    };
-    match state
-        .store
-        .commit(
-            &key,
-            Expect::ModRevision(prev.mod_revision),
-            Write::Delete,
-            audit::entry(state, &rec),
-        )
-        .await?
-    {
-        Committed::At(_) => Ok(Json(json!({ "deleted": "1", "key": key })).into_response()),
-        Committed::Conflict { found } => Err(ApiError::conflict(&key, prev.mod_revision, found)),
-    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("{key}: references to it kept changing; try again"),
+    ))
 }
 
-/// `GET /apisix/admin/schema/<res>`: the JSON Schema a resource is checked against.
+/// `GET /apisix/admin/schema/<res>` (APISIX's singular names, and the
+/// plural as an alias): the JSON Schema a resource is checked against.
 pub async fn schema(Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    let res = resource(&name)?;
+    let res = resources::find(&name)
+        .or_else(|| {
+            resources::RESOURCES
+                .iter()
+                .find(|r| r.singular.replace(' ', "_") == name)
+        })
+        .or_else(|| (name == "credential").then_some(&CREDENTIALS))
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown resource [{name}]"))
+        })?;
     let mut s: Value =
         serde_json::from_str(res.schema).map_err(|e| ApiError::internal(e.to_string()))?;
     if let Value::Object(m) = &mut s {
@@ -641,18 +849,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merge_patch_rules() {
-        let mut v = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]});
-        merge(&mut v, json!({"a": null, "b": {"c": 5}, "e": [3]}));
-        assert_eq!(v, json!({"b": {"c": 5, "d": 3}, "e": [3]}));
-    }
-
-    #[test]
     fn sub_path_replaces_one_field() {
         let mut v = json!({"plugins": {"a": {"x": 1}}});
         set_path(&mut v, &["plugins", "b"], json!({"y": 2})).unwrap();
         assert_eq!(v, json!({"plugins": {"a": {"x": 1}, "b": {"y": 2}}}));
         assert!(set_path(&mut json!({"a": 1}), &["a", "b"], json!(1)).is_err());
+    }
+
+    #[test]
+    fn id_rules() {
+        let routes = resources::find("routes").unwrap();
+        let secrets = resources::find("secrets").unwrap();
+        assert!(check_id(routes, "r-1.a_b").is_ok());
+        assert!(check_id(routes, &"x".repeat(65)).is_err());
+        assert!(check_id(routes, "a/b").is_err());
+        assert!(check_id(routes, "a?ttl=1").is_err());
+        assert!(check_id(secrets, "vault/1").is_ok());
+        assert!(check_id(secrets, "nope/1").is_err());
+        assert!(check_id(secrets, "vault").is_err());
+        assert!(check_id(&CREDENTIALS, "jack/credentials/c1").is_ok());
+        assert!(check_id(&CREDENTIALS, "jack/other/c1").is_err());
+        assert_eq!(value_id(&CREDENTIALS, "jack/credentials/c1"), "c1");
+    }
+
+    #[test]
+    fn times_are_forbidden_in_bodies() {
+        assert!(forbid_times(&json!({"uri": "/"})).is_ok());
+        let e = forbid_times(&json!({"upstream": {"create_time": 1}})).unwrap_err();
+        assert_eq!(
+            e.body["error_msg"],
+            "the property is forbidden:  upstream.create_time"
+        );
     }
 
     #[test]

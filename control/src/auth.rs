@@ -5,10 +5,11 @@
 //! once in the store with a create-if-absent txn.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -101,6 +102,32 @@ impl Keys {
         found
     }
 
+    /// Whether a key with this binding (`session::binding_of`) and role is
+    /// still accepted: a session opened with a rotated key ends.
+    pub fn has_binding(&self, binding: &str, role: Role) -> bool {
+        let matches = |h: &[u8; 32]| hex(&h[..8]) == binding;
+        self.configured
+            .iter()
+            .any(|(h, r)| *r == role && matches(h))
+            || (role == Role::Admin
+                && self
+                    .stored_admin
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(matches))
+    }
+
+    /// Waits (at most `limit`) for the shared session secret, which the
+    /// start-up bootstrap loads from the store: requests that arrive in the
+    /// first moments then work instead of failing.
+    pub async fn wait_for_secret(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.session_secret().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn session_secret(&self) -> Option<Vec<u8>> {
         self.session_secret
             .read()
@@ -185,12 +212,14 @@ pub async fn bootstrap(state: Arc<AppState>) {
 /// set it, so a session cookie alone never authorizes a write (CSRF).
 pub const CONSOLE_HEADER: &str = "x-cairn-console";
 
-/// Finds the caller of a request, or answers 401 as APISIX does.
-pub fn caller(
+/// Finds the caller of a request, or answers 401 as APISIX does. A wrong
+/// API key counts against the client's address (`AppState::key_failures`).
+pub async fn caller(
     state: &AppState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     method: &Method,
+    peer: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
     let key = headers
         .get("x-api-key")
@@ -203,10 +232,21 @@ pub fn caller(
                 name: format!("api-key:{}", role_name(role)),
                 role,
             }),
-            None => Err(ApiError::unauthorized("wrong apikey")),
+            // Past its budget, an address gets 429 for a wrong key. A right
+            // key still works: a client behind the same load balancer, or a
+            // flood of wrong keys, cannot lock an operator out.
+            None => match peer {
+                Some(ip) if !state.key_failures.allow(&ip) => Err(too_many("wrong API keys")),
+                _ => Err(ApiError::unauthorized("wrong apikey")),
+            },
         };
     }
     if let Some(sess) = session::from_headers(state, headers) {
+        if !session::check(state, &sess).await? {
+            return Err(ApiError::unauthorized(
+                "session ended (logged out, or its user or key changed)",
+            ));
+        }
         if *method != Method::GET && !headers.contains_key(CONSOLE_HEADER) {
             return Err(ApiError::forbidden(format!(
                 "a console session may only write with the {CONSOLE_HEADER} header"
@@ -218,6 +258,14 @@ pub fn caller(
         });
     }
     Err(ApiError::unauthorized("missing apikey"))
+}
+
+/// 429 with a message naming what was limited.
+pub fn too_many(what: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        format!("too many {what} from this address or for this name; wait a minute"),
+    )
 }
 
 pub fn role_name(r: Role) -> &'static str {
@@ -235,7 +283,12 @@ pub async fn require(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let c = match caller(&state, req.headers(), &query, req.method()) {
+    state.keys.wait_for_secret(Duration::from_secs(5)).await;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let c = match caller(&state, req.headers(), &query, req.method(), peer).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };

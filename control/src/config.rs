@@ -77,6 +77,38 @@ pub struct FileConfig {
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// APISIX's `data_encryption` (as in its `config.yaml`): the keyring that
+    /// encrypts secret fields in the store. Absent: APISIX's default keyring.
+    pub data_encryption: Option<cairn_apisix::DataEncryptionConfig>,
+    /// Audit log retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Names of custom plugins the gateways run, accepted beside APISIX's.
+    #[serde(default)]
+    pub extra_plugins: Vec<String>,
+}
+
+/// `audit:` in the config file. The defaults keep the log far below the
+/// store's quota (a record is a few hundred bytes plus the changed fields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Records older than this are pruned [default: 30 days].
+    pub max_age_secs: u64,
+    /// At most this many records are kept, the oldest pruned first [default: 50000].
+    pub max_records: u64,
+    /// How often the pruning instance looks [default: 300 s].
+    pub prune_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_age_secs: 30 * 24 * 3600,
+            max_records: 50_000,
+            prune_interval_secs: 300,
+        }
+    }
 }
 
 /// A console user.
@@ -113,6 +145,22 @@ pub struct Settings {
     /// How the store is reached: auth credentials and TLS.
     pub store_credentials: Option<cairn_client::Credentials>,
     pub store_tls: Option<cairn_client::TlsOptions>,
+    /// Encrypts and decrypts secret fields in the store (APISIX's `data_encryption`).
+    pub keyring: cairn_apisix::Keyring,
+    /// Whether the keyring is APISIX's public default (warned about at start).
+    pub default_keyring: bool,
+    pub audit: AuditConfig,
+    pub extra_plugins: Vec<String>,
+}
+
+/// Shared secrets shorter than this are refused at start: they can be guessed.
+pub const MIN_SECRET_LEN: usize = 16;
+
+fn check_secret_len(what: &str, s: &str) -> Result<()> {
+    if s.len() < MIN_SECRET_LEN {
+        bail!("{what} is {} bytes; use at least {MIN_SECRET_LEN} (e.g. `head -c 32 /dev/urandom | base64`)", s.len());
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -175,7 +223,44 @@ impl Settings {
             }
             None => None,
         };
+        let admin_key = args
+            .admin_key
+            .clone()
+            .or(file.admin_key)
+            .filter(|k| !k.is_empty());
+        if let Some(k) = &admin_key {
+            check_secret_len("admin_key", k)?;
+        }
+        for k in &file.viewer_keys {
+            check_secret_len("a viewer key", k)?;
+        }
+        if let Some(s) = &file.session_secret {
+            check_secret_len("session_secret", s)?;
+        }
+        if file.audit.max_records == 0 || file.audit.prune_interval_secs == 0 {
+            bail!("audit: max_records and prune_interval_secs must be at least 1");
+        }
+        let default_keyring = file
+            .data_encryption
+            .as_ref()
+            .is_none_or(|d| d.keyring.is_none());
+        let keyring =
+            cairn_apisix::Keyring::from_config(&file.data_encryption.unwrap_or_default())?;
+        for p in &file.extra_plugins {
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                bail!("extra_plugins: {p:?} is not a plugin name (letters, digits, - and _)");
+            }
+        }
         Ok(Settings {
+            keyring,
+            default_keyring,
+            audit: file.audit,
+            extra_plugins: file.extra_plugins,
+            admin_key,
             store_credentials,
             store_tls,
             listen: args
@@ -185,11 +270,6 @@ impl Settings {
             endpoints,
             prefix,
             cairn_prefix,
-            admin_key: args
-                .admin_key
-                .clone()
-                .or(file.admin_key)
-                .filter(|k| !k.is_empty()),
             viewer_keys: file.viewer_keys,
             session_secret: file.session_secret,
             users: file.users,

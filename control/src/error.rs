@@ -74,10 +74,17 @@ impl ApiError {
 }
 
 /// Any store failure is a 503, as APISIX answers when etcd fails: the store,
-/// not the request, is at fault. An outcome-unknown write says so, so the
+/// not the request, is at fault. The exception is a request the store
+/// refuses as too large: 413, since the request is at fault. An outcome-unknown write says so, so the
 /// caller reads before retrying.
 impl From<cairn_client::Error> for ApiError {
     fn from(e: cairn_client::Error) -> Self {
+        if e.message().contains("request is too large") {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the change is larger than the store accepts in one request ({}); make the resource smaller", e.message()),
+            );
+        }
         let msg = if e.is_outcome_unknown() {
             format!("store write outcome unknown (read the key before retrying): {e}")
         } else {

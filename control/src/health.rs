@@ -60,23 +60,34 @@ impl Default for Metrics {
     }
 }
 
-/// Counts each request under its route pattern (not the raw path, so ids do
-/// not blow up the label set).
+/// The method label: one of a fixed set, `other` for anything else.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    const KNOWN: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    KNOWN
+        .iter()
+        .find(|k| **k == m.as_str())
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Counts each request under its route pattern (a fixed set: the router's,
+/// not the raw path, so ids do not grow the label set) and method label;
+/// an unmatched path is `other`. No client can add a label value.
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+        .unwrap_or_else(|| "other".into());
+    let method = method_label(req.method());
     let start = Instant::now();
     let resp = next.run(req).await;
     let m = &state.metrics;
     m.duration
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method, &route])
         .observe(start.elapsed().as_secs_f64());
     m.requests
-        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .with_label_values(&[method, &route, resp.status().as_str()])
         .inc();
     resp
 }

@@ -8,14 +8,22 @@
 //! - [`resources`]: the table of Admin API resources (one row per resource).
 //! - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
 //!   `schema_def.lua`), known plugins and the common plugins' schemas.
+//! - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
 //! - [`admin`]: the one generic handler for every resource: list, get, put,
 //!   post, patch, delete, referential checks.
+//! - [`secrets`]: secret fields decrypted on read, encrypted on write
+//!   (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
+//! - [`patch`]: JSON merge patches (PATCH, audit revert patches).
+//! - [`refs`]: the reference index behind the in-use check of a delete.
 //! - [`history`]: versions from MVCC history and audit records; rollback.
-//! - [`audit`]: audit records and the audit log endpoint.
+//! - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
+//! - [`retention`]: audit log pruning by one instance under a leased key.
 //! - [`auth`]: API keys, roles, the shared-secret bootstrap.
 //! - [`console`]: the embedded web console, login/logout, sessions.
 //! - [`cluster`]: store member status for the console.
+//! - [`gateways`]: the gateways' registrations and sync state.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`x509`]: certificate validity and key matching for SSL checks.
 //! - [`openapi`]: `/openapi.json`, built from the resource table.
 //! - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
 
@@ -26,14 +34,21 @@ pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod gateways;
 pub mod health;
 pub mod history;
 pub mod openapi;
+pub mod patch;
+pub mod plugins;
+pub mod refs;
 pub mod resources;
+pub mod retention;
+pub mod secrets;
 pub mod store;
 pub mod validate;
+pub mod x509;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +57,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use cairn_client::{Client, ClientOptions};
+use console::session::RateLimiter;
 
 pub use config::{ControlArgs, Settings};
 
@@ -51,7 +67,15 @@ pub struct AppState {
     pub store: store::Store,
     pub keys: auth::Keys,
     pub metrics: health::Metrics,
-    pub login_limiter: console::session::RateLimiter,
+    /// Logins per client address.
+    pub login_limiter: RateLimiter<IpAddr>,
+    /// Logins per user name (guessing one user's password from many addresses).
+    pub user_limiter: RateLimiter<String>,
+    /// Wrong API keys per client address.
+    pub key_failures: RateLimiter<IpAddr>,
+    /// Concurrent argon2 verifications (each takes tens of ms of CPU and
+    /// ~19 MiB of memory): a login flood cannot take the machine.
+    pub argon2: tokio::sync::Semaphore,
 }
 
 /// APISIX's Admin API body limit.
@@ -60,6 +84,9 @@ const BODY_LIMIT: usize = 1536 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     let authed = Router::new()
         .route("/apisix/admin/schema/{resource}", get(admin::schema))
+        .route("/apisix/admin/schema/plugins/{name}", get(plugins::schema))
+        .route("/apisix/admin/plugins/list", get(plugins::list))
+        .route("/apisix/admin/plugins/{name}", get(plugins::schema))
         .route(
             "/apisix/admin/{resource}",
             get(admin::collection)
@@ -76,10 +103,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/session", get(console::whoami))
         .route("/api/cluster", get(cluster::cluster))
+        .route("/api/gateways", get(gateways::list))
         .route("/api/audit", get(audit::list))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
+        ))
+        // APISIX 3's Admin API says which shape it answers in.
+        .layer(axum::middleware::map_response(
+            |mut r: axum::response::Response| async move {
+                r.headers_mut()
+                    .insert("x-api-version", axum::http::HeaderValue::from_static("v3"));
+                r
+            },
         ));
     Router::new()
         .merge(authed)
@@ -119,7 +155,10 @@ pub async fn state(settings: Settings) -> Result<Arc<AppState>> {
         keys: auth::Keys::new(settings.admin_key.as_deref(), &settings.viewer_keys),
         store: store::Store { client },
         metrics: health::Metrics::new(),
-        login_limiter: console::session::RateLimiter::new(),
+        login_limiter: RateLimiter::new(10, Duration::from_secs(60), 10_000),
+        user_limiter: RateLimiter::new(10, Duration::from_secs(60), 10_000),
+        key_failures: RateLimiter::new(20, Duration::from_secs(60), 10_000),
+        argon2: tokio::sync::Semaphore::new(2),
         settings,
     }))
 }
@@ -151,7 +190,21 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> R
         "control plane on http://{addr} (console at /, admin API at /apisix/admin/), store {}",
         state.settings.endpoints.join(",")
     );
+    if state.settings.default_keyring {
+        tracing::warn!("data_encryption: using APISIX's default keyring, which is public; set data_encryption.keyring in the config file");
+    }
     tokio::spawn(auth::bootstrap(state.clone()));
+    let name = format!("{addr}/{}", auth::random_token().get(..8).unwrap_or("0"));
+    tokio::spawn(retention::run(state.clone(), name));
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = refs::build_once(&s).await {
+            tracing::warn!("reference index: {:?}", e.body);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())

@@ -19,6 +19,9 @@ pub struct Resource {
     pub timestamps: bool,
     /// Whether POST (generated id) is allowed.
     pub post: bool,
+    /// Whether PATCH is allowed (APISIX refuses it on consumers, plugin
+    /// metadata, stream routes and protos).
+    pub patch: bool,
     /// Fields naming another resource that must exist: (field, resource name).
     /// Deleting a resource still named this way is refused without `?force=true`.
     pub refs: &'static [(&'static str, &'static str)],
@@ -53,6 +56,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[
             ("upstream_id", "upstreams"),
             ("service_id", "services"),
@@ -75,6 +79,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[],
         rules: &[Rule::ExactlyOne(&["nodes", "service_name"])],
     },
@@ -86,6 +91,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[("upstream_id", "upstreams")],
         rules: &[],
     },
@@ -97,6 +103,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: false,
         refs: &[("group_id", "consumer_groups")],
         rules: &[],
     },
@@ -108,8 +115,10 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: true,
         refs: &[],
-        rules: &[Rule::ExactlyOne(&["sni", "snis"])],
+        // A server certificate also needs one of them (`validate::check_ssl`).
+        rules: &[Rule::AtMostOne(&["sni", "snis"])],
     },
     Resource {
         name: "global_rules",
@@ -119,6 +128,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -130,6 +140,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -141,6 +152,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -152,6 +164,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: false,
         post: false,
+        patch: false,
         refs: &[],
         rules: &[],
     },
@@ -163,6 +176,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: false,
         refs: &[("upstream_id", "upstreams"), ("service_id", "services")],
         rules: &[],
     },
@@ -174,6 +188,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 2,
         timestamps: true,
         post: false,
+        patch: true,
         refs: &[],
         rules: &[],
     },
@@ -185,6 +200,7 @@ pub static RESOURCES: &[Resource] = &[
         id_segments: 1,
         timestamps: true,
         post: true,
+        patch: false,
         refs: &[],
         rules: &[],
     },
@@ -194,17 +210,6 @@ pub fn find(name: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.name == name)
 }
 
-/// The (resource, field) pairs that may name a `target` resource: derived
-/// from `refs`, so the delete check and the write check cannot drift apart.
-pub fn users_of(target: &str) -> impl Iterator<Item = (&'static Resource, &'static str)> + '_ {
-    RESOURCES.iter().flat_map(move |r| {
-        r.refs
-            .iter()
-            .filter(move |(_, t)| *t == target)
-            .map(move |(field, _)| (r, *field))
-    })
-}
-
 /// APISIX's id rule: 1–64 characters of `[a-zA-Z0-9-_.]`.
 pub fn valid_id_segment(s: &str) -> bool {
     !s.is_empty()
@@ -212,3 +217,19 @@ pub fn valid_id_segment(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
+
+/// A consumer's credentials (`/apisix/admin/consumers/<name>/credentials/<id>`,
+/// stored at `<prefix>/consumers/<name>/credentials/<id>`): not a top-level
+/// resource, so not in [`RESOURCES`]. Its id is `<name>/credentials/<id>`.
+pub static CREDENTIALS: Resource = Resource {
+    name: "consumers",
+    singular: "credential",
+    schema: schema!("credentials"),
+    id_field: Some("id"),
+    id_segments: 3,
+    timestamps: true,
+    post: false,
+    patch: false,
+    refs: &[],
+    rules: &[],
+};

@@ -26,8 +26,23 @@ pub enum Expect {
 
 /// The change to the key.
 pub enum Write {
-    Put { value: Vec<u8>, lease: i64 },
-    Delete,
+    Put {
+        value: Vec<u8>,
+        lease: i64,
+    },
+    /// Delete the key, and every key under `also_prefix` (a consumer's
+    /// credentials) in the same txn.
+    Delete {
+        also_prefix: Option<String>,
+    },
+}
+
+/// More of the same txn: conditions beside the key's revision, and
+/// operations beside the write and its audit record (the reference index).
+#[derive(Default)]
+pub struct Also {
+    pub compares: Vec<cairn_client::pb::Compare>,
+    pub ops: Vec<cairn_client::pb::RequestOp>,
 }
 
 pub enum Committed {
@@ -66,6 +81,106 @@ impl Store {
         }
     }
 
+    /// One page of keys under `prefix` from `from` on (inclusive), in key
+    /// order, and whether more follow.
+    pub async fn page(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: i64,
+    ) -> ApiResult<(Vec<KeyValue>, bool)> {
+        let opts = GetOptions {
+            limit,
+            ..GetOptions::range_end(cairn_client::prefix_end(prefix.as_bytes()))
+        };
+        let r = self.client.get(from, opts).await?;
+        Ok((r.kvs, r.more))
+    }
+
+    /// Keys `skip..skip + take` under `prefix` in creation order, with their
+    /// values, and how many keys lie under it; the key `prefix` itself
+    /// (APISIX's `init_dir` placeholder) is not counted. Two ranges: the
+    /// keys up to the page (keys only), then the page's values from its
+    /// first creation revision on.
+    pub async fn page_by_creation(
+        &self,
+        prefix: &str,
+        skip: usize,
+        take: usize,
+    ) -> ApiResult<(Vec<KeyValue>, usize)> {
+        let placeholder = self.get(prefix).await?.is_some() as usize;
+        let total = (self.count(prefix).await?.max(0) as usize).saturating_sub(placeholder);
+        let by_creation = Some((
+            cairn_client::SortOrder::Ascend,
+            cairn_client::SortTarget::Create,
+        ));
+        let keys = GetOptions {
+            keys_only: true,
+            limit: (skip + take + 1) as i64,
+            sort: by_creation,
+            ..GetOptions::prefix()
+        };
+        let page: Vec<KeyValue> = self
+            .client
+            .get(prefix, keys)
+            .await?
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.key != prefix.as_bytes())
+            .skip(skip)
+            .take(take)
+            .collect();
+        let Some(first) = page.first() else {
+            return Ok((Vec::new(), total));
+        };
+        let values = GetOptions {
+            limit: (take + 1) as i64,
+            sort: by_creation,
+            min_create_revision: first.create_revision,
+            ..GetOptions::prefix()
+        };
+        let kvs = self
+            .client
+            .get(prefix, values)
+            .await?
+            .kvs
+            .into_iter()
+            .filter(|kv| kv.key != prefix.as_bytes())
+            .take(take)
+            .collect();
+        Ok((kvs, total))
+    }
+
+    /// How many keys lie under `prefix`.
+    pub async fn count(&self, prefix: &str) -> ApiResult<i64> {
+        let opts = GetOptions {
+            count_only: true,
+            ..GetOptions::prefix()
+        };
+        Ok(self.client.get(prefix, opts).await?.count)
+    }
+
+    /// Deletes these keys, in txns of at most `batch` deletes.
+    pub async fn delete_keys(&self, keys: &[String], batch: usize) -> ApiResult<()> {
+        for chunk in keys.chunks(batch.max(1)) {
+            let ops: Vec<_> = chunk
+                .iter()
+                .map(|k| txn::op_delete(k.as_str(), DeleteOptions::default()))
+                .collect();
+            self.client.txn(Txn::new().and_then(ops)).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every key in `[from, to)`.
+    pub async fn delete_range(&self, from: &str, to: &str) -> ApiResult<i64> {
+        let opts = DeleteOptions {
+            range: cairn_client::KeyRange::RangeEnd(to.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        Ok(self.client.delete(from, opts).await?.deleted)
+    }
+
     /// Every key under `prefix`, in key order.
     pub async fn list(&self, prefix: &str) -> ApiResult<Vec<KeyValue>> {
         Ok(self.client.get(prefix, GetOptions::prefix()).await?.kvs)
@@ -91,26 +206,39 @@ impl Store {
         key: &str,
         expect: Expect,
         write: Write,
-        audit: (String, Vec<u8>),
+        audit: [(String, Vec<u8>); 2],
+        also: Also,
     ) -> ApiResult<Committed> {
         let cmp = match expect {
             Expect::Absent => txn::version(key, CompareResult::Equal, 0),
             Expect::ModRevision(r) => txn::mod_revision(key, CompareResult::Equal, r),
         };
-        let op = match write {
-            Write::Put { value, lease } => txn::op_put(
+        let mut ops = match write {
+            Write::Put { value, lease } => vec![txn::op_put(
                 key,
                 value,
                 PutOptions {
                     lease,
                     ..Default::default()
                 },
-            ),
-            Write::Delete => txn::op_delete(key, DeleteOptions::default()),
+            )],
+            Write::Delete { also_prefix } => {
+                let mut ops = vec![txn::op_delete(key, DeleteOptions::default())];
+                if let Some(p) = also_prefix {
+                    ops.push(txn::op_delete(p, DeleteOptions::prefix()));
+                }
+                ops
+            }
         };
+        let [(rk, rv), (tk, tv)] = audit;
+        ops.push(txn::op_put(rk, rv, PutOptions::default()));
+        ops.push(txn::op_put(tk, tv, PutOptions::default()));
+        ops.extend(also.ops);
+        let mut cmps = vec![cmp];
+        cmps.extend(also.compares);
         let t = Txn::new()
-            .when([cmp])
-            .and_then([op, txn::op_put(audit.0, audit.1, PutOptions::default())])
+            .when(cmps)
+            .and_then(ops)
             .or_else([txn::op_range(key, GetOptions::default())]);
         let resp = self.client.txn(t).await?;
         let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);

@@ -11,16 +11,28 @@ use std::sync::OnceLock;
 use jsonschema::Validator;
 use serde_json::{Map, Value};
 
-use crate::resources::{Resource, Rule, RESOURCES};
+use crate::resources::{Resource, Rule, CREDENTIALS, RESOURCES};
 
-/// Plugins APISIX 3.x ships. A name outside this set is refused: APISIX
-/// would drop the whole route at load time.
+/// Plugins APISIX (3.13 and later) ships, HTTP side. A name outside this set
+/// (and outside `extra_plugins` in the config) is refused: APISIX would drop
+/// the whole route at load time.
 pub const KNOWN_PLUGINS: &[&str] = &[
+    "acl",
     "ai",
+    "ai-aliyun-content-moderation",
+    "ai-aws-content-moderation",
+    "ai-cache",
+    "ai-lakera-guard",
     "ai-prompt-decorator",
+    "ai-prompt-guard",
     "ai-prompt-template",
     "ai-proxy",
+    "ai-proxy-multi",
+    "ai-rag",
+    "ai-rate-limiting",
+    "ai-request-rewrite",
     "api-breaker",
+    "attach-consumer-label",
     "authz-casbin",
     "authz-casdoor",
     "authz-keycloak",
@@ -37,24 +49,33 @@ pub const KNOWN_PLUGINS: &[&str] = &[
     "consumer-restriction",
     "cors",
     "csrf",
+    "data-mask",
     "datadog",
     "degraphql",
+    "dingtalk-auth",
     "dubbo-proxy",
     "echo",
     "elasticsearch-logger",
     "error-log-logger",
+    "error-page",
     "example-plugin",
+    "exit-transformer",
     "ext-plugin-post-req",
     "ext-plugin-post-resp",
     "ext-plugin-pre-req",
     "fault-injection",
+    "feishu-auth",
     "file-logger",
     "forward-auth",
+    "gm",
     "google-cloud-logging",
+    "graphql-limit-count",
+    "graphql-proxy-cache",
     "grpc-transcode",
     "grpc-web",
     "gzip",
     "hmac-auth",
+    "http-dubbo",
     "http-logger",
     "inspect",
     "ip-restriction",
@@ -63,16 +84,20 @@ pub const KNOWN_PLUGINS: &[&str] = &[
     "kafka-logger",
     "kafka-proxy",
     "key-auth",
+    "lago",
     "ldap-auth",
+    "ldap-auth-advanced",
     "limit-conn",
     "limit-count",
     "limit-req",
     "log-rotate",
     "loggly",
     "loki-logger",
+    "mcp-bridge",
     "mocking",
     "multi-auth",
     "node-status",
+    "oas-validator",
     "ocsp-stapling",
     "opa",
     "openfunction",
@@ -93,6 +118,7 @@ pub const KNOWN_PLUGINS: &[&str] = &[
     "request-validation",
     "response-rewrite",
     "rocketmq-logger",
+    "saml-auth",
     "server-info",
     "serverless-post-function",
     "serverless-pre-function",
@@ -103,6 +129,7 @@ pub const KNOWN_PLUGINS: &[&str] = &[
     "syslog",
     "tcp-logger",
     "tencent-cloud-cls",
+    "traffic-label",
     "traffic-split",
     "ua-restriction",
     "udp-logger",
@@ -112,14 +139,40 @@ pub const KNOWN_PLUGINS: &[&str] = &[
     "zipkin",
 ];
 
+/// Plugins of APISIX's stream subsystem: the only ones a stream route takes.
+pub const STREAM_PLUGINS: &[&str] = &[
+    "ip-restriction",
+    "limit-conn",
+    "mqtt-proxy",
+    "syslog",
+    "traffic-split",
+];
+
 /// Secret managers and the fields each requires (APISIX's `secret/*.lua`).
-const SECRET_MANAGERS: &[(&str, &[&str])] = &[
+pub const SECRET_MANAGERS: &[(&str, &[&str])] = &[
     ("vault", &["uri", "prefix", "token"]),
     ("aws", &["access_key_id", "secret_access_key"]),
     ("gcp", &[]),
 ];
 
+/// The JSON Schema of a plugin (the consumer-side one when asked and there
+/// is one), with the shared `$defs`; `None` when only its name is checked.
+pub fn plugin_schema(name: &str, consumer: bool) -> Option<Value> {
+    let table: Map<String, Value> =
+        serde_json::from_str(include_str!("schemas/plugins.json")).ok()?;
+    let entry = table.get(name)?;
+    let mut s = match (consumer, entry.get("consumer_schema")) {
+        (true, Some(c)) => c.clone(),
+        _ => entry.get("schema")?.clone(),
+    };
+    if let Value::Object(m) = &mut s {
+        m.insert("$defs".into(), defs());
+    }
+    Some(s)
+}
+
 struct Compiled {
+    /// By the resource's singular name (credentials share `consumers`).
     resources: HashMap<&'static str, Validator>,
     /// plugin name -> (route-level schema, consumer-level schema if any)
     plugins: HashMap<String, (Validator, Option<Validator>)>,
@@ -146,10 +199,11 @@ fn compiled() -> &'static Compiled {
         let defs = defs();
         let resources = RESOURCES
             .iter()
+            .chain([&CREDENTIALS])
             .map(|r| {
                 let s: Value = serde_json::from_str(r.schema)
-                    .unwrap_or_else(|e| panic!("schema of {}: {e}", r.name));
-                (r.name, compile(s, &defs))
+                    .unwrap_or_else(|e| panic!("schema of {}: {e}", r.singular));
+                (r.singular, compile(s, &defs))
             })
             .collect();
         let table: Map<String, Value> = serde_json::from_str(include_str!("schemas/plugins.json"))
@@ -172,7 +226,7 @@ fn compiled() -> &'static Compiled {
 /// Checks `value`, the full value about to be stored (id and timestamps
 /// included), of resource `res` with id `id`. `Err` is the message after
 /// `invalid configuration: `.
-pub fn check(res: &Resource, id: &str, value: &Value) -> Result<(), String> {
+pub fn check(res: &Resource, id: &str, extra: &[String], value: &Value) -> Result<(), String> {
     let Value::Object(obj) = value else {
         return Err(format!("the {} must be a JSON object", res.singular));
     };
@@ -180,17 +234,28 @@ pub fn check(res: &Resource, id: &str, value: &Value) -> Result<(), String> {
         check_rule(rule, obj)?;
     }
     let c = compiled();
-    if let Some(v) = c.resources.get(res.name) {
+    if let Some(v) = c.resources.get(res.singular) {
         schema_errors(v, value)?;
     }
     if res.name == "secrets" {
         check_secret(id, obj)?;
     }
-    if res.name == "plugin_metadata" && !KNOWN_PLUGINS.contains(&id) {
+    if res.name == "ssls" {
+        check_ssl(obj)?;
+    }
+    let known = |name: &str| {
+        let builtin = if res.name == "stream_routes" {
+            STREAM_PLUGINS
+        } else {
+            KNOWN_PLUGINS
+        };
+        builtin.contains(&name) || extra.iter().any(|e| e == name)
+    };
+    if res.name == "plugin_metadata" && !known(id) {
         return Err(format!("unknown plugin [{id}]"));
     }
     if let Some(plugins) = obj.get("plugins") {
-        check_plugins(plugins, res.name == "consumers")?;
+        check_plugins(plugins, res.name == "consumers", &known)?;
     }
     // Upstreams embedded in routes, services and stream routes.
     if let Some(up) = obj.get("upstream") {
@@ -266,13 +331,17 @@ fn schema_errors(v: &Validator, value: &Value) -> Result<(), String> {
     }
 }
 
-fn check_plugins(plugins: &Value, consumer: bool) -> Result<(), String> {
+fn check_plugins(
+    plugins: &Value,
+    consumer: bool,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
     let Value::Object(map) = plugins else {
         return Err("property \"plugins\" validation failed: wrong type: expected object".into());
     };
     let c = compiled();
     for (name, conf) in map {
-        if !KNOWN_PLUGINS.contains(&name.as_str()) {
+        if !known(name) {
             return Err(format!("unknown plugin [{name}]"));
         }
         let Value::Object(conf_map) = conf else {
@@ -307,6 +376,44 @@ fn check_plugins(plugins: &Value, consumer: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// APISIX's SSL rules: a server certificate names its SNIs (a client one,
+/// for upstream mTLS, need not); certificates and keys parse and belong
+/// together, pair by pair. Values taken from a secret manager (`$secret://`,
+/// `$env://`) are checked by the gateway that resolves them.
+fn check_ssl(obj: &Map<String, Value>) -> Result<(), String> {
+    let server = obj.get("type").and_then(Value::as_str).unwrap_or("server") == "server";
+    if server && !obj.contains_key("sni") && !obj.contains_key("snis") {
+        return Err("a server certificate needs \"sni\" or \"snis\"".into());
+    }
+    let strs = |f: &str| -> Vec<&str> {
+        match obj.get(f) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (certs, keys) = (strs("certs"), strs("keys"));
+    if certs.len() != keys.len() {
+        return Err("mismatched number of certs and keys".into());
+    }
+    let pairs = strs("cert")
+        .into_iter()
+        .zip(strs("key"))
+        .chain(certs.into_iter().zip(keys));
+    for (cert, key) in pairs {
+        let external = |s: &str| s.starts_with("$secret://") || s.starts_with("$env://");
+        if external(cert) || external(key) {
+            continue;
+        }
+        let c = crate::x509::parse_cert(cert).map_err(|e| format!("failed to parse cert: {e}"))?;
+        let k = crate::x509::public_key_of(key).map_err(|e| format!("failed to parse key: {e}"))?;
+        if k != c.public_key {
+            return Err("the private key does not match the certificate".into());
+        }
+    }
+    Ok(())
+}
+
 fn check_secret(id: &str, obj: &Map<String, Value>) -> Result<(), String> {
     let manager = id.split('/').next().unwrap_or_default();
     let Some((_, required)) = SECRET_MANAGERS.iter().find(|(m, _)| *m == manager) else {
@@ -331,7 +438,7 @@ mod tests {
     #[test]
     fn every_builtin_schema_compiles() {
         let c = compiled();
-        assert_eq!(c.resources.len(), RESOURCES.len());
+        assert_eq!(c.resources.len(), RESOURCES.len() + 1);
         assert_eq!(c.plugins.len(), 12);
         for name in c.plugins.keys() {
             assert!(KNOWN_PLUGINS.contains(&name.as_str()), "{name}");
@@ -343,23 +450,25 @@ mod tests {
         let r = find("routes").unwrap();
         let ok =
             json!({"uri": "/a", "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:80": 1}}});
-        check(r, "1", &ok).unwrap();
-        let e = check(r, "1", &json!({"uri": 1, "upstream_id": "1"})).unwrap_err();
+        check(r, "1", &[], &ok).unwrap();
+        let e = check(r, "1", &[], &json!({"uri": 1, "upstream_id": "1"})).unwrap_err();
         assert!(e.starts_with("property \"uri\" validation failed"), "{e}");
-        let e = check(r, "1", &json!({"upstream_id": "1"})).unwrap_err();
+        let e = check(r, "1", &[], &json!({"upstream_id": "1"})).unwrap_err();
         assert!(e.contains("\"uri\", \"uris\""), "{e}");
         let e = check(
             r,
             "1",
+            &[],
             &json!({"uri": "/a", "upstream_id": "1", "bogus": 1}),
         )
         .unwrap_err();
         assert!(e.contains("bogus"), "{e}");
-        let e = check(r, "1", &json!({"uri": "/a", "plugins": {"nope": {}}})).unwrap_err();
+        let e = check(r, "1", &[], &json!({"uri": "/a", "plugins": {"nope": {}}})).unwrap_err();
         assert_eq!(e, "unknown plugin [nope]");
         let e = check(
             r,
             "1",
+            &[],
             &json!({"uri": "/a", "plugins": {"limit-count": {"count": 1}}}),
         )
         .unwrap_err();
@@ -370,6 +479,7 @@ mod tests {
         let e = check(
             r,
             "1",
+            &[],
             &json!({"uri": "/a", "upstream": {"nodes": {"a:1": -1}}}),
         )
         .unwrap_err();
@@ -382,12 +492,14 @@ mod tests {
         check(
             c,
             "jack",
+            &[],
             &json!({"username": "jack", "plugins": {"key-auth": {"key": "k"}}}),
         )
         .unwrap();
         let e = check(
             c,
             "jack",
+            &[],
             &json!({"username": "jack", "plugins": {"key-auth": {}}}),
         )
         .unwrap_err();

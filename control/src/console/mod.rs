@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{role_name, Caller};
+use crate::auth::{role_name, too_many, Caller};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -57,18 +57,17 @@ fn cookie(value: &str, max_age: u64) -> String {
     )
 }
 
-/// `POST /login` `{"username","password"}` or `{"api_key"}`.
+/// `POST /login` `{"username","password"}` or `{"api_key"}`. Limited per
+/// client address and per user name; at most two argon2 checks run at once
+/// (a third waits up to 2 s, then is told to retry).
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<Login>,
 ) -> Response {
-    if !state.login_limiter.allow(peer.ip()) {
-        return ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many login attempts from this address; wait a minute",
-        )
-        .into_response();
+    let by_name = req.api_key.is_empty() && !state.user_limiter.allow(&req.username);
+    if !state.login_limiter.allow(&peer.ip()) || by_name {
+        return too_many("login attempts").into_response();
     }
     let Some(secret) = state.keys.session_secret() else {
         return ApiError::new(
@@ -78,10 +77,13 @@ pub async fn login(
         .into_response();
     };
     let who = if !req.api_key.is_empty() {
-        state
-            .keys
-            .role_of(&req.api_key)
-            .map(|role| (format!("api-key:{}", role_name(role)), role))
+        state.keys.role_of(&req.api_key).map(|role| {
+            (
+                format!("api-key:{}", role_name(role)),
+                role,
+                session::binding_of(req.api_key.as_bytes()),
+            )
+        })
     } else {
         let user = state
             .settings
@@ -92,6 +94,21 @@ pub async fn login(
         match user {
             None => None,
             Some(u) => {
+                let permit = match tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    state.argon2.acquire(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many logins at once; try again",
+                        )
+                        .into_response()
+                    }
+                };
                 let password = req.password.clone();
                 let hash = u.password_hash.clone();
                 // argon2 takes tens of milliseconds of CPU: off the async threads.
@@ -106,16 +123,23 @@ pub async fn login(
                 })
                 .await
                 .unwrap_or(false);
-                ok.then(|| (format!("console:{}", u.username), u.role))
+                drop(permit);
+                ok.then(|| {
+                    (
+                        format!("console:{}", u.username),
+                        u.role,
+                        session::binding_of(u.password_hash.as_bytes()),
+                    )
+                })
             }
         }
     };
     match who {
-        Some((name, role)) => (
+        Some((name, role, binding)) => (
             [(
                 header::SET_COOKIE,
                 cookie(
-                    &session::issue(&secret, &name, role),
+                    &session::issue(&secret, &name, role, &binding),
                     session::LIFETIME.as_secs(),
                 ),
             )],
@@ -130,9 +154,14 @@ pub async fn login(
     }
 }
 
-/// `POST /logout`: clears the cookie. Sessions are stateless (signed), so
-/// this ends the session in this browser; the cookie expires on its own.
-pub async fn logout() -> Response {
+/// `POST /logout`: revokes the session on every instance (a key in the
+/// store that lives as long as the session would have) and clears the cookie.
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(s) = session::from_headers(&state, &headers) {
+        if let Err(e) = session::revoke(&state, &s).await {
+            return e.into_response();
+        }
+    }
     (
         [(header::SET_COOKIE, cookie("", 0))],
         Json(json!({ "ok": true })),
