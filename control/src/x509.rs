@@ -86,6 +86,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
 fn time(tag: u8, c: &[u8]) -> Result<i64, String> {
     let s = std::str::from_utf8(c).map_err(|_| "bad time")?;
+    // Digits only: the slicing below must never land inside a multi-byte char.
+    if !s.is_ascii() {
+        return Err("bad time".into());
+    }
     let s = s.strip_suffix('Z').ok_or("time not in UTC")?;
     let (year, rest) = match tag {
         0x17 if s.len() == 12 => {
@@ -207,5 +211,9 @@ mod tests {
         assert_eq!(time(0x17, b"700101000000Z").unwrap(), 0);
         assert_eq!(time(0x18, b"20300101000000Z").unwrap(), 1_893_456_000);
         assert_eq!(time(0x17, b"491231235959Z").unwrap(), 2_524_607_999);
+        // Twelve bytes, but not twelve digits: an error, never a panic.
+        // (Twelve bytes before the Z; the first slice would split the é.)
+        assert!(time(0x17, "7é010100000Z".as_bytes()).is_err());
+        assert!(time(0x18, "200é010100000Z".as_bytes()).is_err());
     }
 }
