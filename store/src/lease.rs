@@ -12,7 +12,9 @@
 //! keep-alive and time-to-live are answered after a quorum confirmed this
 //! member's leadership in a round that started after the call arrived (the
 //! followers that confirmed refuse to elect anyone else for a leader lease,
-//! and a new leader restarts every TTL when it takes over). A lease whose
+//! and a new leader restarts every TTL when it takes over), and after this
+//! member applied everything committed before that round (a revoke its
+//! predecessor proposed may be among it). A lease whose
 //! deadline has passed is never renewed: the call waits until its revoke is
 //! applied and answers as for a lease that does not exist (TTL 0 / -1), as
 //! etcd's lessor does.
@@ -61,6 +63,10 @@ pub struct Lessor {
     deadlines: Mutex<HashMap<i64, Instant>>,
     /// Leases whose revoke has been proposed, and when to try again.
     revoking: Mutex<HashMap<i64, Instant>>,
+    /// The term of the leadership the deadlines belong to; `None` while
+    /// this member does not lead. Deadlines of an earlier leadership are
+    /// never used: a member that leads again starts every TTL afresh.
+    term: Mutex<Option<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -93,13 +99,29 @@ impl Lessor {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// Aligns deadlines with the replicated leases. `fresh` (just became
-    /// leader) restarts every lease's full TTL.
-    fn sync(&self, leases: &[(i64, i64)], fresh: bool) {
+    /// Whether the deadlines belong to leadership in `term`.
+    pub fn synced_for(&self, term: u64) -> bool {
+        *lock(&self.term) == Some(term)
+    }
+
+    /// Forgets every deadline: this member no longer leads.
+    fn forget(&self) {
+        let mut term = lock(&self.term);
+        if term.take().is_some() {
+            lock(&self.deadlines).clear();
+            lock(&self.revoking).clear();
+        }
+    }
+
+    /// Aligns deadlines with the replicated leases of leadership in `term`.
+    /// The first sync of a term restarts every lease's full TTL.
+    fn sync(&self, term: u64, leases: &[(i64, i64)]) {
         let now = Instant::now();
+        let mut t = lock(&self.term);
         let mut d = lock(&self.deadlines);
-        if fresh {
+        if *t != Some(term) {
             d.clear();
+            *t = Some(term);
         }
         d.retain(|id, _| leases.iter().any(|(l, _)| l == id));
         for (id, ttl) in leases {
@@ -136,6 +158,27 @@ pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
         LeaseCall::KeepAlive(id) => (*id, false),
         LeaseCall::TimeToLive { id, keys } => (*id, *keys),
     };
+    // Leadership confirmed after the call arrived, and everything committed
+    // before it applied here: a revoke the previous leader proposed and this
+    // leader committed with its first entry is then visible, so a lease it
+    // already expired is not renewed (found by the robustness suite: a new
+    // leader renewed a lease whose revoke it applied a moment later).
+    if node.leader_barrier().await.is_err() {
+        return LeaseAnswer::NotLeader;
+    }
+    let (leader, term) = node.leader_and_term();
+    if leader != Some(node.id) {
+        return LeaseAnswer::NotLeader;
+    }
+    if !node.lessor.synced_for(term) {
+        // The first lease call of this leadership, before the expiry loop's
+        // next tick: the barrier applied everything before the term, so the
+        // deadlines can start now.
+        match node.mvcc.read(|v| v.leases()) {
+            Ok(leases) => node.lessor.sync(term, &leases),
+            Err(e) => return LeaseAnswer::Failed(e),
+        }
+    }
     let granted = match node.mvcc.read(|v| v.lease_ttl(id)) {
         Ok(g) => g,
         Err(e) => return LeaseAnswer::Failed(e),
@@ -145,9 +188,6 @@ pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
     };
     if node.lessor.expired(id) {
         return await_revoke(node, id, call).await;
-    }
-    if node.confirm_leadership().await.is_err() {
-        return LeaseAnswer::NotLeader;
     }
     match call {
         LeaseCall::KeepAlive(_) => {
@@ -218,18 +258,13 @@ async fn await_revoke(node: &Node, id: i64, call: &LeaseCall) -> LeaseAnswer {
 /// The leader's expiry loop: keeps deadlines in step with the replicated
 /// leases and proposes the revocation of expired ones.
 pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
-    let mut led_term: Option<u64> = None;
     let mut interval = tokio::time::interval(tick);
     loop {
         interval.tick().await;
         let Some(n) = node.upgrade() else { return };
-        let (leader, term) = {
-            let m = n.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader, m.current_term)
-        };
+        let (leader, term) = n.leader_and_term();
         if leader != Some(n.id) {
-            led_term = None;
+            n.lessor.forget();
             continue;
         }
         let Ok(leases) = n.mvcc.read(|v| v.leases()) else {
@@ -246,8 +281,7 @@ pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
         if applied_term != Some(term) {
             continue;
         }
-        n.lessor.sync(&leases, led_term != Some(term));
-        led_term = Some(term);
+        n.lessor.sync(term, &leases);
         for id in n.lessor.due() {
             let n2: Arc<Node> = n.clone();
             tokio::spawn(async move {
@@ -290,7 +324,8 @@ mod tests {
     #[test]
     fn deadlines() {
         let l = Lessor::default();
-        l.sync(&[(1, 0), (2, 100)], true);
+        l.sync(7, &[(1, 0), (2, 100)]);
+        assert!(l.synced_for(7) && !l.synced_for(8));
         let exp = l.due();
         assert_eq!(exp, vec![1]);
         assert!(
@@ -300,8 +335,16 @@ mod tests {
         assert!(l.expired(1));
         assert!(!l.renew(1, 100), "an expired lease is not renewed");
         assert!(l.renew(2, 100));
-        l.sync(&[(2, 100)], false);
+        l.sync(7, &[(2, 100)]);
         assert!(l.remaining(1).is_none());
         assert!(l.remaining(2).unwrap() > Duration::from_secs(90));
+        // Leadership lost, then won again: nothing of the old deadlines stays.
+        l.forget();
+        assert!(!l.synced_for(7) && l.remaining(2).is_none());
+        l.sync(9, &[(1, 0)]);
+        assert!(
+            l.due().len() == 1,
+            "a revoke in flight before is proposed again"
+        );
     }
 }

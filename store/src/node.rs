@@ -45,6 +45,8 @@ pub struct Node {
     pub auth_token_ttl: Duration,
 
     pub lessor: Lessor,
+    /// Set before a clean shutdown stops Raft (see [`exit_on_fatal`]).
+    pub stopping: std::sync::atomic::AtomicBool,
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
     lead_tx: mpsc::UnboundedSender<ReadWaiter>,
     batcher: crate::batcher::Batcher,
@@ -91,6 +93,7 @@ impl Node {
             batcher,
 
             lessor: Lessor::default(),
+            stopping: Default::default(),
             read_tx,
             lead_tx,
         });
@@ -109,7 +112,7 @@ impl Node {
             Duration::from_millis(100),
         ));
         tokio::spawn(crate::metrics::watch_leader(Arc::downgrade(&node)));
-        tokio::spawn(exit_on_fatal(node.raft.clone()));
+        tokio::spawn(exit_on_fatal(node.raft.metrics(), Arc::downgrade(&node)));
         tokio::spawn(quota_loop(Arc::downgrade(&node)));
         tokio::spawn(crate::membership::finish_joint_loop(
             Arc::downgrade(&node),
@@ -124,6 +127,13 @@ impl Node {
 
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
+    }
+
+    /// The leader and the term, read together.
+    pub fn leader_and_term(&self) -> (Option<u64>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.current_term)
     }
 
     fn member(&self, id: u64) -> Option<MemberNode> {
@@ -327,11 +337,15 @@ impl Node {
         Ok(())
     }
 
-    /// Proves that this member leads: a quorum confirmed it in a round that
-    /// started after the call. Lease renewals need it (see `lease`).
-    pub async fn confirm_leadership(&self) -> Result<u64, EtcdError> {
+    /// Proves that this member leads (a quorum confirmed it in a round that
+    /// started after the call), then waits until it has applied everything
+    /// committed before that round (the read index it confirmed): the state
+    /// it then reads includes every earlier decision, a previous leader's
+    /// lease revokes among them. Lease renewals need it (see `lease`).
+    pub async fn leader_barrier(&self) -> Result<(), EtcdError> {
         let deadline = Instant::now() + self.request_timeout;
-        self.await_round(&self.lead_tx, deadline).await
+        let index = self.await_round(&self.lead_tx, deadline).await?;
+        self.wait_applied(index, deadline).await
     }
 
     /// Joins the next confirmation round of one of the batching loops.
@@ -400,26 +414,39 @@ impl Node {
 /// vote, yet its listeners would go on serving serializable reads and
 /// watches from state that silently stops moving; exiting lets the
 /// supervisor (systemd, compose's `restart: always`) start it again from
-/// its durable state. A normal shutdown (`Fatal::Stopped`) is left alone.
-async fn exit_on_fatal(raft: Raft) {
-    let mut rx = raft.metrics();
-    drop(raft);
+/// its durable state. A clean shutdown (`Fatal::Stopped`, or `stopping` set
+/// first) is left alone. A panicking core never reports its error: its
+/// metrics sender just goes away, which counts as fatal too.
+async fn exit_on_fatal(
+    mut rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, MemberNode>>,
+    node: std::sync::Weak<Node>,
+) {
+    use std::sync::atomic::Ordering;
+    let die = |why: String| -> ! {
+        tracing::error!(
+            error = %why,
+            "fatal Raft error: this member stops now (exit code 70) so its \
+             supervisor restarts it from its durable state"
+        );
+        std::process::exit(70);
+    };
+    let mut closed = false;
     loop {
-        if let Err(fatal) = &rx.borrow_and_update().running_state {
-            if !matches!(fatal, openraft::error::Fatal::Stopped) {
-                tracing::error!(
-                    error = %fatal,
-                    "fatal Raft error: this member stops now (exit code 70) so its \
-                     supervisor restarts it from its durable state"
-                );
-                std::process::exit(70);
+        match &rx.borrow_and_update().running_state {
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(fatal) => die(fatal.to_string()),
+            Ok(()) if closed => {
+                let clean = node
+                    .upgrade()
+                    .is_none_or(|n| n.stopping.load(Ordering::SeqCst));
+                if !clean {
+                    die("the Raft core ended without reporting why (a panic)".into());
+                }
+                return;
             }
-            return;
+            Ok(()) => {}
         }
-        // The last state is looked at once more after the sender is gone.
-        if rx.changed().await.is_err() && rx.borrow().running_state.is_ok() {
-            return;
-        }
+        closed = rx.changed().await.is_err();
     }
 }
 

@@ -231,6 +231,8 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
 
     shutdown_signal().await;
     info!("shutting down");
+    node.stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     snapshot_before_exit(&raft).await;
     let _ = raft.shutdown().await;
     storage.flush().await?;

@@ -1529,22 +1529,26 @@ where
     }
 
     /// Cairn: check-quorum, as etcd's leader does. A leader that no quorum
-    /// has acknowledged for as long as a follower waits before campaigning
-    /// (leader lease + election timeout) steps down and campaigns for a new
+    /// has acknowledged for as long as a follower waits at least before
+    /// campaigning (leader lease + minimum election timeout) steps down and campaigns for a new
     /// term. Upstream 0.9 never steps down on its own, so a leader cut off
     /// from its peers kept answering as leader (lease renewals among them)
     /// while the others elected a new one. The acknowledged time is the send
     /// time of the newest append or heartbeat a quorum answered.
     fn step_down_without_quorum(&mut self, now: InstantOf<C>) {
-        if self.engine.state.membership_state.effective().voter_ids().count() <= 1 {
+        let membership = self.engine.state.membership_state.effective();
+        // A single voter is its own quorum; a leader that is not a voter (it
+        // is removing itself) steps down when that change commits.
+        if membership.voter_ids().count() <= 1 || !membership.is_voter(&self.id) {
             return;
         }
         let Some(since) = self.leader_data.as_ref().map(|l| l.since) else {
             return;
         };
         let acked = self.last_quorum_acked_time().map_or(since, |t| if t > since { t } else { since });
-        let timer = &self.engine.config.timer_config;
-        let limit = timer.leader_lease + timer.election_timeout;
+        // The earliest a follower may campaign: its leader lease plus the
+        // lower bound of its randomized election timeout.
+        let limit = self.engine.config.timer_config.leader_lease + Duration::from_millis(self.config.election_timeout_min);
         if now < acked + limit {
             return;
         }
