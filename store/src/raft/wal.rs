@@ -7,8 +7,7 @@
 //! current segment and a sync is one `fdatasync`, both on the caller's thread.
 //!
 //! ```text
-//! <data-dir>/wal/<first index, 16 hex digits>.wal   one segment
-//! record = len u32 LE | crc32 u32 LE (of the payload) | payload (bincode Entry)
+//! <data-dir>/wal/<first index, 16 hex digits>.wal   one segment (format: [`record`])
 //! ```
 //!
 //! - A segment is closed once it reaches [`SEGMENT_BYTES`]; it is fdatasynced
@@ -26,9 +25,10 @@
 //! - Directory order: a truncation deletes the later segments and fsyncs the
 //!   directory before it shortens the segment it cuts, so a power loss in
 //!   between never brings back a later segment after a shortened one (a hole).
+//! - A record whose checksum matches but whose payload does not decode is
+//!   never a torn write: the member refuses to start.
 //! - With `CAIRN_SYNC_JOURNAL=1` (the robustness suite's power-loss
-//!   simulation) each durable point is appended to `synced.journal` as
-//!   `<segment file> <length>`: what the disk is known to hold.
+//!   simulation) each durable point is recorded ([`journal`]).
 //! - Entries at or below the purge point are skipped when opening, so a
 //!   segment deleted by a purge that the crash undid changes nothing.
 //! - Entries are read back with `pread` (the page cache holds recent ones);
@@ -45,15 +45,39 @@ use openraft::RaftLogId;
 
 use super::{Entry, LogId};
 
+mod journal;
+mod record;
+
+use journal::SyncJournal;
+use record::{
+    check_header, corrupt, decode, encode, segment_header, valid_record_follows, Record,
+    SEGMENT_HEADER,
+};
+
 /// A segment is closed once it holds this many bytes (etcd: 64 MiB too).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
-const HEADER: usize = 8;
 
 struct Segment {
     first: u64,
     path: PathBuf,
     file: Arc<File>,
     len: u64,
+    /// Bytes known durable.
+    synced: u64,
+    /// Bumped by a truncation: a sync that began before it covers bytes that
+    /// are no longer the segment's, and must not record their length.
+    generation: u64,
+}
+
+impl Segment {
+    fn name(&self) -> String {
+        segment_name(self.first)
+    }
+
+    /// Whether it holds a record (not only its header, or nothing at all).
+    fn has_records(&self) -> bool {
+        self.len > SEGMENT_HEADER as u64
+    }
 }
 
 /// Where one entry sits.
@@ -82,89 +106,30 @@ pub struct Wal {
     journal: SyncJournal,
 }
 
-/// The power-loss simulation's record of durable lengths (see the module doc).
-struct SyncJournal(Option<Mutex<File>>);
-
-impl SyncJournal {
-    const FILE: &'static str = "synced.journal";
-
-    fn open(dir: &Path) -> io::Result<SyncJournal> {
-        if std::env::var("CAIRN_SYNC_JOURNAL").as_deref() != Ok("1") {
-            return Ok(SyncJournal(None));
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(Self::FILE))?;
-        Ok(SyncJournal(Some(Mutex::new(f))))
-    }
-
-    /// Segment `first` is durable up to `len` bytes.
-    fn record(&self, first: u64, len: u64) {
-        if let Some(f) = &self.0 {
-            use std::io::Write;
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            // Test-only bookkeeping: a failed write shows up as a lost segment.
-            let _ = writeln!(f, "{} {len}", segment_name(first));
-        }
-    }
-}
-
-fn corrupt(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
 fn segment_name(first: u64) -> String {
     format!("{first:016x}.wal")
 }
 
-/// Records as written, and each one's length and log id.
-type Encoded = (Vec<u8>, Vec<(u32, LogId)>);
-
-/// Encodes entries as records into one buffer.
-fn encode(entries: &[Entry]) -> io::Result<Encoded> {
-    let mut buf = Vec::new();
-    let mut lens = Vec::with_capacity(entries.len());
-    for e in entries {
-        let start = buf.len();
-        buf.extend_from_slice(&[0; HEADER]);
-        bincode::serialize_into(&mut buf, e).map_err(io::Error::other)?;
-        let payload = &buf[start + HEADER..];
-        let len = u32::try_from(payload.len()).map_err(|_| corrupt("entry over 4 GiB".into()))?;
-        let crc = crc32fast::hash(payload);
-        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        lens.push((len + HEADER as u32, *e.get_log_id()));
-    }
-    Ok((buf, lens))
-}
-
-/// Decodes the record at the start of `buf`, checking its checksum.
-/// `None`: too short or corrupt.
-fn decode(buf: &[u8]) -> Option<(Entry, usize)> {
-    let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
-    let payload = buf.get(HEADER..HEADER + len)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
-    }
-    let entry = bincode::deserialize(payload).ok()?;
-    Some((entry, HEADER + len))
-}
-
-/// Whether the record after the bad one at `offset` (as its length field
-/// places it) decodes: then the bad one is corruption, not a torn tail.
-fn valid_record_follows(data: &[u8], offset: usize) -> bool {
-    let Some(len) = data.get(offset..offset + 4) else {
-        return false;
-    };
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let next = offset.saturating_add(HEADER).saturating_add(len);
-    next < data.len() && decode(&data[next..]).is_some()
-}
-
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Whether the segment at `path` starts with a valid record (reading only
+/// its header and that record).
+fn starts_with_record(path: &Path) -> io::Result<bool> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut head = [0u8; SEGMENT_HEADER + record::RECORD_HEADER];
+    let n = (size as usize).min(head.len());
+    file.read_exact_at(&mut head[..n], 0)?;
+    if !check_header(&head[..n], &path.display().to_string())? || n < head.len() {
+        return Ok(false);
+    }
+    let len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as u64;
+    let end = (head.len() as u64).saturating_add(len).min(size);
+    let mut rec = vec![0u8; (end - SEGMENT_HEADER as u64) as usize];
+    file.read_exact_at(&mut rec, SEGMENT_HEADER as u64)?;
+    Ok(!matches!(decode(&rec), Record::Bad))
 }
 
 impl Wal {
@@ -184,55 +149,78 @@ impl Wal {
             })
             .collect();
         firsts.sort_unstable();
-        let mut segments: Vec<(u64, PathBuf, Vec<u8>)> = Vec::with_capacity(firsts.len());
-        for first in firsts {
-            let path = dir.join(segment_name(first));
-            let data = std::fs::read(&path)?;
-            segments.push((first, path, data));
-        }
+        let paths: Vec<PathBuf> = firsts.iter().map(|f| dir.join(segment_name(*f))).collect();
         let mut inner = Inner {
             segments: Vec::new(),
             slots: VecDeque::new(),
             unsynced: Vec::new(),
             dir_dirty: false,
         };
-        // Where a torn write ends the log: (segment position, byte offset).
+        // Segments are read one at a time; a torn write ends the log at
+        // (segment position, byte offset).
         let mut tear: Option<(usize, usize)> = None;
-        for (k, (first, path, data)) in segments.iter().enumerate() {
+        for (k, (first, path)) in firsts.iter().zip(&paths).enumerate() {
+            let data = std::fs::read(path)?;
+            let name = path.display().to_string();
             let mut offset = 0usize;
-            while offset < data.len() {
-                let Some((entry, n)) = decode(&data[offset..]) else {
-                    if valid_record_follows(data, offset)
-                        || segments[k + 1..].iter().any(|s| decode(&s.2).is_some())
-                    {
-                        return Err(corrupt(format!(
-                            "{}: corrupt record at byte {offset} followed by valid records; \
-                             the Raft log has a hole",
-                            path.display()
-                        )));
+            let later_has_record = || -> io::Result<bool> {
+                for p in &paths[k + 1..] {
+                    if starts_with_record(p)? {
+                        return Ok(true);
                     }
-                    tear = Some((k, offset));
-                    break;
-                };
-                let log_id = *entry.get_log_id();
-                if purged.is_none_or(|p| log_id.index > p) {
-                    let expected = inner.slots.back().map(|s| s.log_id.index + 1);
-                    if expected.is_some_and(|x| x != log_id.index) {
-                        return Err(corrupt(format!(
-                            "{}: entry {} follows entry {}; the Raft log has a hole",
-                            path.display(),
-                            log_id.index,
-                            log_id.index.saturating_sub(1)
-                        )));
-                    }
-                    inner.slots.push_back(Slot {
-                        segment_first: *first,
-                        offset: offset as u64,
-                        len: n as u32,
-                        log_id,
-                    });
                 }
-                offset += n;
+                Ok(false)
+            };
+            if check_header(&data, &name)? {
+                offset = SEGMENT_HEADER;
+            } else {
+                tear = Some((k, 0));
+            }
+            while tear.is_none() && offset < data.len() {
+                match decode(&data[offset..]) {
+                    Record::Entry(entry, n) => {
+                        let log_id = *entry.get_log_id();
+                        if purged.is_none_or(|p| log_id.index > p) {
+                            let expected = inner.slots.back().map(|s| s.log_id.index + 1);
+                            if expected.is_some_and(|x| x != log_id.index) {
+                                return Err(corrupt(format!(
+                                    "{name}: entry {} follows entry {}; the Raft log has a hole",
+                                    log_id.index,
+                                    log_id.index.saturating_sub(1)
+                                )));
+                            }
+                            inner.slots.push_back(Slot {
+                                segment_first: *first,
+                                offset: offset as u64,
+                                len: n as u32,
+                                log_id,
+                            });
+                        }
+                        offset += n;
+                    }
+                    Record::Undecodable => {
+                        return Err(corrupt(format!(
+                            "{name}: the record at byte {offset} has a valid checksum but is not \
+                             an entry this build reads"
+                        )))
+                    }
+                    Record::Bad => tear = Some((k, offset)),
+                }
+            }
+            if let Some((_, at)) = tear {
+                // A torn header with a record after it is damage too.
+                let damaged = if at == 0 {
+                    data.len() > SEGMENT_HEADER
+                        && !matches!(decode(&data[SEGMENT_HEADER..]), Record::Bad)
+                } else {
+                    valid_record_follows(&data, at)
+                };
+                if damaged || later_has_record()? {
+                    return Err(corrupt(format!(
+                        "{name}: corrupt record at byte {at} followed by valid records; \
+                         the Raft log has a hole"
+                    )));
+                }
             }
             let file = OpenOptions::new().read(true).write(true).open(path)?;
             inner.segments.push(Segment {
@@ -240,6 +228,8 @@ impl Wal {
                 path: path.clone(),
                 file: Arc::new(file),
                 len: offset as u64,
+                synced: 0,
+                generation: 0,
             });
             if tear.is_some() {
                 break;
@@ -248,16 +238,14 @@ impl Wal {
         let journal = SyncJournal::open(dir)?;
         let mut removed = false;
         if let Some((k, offset)) = tear {
-            let (_, path, data) = &segments[k];
             tracing::warn!(
-                segment = %path.display(),
+                segment = %paths[k].display(),
                 offset,
-                dropped = data.len() - offset,
-                later_segments = segments.len() - k - 1,
+                later_segments = paths.len() - k - 1,
                 "cutting a torn write off the end of the Raft log"
             );
             // Later segments first (they hold no valid record), then the cut.
-            for (_, later, _) in &segments[k + 1..] {
+            for later in &paths[k + 1..] {
                 std::fs::remove_file(later)?;
                 removed = true;
             }
@@ -276,12 +264,12 @@ impl Wal {
                 )));
             }
         }
-        // Segments that hold nothing the log still needs go (an empty last
-        // segment from a crash right after it was created, or ones a purge
+        // Segments that hold nothing the log still needs go (one with no
+        // record from a crash right after it was created, or ones a purge
         // had deleted before a crash brought them back).
         let first_kept = inner.slots.front().map(|s| s.segment_first);
         inner.segments.retain(|s| {
-            let keep = s.len > 0 && first_kept.is_some_and(|f| s.first >= f);
+            let keep = s.has_records() && first_kept.is_some_and(|f| s.first >= f);
             if !keep {
                 let _ = std::fs::remove_file(&s.path);
                 removed = true;
@@ -290,9 +278,10 @@ impl Wal {
         });
         // What was read may be only in the page cache of a process that died
         // before its fsync: make it durable before it counts as the log.
-        for seg in &inner.segments {
+        for seg in &mut inner.segments {
             seg.file.sync_all()?;
-            journal.record(seg.first, seg.len);
+            seg.synced = seg.len;
+            journal.record(&seg.name(), seg.len);
         }
         if removed || !inner.segments.is_empty() {
             sync_dir(dir)?;
@@ -337,13 +326,14 @@ impl Wal {
         if roll {
             // The closed segment is made durable before anything goes into
             // the next one (see the module doc: no tear before a later write).
-            if let Some(prev) = inner.segments.last() {
-                if inner.unsynced.contains(&prev.first) {
+            if let Some(prev) = inner.segments.last_mut() {
+                if prev.synced < prev.len {
                     prev.file.sync_data()?;
-                    let (first, len) = (prev.first, prev.len);
-                    inner.unsynced.retain(|f| *f != first);
-                    self.journal.record(first, len);
+                    prev.synced = prev.len;
+                    self.journal.record(&prev.name(), prev.len);
                 }
+                let done = prev.first;
+                inner.unsynced.retain(|f| *f != done);
             }
             let path = self.dir.join(segment_name(first));
             let file = OpenOptions::new()
@@ -352,11 +342,15 @@ impl Wal {
                 .create(true)
                 .truncate(true)
                 .open(&path)?;
+            file.write_all_at(&segment_header(), 0)?;
+            self.journal.record(&segment_name(first), 0);
             inner.segments.push(Segment {
                 first,
                 path,
                 file: Arc::new(file),
-                len: 0,
+                len: SEGMENT_HEADER as u64,
+                synced: 0,
+                generation: 0,
             });
             inner.dir_dirty = true;
         }
@@ -385,15 +379,15 @@ impl Wal {
     /// Makes every append so far durable. Runs the `fdatasync`s outside the
     /// lock, so appends go on meanwhile (they are covered by the next sync).
     pub fn sync(&self) -> io::Result<()> {
-        // (file, segment, length it is synced up to), for the segments that
-        // still exist (a truncation or purge may have deleted some).
+        // (file, segment, length and generation it is synced up to), for the
+        // segments that still exist (a truncation or purge may have deleted some).
         let (files, firsts, dir_dirty) = {
             let mut inner = self.lock();
             let firsts = std::mem::take(&mut inner.unsynced);
-            let files: Vec<(Arc<File>, u64, u64)> = firsts
+            let files: Vec<(Arc<File>, u64, u64, u64)> = firsts
                 .iter()
                 .filter_map(|f| inner.segment(*f))
-                .map(|s| (s.file.clone(), s.first, s.len))
+                .map(|s| (s.file.clone(), s.first, s.len, s.generation))
                 .collect();
             (files, firsts, std::mem::take(&mut inner.dir_dirty))
         };
@@ -401,7 +395,7 @@ impl Wal {
             if crate::failpoint::hit("wal-sync") {
                 return Err(io::Error::other("failpoint wal-sync: injected I/O error"));
             }
-            for (f, _, _) in &files {
+            for (f, ..) in &files {
                 f.sync_data()?;
             }
             if dir_dirty {
@@ -409,15 +403,21 @@ impl Wal {
             }
             Ok(())
         })();
+        let mut inner = self.lock();
         match &res {
             Ok(()) => {
-                for (_, first, len) in &files {
-                    self.journal.record(*first, *len);
+                for (_, first, len, generation) in &files {
+                    let Some(seg) = inner.segment_mut(*first) else {
+                        continue;
+                    };
+                    if seg.generation == *generation && *len > seg.synced {
+                        seg.synced = *len;
+                        self.journal.record(&seg.name(), *len);
+                    }
                 }
             }
             Err(_) => {
                 // Not known to be durable: the next sync tries again.
-                let mut inner = self.lock();
                 for f in firsts {
                     if !inner.unsynced.contains(&f) {
                         inner.unsynced.push(f);
@@ -440,8 +440,9 @@ impl Wal {
                 return Ok(Vec::new());
             };
             let base = front.log_id.index;
-            let lo = (start.max(base) - base) as usize;
-            let hi = (end.saturating_sub(base) as usize).min(inner.slots.len());
+            let len = inner.slots.len();
+            let lo = ((start.max(base) - base).min(len as u64)) as usize;
+            let hi = (end.saturating_sub(base).min(len as u64)) as usize;
             let mut run_segment = None;
             for slot in inner.slots.range(lo..hi.max(lo)) {
                 match runs.last_mut() {
@@ -468,10 +469,13 @@ impl Wal {
             file.read_exact_at(&mut buf, offset)?;
             let mut at = 0;
             for _ in 0..n {
-                let (entry, used) = decode(&buf[at..]).ok_or_else(|| {
-                    corrupt(format!("corrupt log record at byte {}", offset + at as u64))
-                })?;
-                out.push(entry);
+                let Record::Entry(entry, used) = decode(&buf[at..]) else {
+                    return Err(corrupt(format!(
+                        "corrupt log record at byte {}",
+                        offset + at as u64
+                    )));
+                };
+                out.push(*entry);
                 at += used;
             }
         }
@@ -508,9 +512,11 @@ impl Wal {
         }
         if let Some(s) = inner.segments.last_mut() {
             s.file.set_len(cut.offset)?;
-            s.len = cut.offset;
             s.file.sync_all()?;
-            self.journal.record(s.first, s.len);
+            s.len = cut.offset;
+            s.synced = cut.offset;
+            s.generation += 1;
+            self.journal.record(&s.name(), s.len);
         }
         Ok(())
     }
@@ -546,6 +552,13 @@ impl Inner {
             .binary_search_by_key(&first, |s| s.first)
             .ok()
             .map(|i| &self.segments[i])
+    }
+
+    fn segment_mut(&mut self, first: u64) -> Option<&mut Segment> {
+        self.segments
+            .binary_search_by_key(&first, |s| s.first)
+            .ok()
+            .map(|i| &mut self.segments[i])
     }
 }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use cairn_proto::etcdserverpb::PutRequest;
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogId};
 
+use super::record::RECORD_HEADER;
 use super::*;
 use crate::command::{Command, Proto, Request};
 
@@ -105,7 +106,7 @@ fn a_corrupt_record_before_the_end_is_refused() {
     drop(wal);
     let first = dir.path().join(segment_name(0));
     let mut data = std::fs::read(&first).unwrap();
-    data[HEADER + 3] ^= 0xff;
+    data[SEGMENT_HEADER + RECORD_HEADER + 3] ^= 0xff;
     std::fs::write(&first, data).unwrap();
     let err = Wal::open_with(dir.path(), None, 200)
         .err()
@@ -173,10 +174,10 @@ fn a_bad_record_with_valid_ones_after_it_is_corruption_not_a_tail() {
     // fourth, which is intact, so this is not a torn write.
     let seg = dir.path().join(segment_name(0));
     let (buf, lens) = encode(&entries(1, 0..5)).unwrap();
-    let third = (lens[0].0 + lens[1].0) as usize;
+    let third = SEGMENT_HEADER + (lens[0].0 + lens[1].0) as usize;
     let mut data = std::fs::read(&seg).unwrap();
-    assert_eq!(data, buf);
-    data[third + HEADER + 5] ^= 0xff;
+    assert_eq!(&data[SEGMENT_HEADER..], &buf[..]);
+    data[third + RECORD_HEADER + 5] ^= 0xff;
     std::fs::write(&seg, data).unwrap();
     let err = Wal::open(dir.path(), None).err().expect("refused");
     assert!(
@@ -242,4 +243,56 @@ fn a_valid_segment_after_a_torn_one_is_a_hole() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("hole"), "{err}");
+}
+
+#[test]
+fn segments_carry_a_format_version_and_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(&entries(1, 0..3)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let seg = dir.path().join(segment_name(0));
+    let data = std::fs::read(&seg).unwrap();
+    assert_eq!(&data[..8], b"CAIRNWAL");
+    // A later format version is refused, not misread.
+    let mut newer = data.clone();
+    newer[8] = 2;
+    std::fs::write(&seg, &newer).unwrap();
+    let err = Wal::open(dir.path(), None).err().expect("refused");
+    assert!(err.to_string().contains("format version 2"), "{err}");
+    // So is a file that is not a segment at all.
+    std::fs::write(&seg, b"something else entirely").unwrap();
+    let err = Wal::open(dir.path(), None).err().expect("refused");
+    assert!(err.to_string().contains("not a Cairn WAL segment"), "{err}");
+}
+
+#[test]
+fn a_record_with_a_valid_checksum_that_does_not_decode_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(&entries(1, 0..2)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let seg = dir.path().join(segment_name(0));
+    let mut data = std::fs::read(&seg).unwrap();
+    // A last record of garbage with a correct length and checksum: what a
+    // different build might have written, never a torn write.
+    let payload = [0xffu8; 5];
+    data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    data.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    data.extend_from_slice(&payload);
+    std::fs::write(&seg, &data).unwrap();
+    let err = Wal::open(dir.path(), None).err().expect("refused");
+    assert!(err.to_string().contains("valid checksum"), "{err}");
+}
+
+#[test]
+fn reading_past_the_end_is_empty_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(&entries(1, 5..8)).unwrap();
+    assert!(wal.read(20, 30).unwrap().is_empty());
+    assert!(wal.read(9, 8).unwrap().is_empty());
+    assert_eq!(wal.read(0, 100).unwrap().len(), 3);
 }
