@@ -67,6 +67,10 @@ pub enum KvOp {
     MultiPut {
         writes: Vec<(String, String)>,
     },
+    /// One txn that reads several keys at once (one revision for all).
+    MultiGet {
+        keys: Vec<String>,
+    },
 }
 
 /// What the server answered to a [`KvOp`].
@@ -89,16 +93,43 @@ pub enum KvRet {
         deleted: bool,
         revision: i64,
     },
+    /// Per key: the value (if any) and its mod_revision.
+    MultiGet {
+        values: Vec<(Option<String>, i64)>,
+        revision: i64,
+    },
 }
 
 impl KvRet {
+    /// What a read (single or multi-key) saw: (key, value, mod_revision) at
+    /// the answer's revision.
+    pub fn reads<'a>(&'a self, op: &'a KvOp) -> Vec<(&'a str, Option<&'a str>, i64)> {
+        match (op, self) {
+            (
+                KvOp::Get { key },
+                KvRet::Get {
+                    value,
+                    mod_revision,
+                    ..
+                },
+            ) => vec![(key.as_str(), value.as_deref(), *mod_revision)],
+            (KvOp::MultiGet { keys }, KvRet::MultiGet { values, .. }) => keys
+                .iter()
+                .zip(values)
+                .map(|(k, (v, m))| (k.as_str(), v.as_deref(), *m))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The store revision the answer reports.
     pub fn revision(&self) -> i64 {
         match self {
             KvRet::Written { revision }
             | KvRet::Get { revision, .. }
             | KvRet::Cas { revision, .. }
-            | KvRet::Delete { revision, .. } => *revision,
+            | KvRet::Delete { revision, .. }
+            | KvRet::MultiGet { revision, .. } => *revision,
         }
     }
 }

@@ -119,13 +119,17 @@ pub fn check(records: &[KvRecord]) -> LinReport {
                     push(k, RegOp::Write(intern(v)));
                 }
             }
-            (KvOp::Get { key }, Some(KvRet::Get { value, .. })) => {
-                let v = value.as_deref().map(&mut intern);
-                push(key, RegOp::Read(v))
+            (KvOp::Get { .. } | KvOp::MultiGet { .. }, Some(ret)) => {
+                // A multi-key read is a read of each key at one point; that
+                // the keys agree with each other is checked against the
+                // watch streams (`watch_check`).
+                for (key, value, _) in ret.reads(&r.op) {
+                    let v = value.map(&mut intern);
+                    push(key, RegOp::Read(v))
+                }
             }
-            // A read with no answer, or an answer of the wrong shape (which
-            // the workload never records), says nothing.
-            (KvOp::Get { .. }, _) => {}
+            // A read with no answer says nothing.
+            (KvOp::Get { .. } | KvOp::MultiGet { .. }, None) => {}
             (KvOp::Cas { key, expect, new }, ret) => {
                 let succeeded = match ret {
                     Some(KvRet::Cas { succeeded, .. }) => Some(*succeeded),
@@ -235,8 +239,9 @@ fn search(ops: &[Op]) -> Search {
             return Search::Inconclusive;
         }
         if e == usize::MAX {
-            // Cannot happen: a return event always ends the walk first.
-            break;
+            // Cannot happen (a return event always ends the walk first); if
+            // it did, the search proved nothing.
+            return Search::Inconclusive;
         }
         let (_, is_ret, op) = events[e - 1];
         if !is_ret {

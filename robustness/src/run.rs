@@ -86,6 +86,12 @@ pub fn check(h: &History, report: &mut RunReport) {
             .iter()
             .map(|v| format!("linearizability: {v}")),
     );
+    // A key the search could not settle fails the run too: nothing was proven.
+    report.violations.extend(
+        lin.inconclusive
+            .iter()
+            .map(|v| format!("linearizability (inconclusive): {v}")),
+    );
     report.inconclusive.extend(lin.inconclusive);
     report
         .violations

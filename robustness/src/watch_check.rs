@@ -10,8 +10,10 @@
 //!   and every watcher delivers the same events for a revision.
 //! - **Acknowledged writes are in the stream**: a put, successful
 //!   compare-and-swap or delete acknowledged with revision `r` appears at `r`
-//!   with its key and value in every watcher that ran past `r`; a read that
-//!   returned a value with `mod_revision` `m` matches the put at `m`.
+//!   with its key and value in every watcher that ran past `r`.
+//! - **Reads match the stream**: a read answered at revision `R` saw, for
+//!   each key, the newest event at or before `R` (value and mod_revision),
+//!   so a multi-key read is one consistent snapshot.
 //! - **Revisions are dense**: every revision between the first and the last
 //!   one seen carries events (every write of the workload is under the
 //!   watched prefix, and each write adds exactly one revision).
@@ -189,14 +191,6 @@ pub fn check(h: &History) -> WatchReport {
                     revision,
                 },
             ) => vec![(*revision, key.clone(), None)],
-            (
-                KvOp::Get { key },
-                KvRet::Get {
-                    value: Some(v),
-                    mod_revision,
-                    ..
-                },
-            ) => vec![(*mod_revision, key.clone(), Some(v.clone()))],
             _ => continue,
         };
         for (rev, key, value) in expected {
@@ -222,7 +216,56 @@ pub fn check(h: &History) -> WatchReport {
             }
         }
     }
+    check_reads(h, &global, &mut r);
     r
+}
+
+/// Every read (single or multi-key) saw exactly the state the streams give
+/// at the revision it answered with: the newest event of each key at or
+/// before that revision, with its value and mod_revision (or none). This is
+/// what makes a multi-key read atomic, and ties reads to revisions.
+fn check_reads(h: &History, global: &BTreeMap<i64, (usize, Vec<WatchEvent>)>, r: &mut WatchReport) {
+    let Some((&hi, _)) = global.last_key_value() else {
+        return;
+    };
+    // key -> [(revision, value)] in revision order.
+    let mut timeline: HashMap<&str, Vec<(i64, Option<&str>)>> = HashMap::new();
+    for (rev, (_, evs)) in global {
+        for e in evs {
+            timeline
+                .entry(e.key.as_str())
+                .or_default()
+                .push((*rev, e.value.as_deref()));
+        }
+    }
+    let mut lines = 0;
+    for rec in &h.kv {
+        let Outcome::Ok(ret) = &rec.outcome else {
+            continue;
+        };
+        let at = ret.revision();
+        if at > hi {
+            continue;
+        }
+        for (key, value, mod_rev) in ret.reads(&rec.op) {
+            let state = timeline.get(key).and_then(|t| {
+                let i = t.partition_point(|(rev, _)| *rev <= at);
+                i.checked_sub(1).map(|i| t[i])
+            });
+            let want = match state {
+                Some((rev, Some(v))) => (Some(v), rev),
+                _ => (None, 0),
+            };
+            if (value, if value.is_some() { mod_rev } else { 0 }) != want && lines < MAX_LINES {
+                lines += 1;
+                r.violations.push(format!(
+                    "client {} (member {}): {:?} at revision {at} saw {key} = {value:?} \
+                     (mod_revision {mod_rev}), but the streams give {:?} (mod_revision {})",
+                    rec.client, rec.member, rec.op, want.0, want.1
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,5 +380,98 @@ mod tests {
             "{:?}",
             r.violations
         );
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+    use crate::history::{KvRecord, WatchRecord, WatchResponseRecord};
+
+    fn history(reads: Vec<(KvOp, KvRet)>) -> History {
+        let ev = |rev, key: &str, v: Option<&str>| WatchEvent {
+            revision: rev,
+            key: key.into(),
+            value: v.map(Into::into),
+        };
+        let events = vec![
+            vec![ev(2, "a", Some("a1"))],
+            vec![ev(3, "a", Some("a2")), ev(3, "b", Some("b2"))],
+            vec![ev(4, "a", None)],
+        ];
+        History {
+            watches: vec![WatchRecord {
+                watcher: 0,
+                member: 0,
+                starts: vec![1],
+                responses: events
+                    .into_iter()
+                    .map(|events| WatchResponseRecord {
+                        received: 0,
+                        header_revision: events[0].revision,
+                        events,
+                    })
+                    .collect(),
+                errors: vec![],
+            }],
+            kv: reads
+                .into_iter()
+                .map(|(op, ret)| KvRecord {
+                    client: 0,
+                    member: 0,
+                    op,
+                    invoke: 0,
+                    complete: 1,
+                    outcome: Outcome::Ok(ret),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn multi(values: Vec<(Option<&str>, i64)>, revision: i64) -> (KvOp, KvRet) {
+        (
+            KvOp::MultiGet {
+                keys: vec!["a".into(), "b".into()],
+            },
+            KvRet::MultiGet {
+                values: values
+                    .into_iter()
+                    .map(|(v, m)| (v.map(Into::into), m))
+                    .collect(),
+                revision,
+            },
+        )
+    }
+
+    #[test]
+    fn reads_that_match_the_state_at_their_revision_pass() {
+        let h = history(vec![
+            multi(vec![(Some("a1"), 2), (None, 0)], 2),
+            multi(vec![(Some("a2"), 3), (Some("b2"), 3)], 3),
+            multi(vec![(None, 0), (Some("b2"), 3)], 4),
+        ]);
+        let r = check(&h);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_torn_multi_key_read_is_caught() {
+        // a from revision 3, b from before it: no revision had that state.
+        let h = history(vec![multi(vec![(Some("a2"), 3), (None, 0)], 3)]);
+        assert_eq!(check(&h).violations.len(), 1);
+    }
+
+    #[test]
+    fn a_read_behind_its_own_revision_is_caught() {
+        let get = (
+            KvOp::Get { key: "a".into() },
+            KvRet::Get {
+                value: Some("a1".into()),
+                mod_revision: 2,
+                revision: 3,
+            },
+        );
+        assert_eq!(check(&history(vec![get])).violations.len(), 1);
     }
 }

@@ -132,6 +132,35 @@ fn revision(h: &Option<cairn_client::pb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
+/// The second key of a two-key txn: `other`, or the spare key if it is `k`.
+fn second_key(k: &str, other: String, keys: usize) -> String {
+    if other == k {
+        format!("{PREFIX}k{keys}")
+    } else {
+        other
+    }
+}
+
+/// A two-key read's answer: each range's value and mod_revision.
+fn multi_get_ret(r: TxnResponse) -> KvRet {
+    use cairn_client::pb::response_op::Response;
+    let values = r
+        .responses
+        .iter()
+        .map(|op| match &op.response {
+            Some(Response::ResponseRange(rr)) => rr
+                .kvs
+                .first()
+                .map_or((None, 0), |kv| (Some(text(&kv.value)), kv.mod_revision)),
+            _ => (None, 0),
+        })
+        .collect();
+    KvRet::MultiGet {
+        values,
+        revision: revision(&r.header),
+    }
+}
+
 /// A get's answer: the value (if any) and its revisions.
 fn get_ret(r: cairn_client::pb::RangeResponse) -> KvRet {
     let kv = r.kvs.first();
@@ -235,11 +264,18 @@ pub async fn kv_client(ctx: Ctx, opts: WorkloadOptions) {
                 false,
             );
             (KvOp::Delete { key: k }, out)
+        } else if roll < 95 {
+            let k2 = second_key(&k, key(&mut rng), opts.keys);
+            let keys = vec![k, k2];
+            let t = Txn::new().and_then(
+                keys.iter()
+                    .map(|k| txn::op_range(k.clone(), get_opts.clone())),
+            );
+            let res = bounded(client.txn(t)).await;
+            let out = outcome(res, multi_get_ret, true);
+            (KvOp::MultiGet { keys }, out)
         } else {
-            let mut k2 = key(&mut rng);
-            if k2 == k {
-                k2 = format!("{PREFIX}k{}", opts.keys);
-            }
+            let k2 = second_key(&k, key(&mut rng), opts.keys);
             let writes = vec![(k, fresh()), (k2, fresh())];
             let t = Txn::new().and_then(
                 writes
