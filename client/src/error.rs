@@ -93,7 +93,7 @@ const NOT_APPLIED_MESSAGES: &[&str] = &[
 pub(crate) fn classify(status: &Status) -> Verdict {
     // tonic wraps every failure of the connector (TCP connect refused / timed
     // out) in `ConnectError`; such a request was never written to any socket.
-    if has_source::<tonic::ConnectError>(status) {
+    if is_connect_failure(status) {
         return Verdict::NotApplied;
     }
     // A status generated locally by tonic from a transport error keeps that
@@ -114,6 +114,14 @@ pub(crate) fn classify(status: &Status) -> Verdict {
         }
         _ => Verdict::Answer,
     }
+}
+
+/// Whether a failed call never left this process: tonic reports every
+/// failure of the connector (connection refused, connect timeout, a name
+/// that does not resolve) as a `ConnectError` in the status's source chain.
+/// Cairn's members use it for their calls to each other too.
+pub fn is_connect_failure(status: &Status) -> bool {
+    has_source::<tonic::ConnectError>(status)
 }
 
 fn has_source<E: StdError + 'static>(status: &Status) -> bool {

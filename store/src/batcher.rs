@@ -16,7 +16,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::command::{Command, Request, Response};
+use crate::command::{ApplyResult, Command, Proposal};
 use crate::error::EtcdError;
 use crate::raft::Raft;
 
@@ -24,14 +24,14 @@ use crate::raft::Raft;
 #[derive(Debug)]
 pub enum Outcome {
     /// Committed in the entry at `index` and applied on this member.
-    Applied { index: u64, response: Response },
+    Applied { index: u64, response: ApplyResult },
     /// This member is not the leader: nothing was proposed.
     NotLeader,
     /// Proposed, but the outcome is unknown or the node failed.
     Failed(EtcdError),
 }
 
-type Waiter = (Request, oneshot::Sender<Outcome>);
+type Waiter = (Proposal, oneshot::Sender<Outcome>);
 
 /// Caps keep a batch entry well inside the peer message limit.
 const MAX_BATCH_REQUESTS: usize = 512;
@@ -49,7 +49,7 @@ impl Batcher {
         Batcher { tx }
     }
 
-    pub async fn write(&self, req: Request) -> Outcome {
+    pub async fn write(&self, req: Proposal) -> Outcome {
         let (tx, rx) = oneshot::channel();
         if self.tx.send((req, tx)).is_err() {
             return Outcome::Failed(EtcdError::Stopped);
@@ -71,12 +71,12 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, timeout: Durat
                 Err(_) => break,
             }
         }
-        let (mut reqs, waiters): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+        let (mut reqs, waiters): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
         let entry = if reqs.len() == 1 {
             reqs.pop()
-                .unwrap_or_else(|| Request::new(None, Command::Batch(Vec::new())))
+                .unwrap_or_else(|| Proposal::new(None, Command::Batch(Vec::new())))
         } else {
-            Request::new(None, Command::Batch(reqs))
+            Proposal::new(None, Command::Batch(reqs))
         };
         let n = waiters.len();
         let outcomes: Vec<Outcome> =
@@ -85,7 +85,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, timeout: Durat
                     let index = r.log_id.index;
                     match (n, r.data) {
                         (1, response) => vec![Outcome::Applied { index, response }],
-                        (_, Response::Batch(responses)) if responses.len() == n => responses
+                        (_, ApplyResult::Batch(responses)) if responses.len() == n => responses
                             .into_iter()
                             .map(|response| Outcome::Applied { index, response })
                             .collect(),

@@ -1,88 +1,28 @@
 //! The Raft log entry format: what a committed entry asks the state machine to
 //! do, and what applying it answered.
 //!
-//! [`Request`] is a versioned enum. Each version carries the requesting user,
+//! [`Proposal`] is a versioned enum. Each version carries the requesting user,
 //! because etcd checks permissions when an entry is applied (so a permission
 //! revoked after proposal still applies). New commands are added as new
 //! [`Command`] variants at the end; existing variants never change shape, so
 //! logs and snapshots written by older binaries stay readable.
 //!
 //! etcd request and response messages travel as their protobuf encoding
-//! ([`Proto`]), the one format etcd already defines for them. Variants are
-//! only ever appended, here and in [`Response`] and `EtcdError`, because
+//! ([`Proto`], from [`crate::codec`]). Variants are
+//! only ever appended, here and in [`ApplyResult`] and `EtcdError`, because
 //! members of different versions exchange them during a rolling upgrade.
 
-use std::fmt;
-
-use prost::Message;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use cairn_proto::etcdserverpb as pb;
 
 use crate::error::EtcdError;
 
-/// A protobuf message stored in a serde structure as its encoded bytes.
-#[derive(Clone, PartialEq, Default)]
-pub struct Proto<M>(pub M);
-
-impl<M: Message> Serialize for Proto<M> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0.encode_to_vec())
-    }
-}
-
-impl<'de, M: Message + Default> Deserialize<'de> for Proto<M> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes: serde_bytes_compat::ByteBuf = Deserialize::deserialize(d)?;
-        M::decode(bytes.0.as_slice())
-            .map(Proto)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl<M: fmt::Debug> fmt::Debug for Proto<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Minimal owned byte buffer that deserializes from serde bytes or a seq.
-mod serde_bytes_compat {
-    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-    use std::fmt;
-
-    pub struct ByteBuf(pub Vec<u8>);
-
-    impl<'de> Deserialize<'de> for ByteBuf {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = ByteBuf;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("bytes")
-                }
-                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v.to_vec()))
-                }
-                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v))
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<ByteBuf, A::Error> {
-                    let mut v = Vec::new();
-                    while let Some(b) = a.next_element()? {
-                        v.push(b);
-                    }
-                    Ok(ByteBuf(v))
-                }
-            }
-            d.deserialize_byte_buf(V)
-        }
-    }
-}
+pub use crate::codec::Proto;
 
 /// One log entry's payload.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub enum Request {
+pub enum Proposal {
     V1 {
         /// Authenticated user that made the request (`None` without auth).
         user: Option<String>,
@@ -90,20 +30,20 @@ pub enum Request {
     },
 }
 
-impl Request {
-    pub fn new(user: Option<String>, cmd: Command) -> Request {
-        Request::V1 { user, cmd }
+impl Proposal {
+    pub fn new(user: Option<String>, cmd: Command) -> Proposal {
+        Proposal::V1 { user, cmd }
     }
 
     pub fn command(&self) -> &Command {
         match self {
-            Request::V1 { cmd, .. } => cmd,
+            Proposal::V1 { cmd, .. } => cmd,
         }
     }
 
     pub fn user(&self) -> Option<&str> {
         match self {
-            Request::V1 { user, .. } => user.as_deref(),
+            Proposal::V1 { user, .. } => user.as_deref(),
         }
     }
 }
@@ -141,7 +81,7 @@ pub enum Command {
     },
     /// Requests the leader batched into one entry (see `batcher`); each is
     /// applied in order as if it had an entry of its own.
-    Batch(Vec<Request>),
+    Batch(Vec<Proposal>),
     /// A change to users, roles, permissions or the auth switch.
     Auth(crate::auth::AuthCmd),
 }
@@ -158,10 +98,10 @@ impl Command {
     }
 }
 
-/// What applying an entry answered. Response headers carry only the revision
+/// What applying an entry answered. ApplyResult headers carry only the revision
 /// here; each member fills in cluster_id, member_id and raft_term.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub enum Response {
+pub enum ApplyResult {
     Put(Proto<pb::PutResponse>),
     DeleteRange(Proto<pb::DeleteRangeResponse>),
     Txn(Proto<pb::TxnResponse>),
@@ -175,7 +115,7 @@ pub enum Response {
     /// Alarms raised after an `Alarm` command, as (member, type).
     Alarms(Vec<(u64, i32)>),
     /// One response per request of a `Command::Batch`, in order.
-    Batch(Vec<Response>),
+    Batch(Vec<ApplyResult>),
 }
 
 #[cfg(test)]
@@ -184,7 +124,7 @@ mod tests {
 
     #[test]
     fn request_roundtrips_through_bincode() {
-        let r = Request::new(
+        let r = Proposal::new(
             Some("root".into()),
             Command::Put(Proto(pb::PutRequest {
                 key: b"k".to_vec(),
@@ -193,7 +133,7 @@ mod tests {
             })),
         );
         let b = bincode::serialize(&r).unwrap();
-        let back: Request = bincode::deserialize(&b).unwrap();
+        let back: Proposal = bincode::deserialize(&b).unwrap();
         assert_eq!(back, r);
     }
 }

@@ -2,6 +2,8 @@
 //! variables, so an etcd deployment (or etcd's docker line) works with the
 //! binary swapped.
 
+pub mod compaction;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -279,7 +281,7 @@ impl StoreConfig {
                 self.heartbeat_interval
             );
         }
-        crate::compactor::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        compaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.initial_cluster_state == ClusterState::New {
             let mine = self.initial_members()?;
             let mut adv = self.advertise_peer_urls();

@@ -19,15 +19,13 @@
 //! applied and answers as for a lease that does not exist (TTL 0 / -1), as
 //! etcd's lessor does.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use crate::command::Command;
 use crate::error::EtcdError;
 use crate::node::Node;
+use crate::peer::messages::{LeaseAnswer, LeaseCall};
 
 /// etcd's upper bound on a lease TTL, in seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -37,113 +35,34 @@ pub fn min_ttl(election_timeout_ms: u64) -> i64 {
     ((election_timeout_ms * 3 / 2).div_ceil(1000)).max(1) as i64
 }
 
-/// A lease question only the leader can answer.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum LeaseCall {
-    KeepAlive(i64),
-    TimeToLive { id: i64, keys: bool },
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum LeaseAnswer {
-    /// New TTL; 0 for an unknown lease (etcd answers so, without error).
-    KeepAlive(i64),
-    /// Remaining and granted TTL; remaining -1 for an unknown lease.
-    TimeToLive {
-        ttl: i64,
-        granted: i64,
-        keys: Vec<Vec<u8>>,
-    },
-    NotLeader,
-    Failed(EtcdError),
-}
-
-#[derive(Default)]
-pub struct Lessor {
-    deadlines: Mutex<HashMap<i64, Instant>>,
-    /// Leases whose revoke has been proposed, and when to try again.
-    revoking: Mutex<HashMap<i64, Instant>>,
-    /// The term of the leadership the deadlines belong to; `None` while
-    /// this member does not lead. Deadlines of an earlier leadership are
-    /// never used: a member that leads again starts every TTL afresh.
-    term: Mutex<Option<u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Lessor {
-    /// Renews `id` for `ttl` seconds from now, unless its deadline has
-    /// already passed (then its revoke is due, and `false` says so).
-    pub fn renew(&self, id: i64, ttl: i64) -> bool {
-        let now = Instant::now();
-        let mut d = lock(&self.deadlines);
-        if d.get(&id).is_some_and(|deadline| *deadline <= now) {
-            return false;
-        }
-        d.insert(id, now + Duration::from_secs(ttl as u64));
-        true
-    }
-
-    /// Whether `id`'s deadline has passed (its revoke is due or in flight).
-    pub fn expired(&self, id: i64) -> bool {
-        lock(&self.deadlines)
-            .get(&id)
-            .is_some_and(|d| *d <= Instant::now())
-    }
-
-    pub fn remaining(&self, id: i64) -> Option<Duration> {
-        lock(&self.deadlines)
-            .get(&id)
-            .map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// Whether the deadlines belong to leadership in `term`.
-    pub fn synced_for(&self, term: u64) -> bool {
-        *lock(&self.term) == Some(term)
-    }
-
-    /// Forgets every deadline: this member no longer leads.
-    fn forget(&self) {
-        let mut term = lock(&self.term);
-        if term.take().is_some() {
-            lock(&self.deadlines).clear();
-            lock(&self.revoking).clear();
-        }
-    }
-
-    /// Aligns deadlines with the replicated leases of leadership in `term`.
-    /// The first sync of a term restarts every lease's full TTL.
-    fn sync(&self, term: u64, leases: &[(i64, i64)]) {
-        let now = Instant::now();
-        let mut t = lock(&self.term);
-        let mut d = lock(&self.deadlines);
-        if *t != Some(term) {
-            d.clear();
-            *t = Some(term);
-        }
-        d.retain(|id, _| leases.iter().any(|(l, _)| l == id));
-        for (id, ttl) in leases {
-            d.entry(*id)
-                .or_insert(now + Duration::from_secs(*ttl as u64));
-        }
-        lock(&self.revoking).retain(|id, _| d.contains_key(id));
-    }
-
-    /// Expired leases not already being revoked.
-    fn due(&self) -> Vec<i64> {
-        let now = Instant::now();
-        let d = lock(&self.deadlines);
-        let mut revoking = lock(&self.revoking);
-        let mut out = Vec::new();
-        for (id, deadline) in d.iter() {
-            if *deadline <= now && revoking.get(id).is_none_or(|retry| *retry <= now) {
-                revoking.insert(*id, now + Duration::from_secs(2));
-                out.push(*id);
+/// Asks the leader (perhaps this member) to renew a lease or report its
+/// remaining time. Both are idempotent, so retrying after a leader change
+/// is safe.
+pub async fn call(node: &Node, call: LeaseCall) -> Result<LeaseAnswer, EtcdError> {
+    let deadline = Instant::now() + node.request_timeout;
+    loop {
+        let leader = node.wait_leader(deadline).await?;
+        let answer = if leader == node.id {
+            answer_as_leader(node, &call).await
+        } else if let Some(member) = node.member(leader) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            node.pool
+                .lease(&member, &call, left)
+                .await
+                .unwrap_or(LeaseAnswer::NotLeader)
+        } else {
+            LeaseAnswer::NotLeader
+        };
+        match answer {
+            LeaseAnswer::NotLeader => {
+                if Instant::now() >= deadline {
+                    return Err(EtcdError::Timeout);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            LeaseAnswer::Failed(e) => return Err(e),
+            other => return Ok(other),
         }
-        out
     }
 }
 
@@ -290,7 +209,7 @@ pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
                 // would otherwise hand a stale expiry to the new leader, which
                 // may have renewed the lease since. A lease already gone
                 // answers "not found": nothing to do.
-                let req = crate::command::Request::new(None, Command::LeaseRevoke { id });
+                let req = crate::command::Proposal::new(None, Command::LeaseRevoke { id });
                 let _ = n2.propose_as_leader(req).await;
             });
         }
@@ -319,32 +238,5 @@ mod tests {
     fn min_ttl_follows_etcd() {
         assert_eq!(min_ttl(1000), 2, "etcd's default: 2 s");
         assert_eq!(min_ttl(500), 1);
-    }
-
-    #[test]
-    fn deadlines() {
-        let l = Lessor::default();
-        l.sync(7, &[(1, 0), (2, 100)]);
-        assert!(l.synced_for(7) && !l.synced_for(8));
-        let exp = l.due();
-        assert_eq!(exp, vec![1]);
-        assert!(
-            l.due().is_empty(),
-            "a revoke in flight is not proposed twice"
-        );
-        assert!(l.expired(1));
-        assert!(!l.renew(1, 100), "an expired lease is not renewed");
-        assert!(l.renew(2, 100));
-        l.sync(7, &[(2, 100)]);
-        assert!(l.remaining(1).is_none());
-        assert!(l.remaining(2).unwrap() > Duration::from_secs(90));
-        // Leadership lost, then won again: nothing of the old deadlines stays.
-        l.forget();
-        assert!(!l.synced_for(7) && l.remaining(2).is_none());
-        l.sync(9, &[(1, 0)]);
-        assert!(
-            l.due().len() == 1,
-            "a revoke in flight before is proposed again"
-        );
     }
 }

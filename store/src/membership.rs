@@ -11,51 +11,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::error::EtcdError;
 use crate::ids;
 use crate::node::Node;
+use crate::peer::messages::{MemberAnswer, MemberCall};
 use crate::raft::state_machine::member_attrs;
 use crate::raft::MemberNode;
 
 /// How recently the leader must have heard from a member for it to count as
 /// started (etcd's HealthInterval).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum MemberCall {
-    Add {
-        peer_urls: Vec<String>,
-        learner: bool,
-        unix_time: i64,
-    },
-    Remove {
-        id: u64,
-    },
-    Update {
-        id: u64,
-        peer_urls: Vec<String>,
-    },
-    Promote {
-        id: u64,
-    },
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub enum MemberAnswer {
-    /// Done; for Add, the new member's ID.
-    Done {
-        id: u64,
-    },
-    NotLeader,
-    Failed(EtcdError),
-}
 
 /// Votes needed for a majority of `voters`.
 fn quorum(voters: usize) -> usize {
@@ -104,6 +75,36 @@ fn started_voters(node: &Node, voters: &BTreeSet<u64>, without: Option<u64>) -> 
 }
 
 /// Applies a membership change on this member, which must be the leader.
+/// Runs a membership change on the leader (here or forwarded).
+pub async fn request(node: &Node, call: MemberCall) -> Result<u64, EtcdError> {
+    let deadline = Instant::now() + node.request_timeout;
+    loop {
+        let leader = node.wait_leader(deadline).await?;
+        let answer = if leader == node.id {
+            change_as_leader(node, call.clone()).await
+        } else if let Some(member) = node.member(leader) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match node.pool.membership(&member, &call, left).await {
+                Ok(a) => a,
+                // Sent but unanswered: the change may or may not be in.
+                Err(_) => return Err(EtcdError::LeaderChanged),
+            }
+        } else {
+            MemberAnswer::NotLeader
+        };
+        match answer {
+            MemberAnswer::Done { id } => return Ok(id),
+            MemberAnswer::Failed(e) => return Err(e),
+            MemberAnswer::NotLeader => {
+                if Instant::now() >= deadline {
+                    return Err(EtcdError::NoLeader);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 pub async fn change_as_leader(node: &Node, call: MemberCall) -> MemberAnswer {
     if node.leader() != Some(node.id) {
         return MemberAnswer::NotLeader;

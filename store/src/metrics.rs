@@ -20,8 +20,6 @@ use prometheus::{
     IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::node::Node;
-
 pub struct Metrics {
     registry: Registry,
     pub has_leader: IntGauge,
@@ -144,42 +142,29 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
-/// Refreshes the gauges that mirror Raft and the store, then renders all.
-pub fn render(node: &Node) -> String {
+/// What `/metrics` mirrors from Raft and the store at the moment of a scrape.
+pub struct Snapshot {
+    pub has_leader: bool,
+    pub is_leader: bool,
+    pub applied: u64,
+    pub db_size: u64,
+    pub keys: u64,
+}
+
+/// Refreshes the gauges from `s`, then renders every metric.
+pub fn render(s: Snapshot) -> String {
     let m = &*METRICS;
-    let rm = node.raft.metrics().borrow().clone();
-    m.has_leader.set(rm.current_leader.is_some() as i64);
-    m.is_leader.set((rm.current_leader == Some(node.id)) as i64);
-    let applied = rm.last_applied.map(|l| l.index).unwrap_or(0) as i64;
-    // openraft 0.9 does not publish the commit index; applied ≤ committed,
+    m.has_leader.set(s.has_leader as i64);
+    m.is_leader.set(s.is_leader as i64);
+    // openraft 0.9 does not publish the commit index; applied <= committed,
     // and they differ only by entries in flight.
-    m.proposals_committed.set(applied);
-    m.proposals_applied.set(applied);
-    m.db_total_size.set(node.mvcc.size_bytes() as i64);
-    m.keys_total.set(node.mvcc.key_count() as i64);
+    m.proposals_committed.set(s.applied as i64);
+    m.proposals_applied.set(s.applied as i64);
+    m.db_total_size.set(s.db_size as i64);
+    m.keys_total.set(s.keys as i64);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&m.registry.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
-}
-
-/// Counts leader changes as this member observes them.
-pub async fn watch_leader(node: std::sync::Weak<Node>) {
-    let Some(n) = node.upgrade() else { return };
-    let mut rx = n.raft.metrics();
-    drop(n);
-    let mut last = None;
-    loop {
-        let leader = rx.borrow_and_update().current_leader;
-        if leader.is_some() && leader != last {
-            if last.is_some() {
-                METRICS.leader_changes.inc();
-            }
-            last = leader;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Which kind of RPC a gRPC method is, for `grpc_type`.

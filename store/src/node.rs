@@ -10,11 +10,13 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batcher::Outcome;
-use crate::command::{Command, Request, Response};
+use crate::command::{ApplyResult, Command, Proposal};
 use crate::error::EtcdError;
-use crate::lease::{LeaseAnswer, LeaseCall, Lessor};
+use crate::lessor::Lessor;
 use crate::mvcc::Mvcc;
-use crate::raft::network::{ForwardReply, PeerPool};
+use crate::net::peers::PeerPool;
+use crate::peer::calls::ForwardError;
+use crate::peer::messages::ForwardReply;
 use crate::raft::{MemberNode, Raft};
 use crate::storage::Storage;
 
@@ -52,25 +54,44 @@ pub struct Node {
     batcher: crate::batcher::Batcher,
 }
 
+/// What a member is started with: its identity and the limits its flags set.
+pub struct NodeConfig {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    /// `--initial-cluster-token`: new member IDs are derived from it.
+    pub cluster_token: String,
+    /// See [`Node::request_timeout`].
+    pub request_timeout: Duration,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub watch_progress_interval: Duration,
+    pub min_lease_ttl: i64,
+    pub quota_bytes: u64,
+    pub auth_token_ttl: Duration,
+}
+
 impl Node {
-    #[allow(clippy::too_many_arguments)]
     pub fn start(
-        id: u64,
-        cluster_id: u64,
-        name: String,
+        cfg: NodeConfig,
         raft: Raft,
         mvcc: Arc<Mvcc>,
         storage: Storage,
         pool: PeerPool,
-        request_timeout: Duration,
-        max_request_bytes: usize,
-        max_txn_ops: usize,
-        watch_progress_interval: Duration,
-        min_lease_ttl: i64,
-        cluster_token: String,
-        quota_bytes: u64,
-        auth_token_ttl: Duration,
     ) -> Arc<Node> {
+        let NodeConfig {
+            id,
+            cluster_id,
+            name,
+            cluster_token,
+            request_timeout,
+            max_request_bytes,
+            max_txn_ops,
+            watch_progress_interval,
+            min_lease_ttl,
+            quota_bytes,
+            auth_token_ttl,
+        } = cfg;
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let (lead_tx, lead_rx) = mpsc::unbounded_channel();
         let batcher = crate::batcher::Batcher::start(raft.clone(), request_timeout);
@@ -107,17 +128,9 @@ impl Node {
             lead_rx,
             Round::Leadership,
         ));
-        tokio::spawn(crate::lease::expiry_loop(
-            Arc::downgrade(&node),
-            Duration::from_millis(100),
-        ));
-        tokio::spawn(crate::metrics::watch_leader(Arc::downgrade(&node)));
+        tokio::spawn(count_leader_changes(node.raft.metrics()));
         tokio::spawn(exit_on_fatal(node.raft.metrics(), Arc::downgrade(&node)));
         tokio::spawn(quota_loop(Arc::downgrade(&node)));
-        tokio::spawn(crate::membership::finish_joint_loop(
-            Arc::downgrade(&node),
-            Duration::from_secs(1),
-        ));
         node
     }
 
@@ -129,6 +142,18 @@ impl Node {
         self.raft.metrics().borrow().current_term
     }
 
+    /// What `/metrics` mirrors of this member.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let rm = self.raft.metrics().borrow().clone();
+        crate::metrics::Snapshot {
+            has_leader: rm.current_leader.is_some(),
+            is_leader: rm.current_leader == Some(self.id),
+            applied: rm.last_applied.map(|l| l.index).unwrap_or(0),
+            db_size: self.mvcc.size_bytes(),
+            keys: self.mvcc.key_count() as u64,
+        }
+    }
+
     /// The leader and the term, read together.
     pub fn leader_and_term(&self) -> (Option<u64>, u64) {
         let m = self.raft.metrics();
@@ -136,7 +161,7 @@ impl Node {
         (m.current_leader, m.current_term)
     }
 
-    fn member(&self, id: u64) -> Option<MemberNode> {
+    pub fn member(&self, id: u64) -> Option<MemberNode> {
         self.raft
             .metrics()
             .borrow()
@@ -158,7 +183,7 @@ impl Node {
     }
 
     /// Waits until some member is known as leader, or the deadline passes.
-    async fn wait_leader(&self, deadline: Instant) -> Result<u64, EtcdError> {
+    pub async fn wait_leader(&self, deadline: Instant) -> Result<u64, EtcdError> {
         let mut rx = self.raft.metrics();
         loop {
             if let Some(l) = rx.borrow_and_update().current_leader {
@@ -191,7 +216,11 @@ impl Node {
     /// member or the one it reached was not the leader, or the leader could not
     /// be connected to). Otherwise the caller gets `request timed out` /
     /// `leader changed`, etcd's "outcome unknown".
-    pub async fn propose(&self, user: Option<String>, cmd: Command) -> Result<Response, EtcdError> {
+    pub async fn propose(
+        &self,
+        user: Option<String>,
+        cmd: Command,
+    ) -> Result<ApplyResult, EtcdError> {
         let m = &crate::metrics::METRICS;
         m.proposals_pending.inc();
         let res = self.propose_inner(user, cmd).await;
@@ -206,8 +235,8 @@ impl Node {
         &self,
         user: Option<String>,
         cmd: Command,
-    ) -> Result<Response, EtcdError> {
-        let req = Request::new(user, cmd);
+    ) -> Result<ApplyResult, EtcdError> {
+        let req = Proposal::new(user, cmd);
         let deadline = Instant::now() + self.request_timeout;
         loop {
             match self.batcher.write(req.clone()).await {
@@ -230,7 +259,7 @@ impl Node {
                     return Ok(response);
                 }
                 Ok(ForwardReply::Failed(e)) => return Err(e),
-                Ok(ForwardReply::NotLeader { .. }) | Err(true) => {
+                Ok(ForwardReply::NotLeader { .. }) | Err(ForwardError::NotSent) => {
                     // Not proposed anywhere: safe to try again, after a beat so
                     // a changing leadership can settle.
                     if Instant::now() >= deadline {
@@ -238,78 +267,13 @@ impl Node {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(false) => return Err(EtcdError::LeaderChanged),
-            }
-        }
-    }
-
-    /// Asks the leader (perhaps this member) to renew a lease or report its
-    /// remaining time. Both are idempotent, so retrying after a leader change
-    /// is safe.
-    pub async fn lease_call(&self, call: LeaseCall) -> Result<LeaseAnswer, EtcdError> {
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            let leader = self.wait_leader(deadline).await?;
-            let answer = if leader == self.id {
-                crate::lease::answer_as_leader(self, &call).await
-            } else if let Some(node) = self.member(leader) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                self.pool
-                    .lease(&node, &call, left)
-                    .await
-                    .unwrap_or(LeaseAnswer::NotLeader)
-            } else {
-                LeaseAnswer::NotLeader
-            };
-            match answer {
-                LeaseAnswer::NotLeader => {
-                    if Instant::now() >= deadline {
-                        return Err(EtcdError::Timeout);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                LeaseAnswer::Failed(e) => return Err(e),
-                other => return Ok(other),
-            }
-        }
-    }
-
-    /// Runs a membership change on the leader (here or forwarded).
-    pub async fn change_membership(
-        &self,
-        call: crate::membership::MemberCall,
-    ) -> Result<u64, EtcdError> {
-        use crate::membership::MemberAnswer;
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            let leader = self.wait_leader(deadline).await?;
-            let answer = if leader == self.id {
-                crate::membership::change_as_leader(self, call.clone()).await
-            } else if let Some(node) = self.member(leader) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.pool.membership(&node, &call, left).await {
-                    Ok(a) => a,
-                    // Sent but unanswered: the change may or may not be in.
-                    Err(_) => return Err(EtcdError::LeaderChanged),
-                }
-            } else {
-                MemberAnswer::NotLeader
-            };
-            match answer {
-                MemberAnswer::Done { id } => return Ok(id),
-                MemberAnswer::Failed(e) => return Err(e),
-                MemberAnswer::NotLeader => {
-                    if Instant::now() >= deadline {
-                        return Err(EtcdError::NoLeader);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(ForwardError::Unknown) => return Err(EtcdError::LeaderChanged),
             }
         }
     }
 
     /// Serves a request forwarded by a follower: propose only if leader.
-    pub async fn propose_as_leader(&self, req: Request) -> ForwardReply {
+    pub async fn propose_as_leader(&self, req: Proposal) -> ForwardReply {
         match self.batcher.write(req).await {
             Outcome::Applied { index, response } => ForwardReply::Applied { index, response },
             Outcome::NotLeader => ForwardReply::NotLeader {
@@ -405,6 +369,26 @@ impl Node {
             }
             // Leadership is moving; look again shortly.
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Counts leader changes as this member observes them
+/// (`etcd_server_leader_changes_seen_total`).
+async fn count_leader_changes(
+    mut rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, MemberNode>>,
+) {
+    let mut last = None;
+    loop {
+        let leader = rx.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            if last.is_some() {
+                crate::metrics::METRICS.leader_changes.inc();
+            }
+            last = leader;
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

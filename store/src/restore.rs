@@ -28,10 +28,10 @@ use clap::{Args, Parser};
 use sha2::{Digest, Sha256};
 
 use crate::config::StoreConfig;
+use crate::identity::{bootstrap_identity, write_identity};
 use crate::mvcc::{keys, Mvcc, Tree};
 use crate::raft::snapshot_file::{self, decode_tree, encode_tree, SNAP_END};
 use crate::raft::SnapshotMeta;
-use crate::server::{bootstrap_identity, write_identity};
 use crate::storage::Storage;
 
 /// etcdctl checks `size % 512 == 32`.
@@ -212,7 +212,7 @@ async fn build(dir: &Path, body: &[u8], cfg: &StoreConfig) -> Result<Restored> {
              restored by Cairn"
         )
     })?;
-    drop_old_cluster_state(&mut tree);
+    forget_old_members(&mut tree);
     // The image has no log position: the new cluster's log starts after it,
     // and it is not offered to peers as a Raft snapshot.
     let meta = SnapshotMeta {
@@ -238,11 +238,8 @@ async fn build(dir: &Path, body: &[u8], cfg: &StoreConfig) -> Result<Restored> {
 }
 
 /// Removes what describes the old cluster rather than its data: the old
-/// members' published attributes, and the applied log id and membership that
-/// earlier versions kept in the tree.
-fn drop_old_cluster_state(tree: &mut Tree) {
-    tree.remove(&keys::meta_key("applied"));
-    tree.remove(&keys::meta_key("membership"));
+/// members' published attributes (the new cluster's members publish theirs).
+fn forget_old_members(tree: &mut Tree) {
     tree.retain(|k, _| k.first() != Some(&keys::MEMBER));
 }
 

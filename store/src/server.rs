@@ -8,65 +8,23 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use cairn_proto::peer::peer_server::PeerServer;
 use cairn_proto::peer::HelloRequest;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::api::authority::AuthorityFix;
+use crate::api::peer::PeerService;
 use crate::command::Command;
 use crate::config::{host_port, split_urls, ClusterState, StoreConfig};
+use crate::identity::{bootstrap_identity, write_identity, Identity};
 use crate::ids;
-use crate::node::Node;
+use crate::net::authority::AuthorityFix;
+use crate::net::peers::PeerPool;
+use crate::net::MAX_PEER_MESSAGE;
+use crate::node::{Node, NodeConfig};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{NetworkFactory, PeerPool};
-use crate::raft::peer_service::PeerService;
+use crate::raft::network::NetworkFactory;
 use crate::raft::state_machine::{member_attrs, StateMachine};
-use crate::raft::{MemberNode, Raft, MAX_PEER_MESSAGE};
+use crate::raft::Raft;
 use crate::storage::Storage;
-
-/// Who this member is; written once, on the first start (or by
-/// `cairn snapshot restore`), under the raft tree's `identity` key.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub(crate) struct Identity {
-    pub(crate) member_id: u64,
-    pub(crate) cluster_id: u64,
-    pub(crate) name: String,
-    /// Members to bootstrap Raft with (a new cluster), empty when joining.
-    pub(crate) initial: BTreeMap<u64, MemberNode>,
-}
-
-/// The identity of member `cfg.name` of a new cluster: IDs from
-/// `--initial-cluster` and the token, as etcd computes them. Shared by a first
-/// start with `--initial-cluster-state new` and by `cairn snapshot restore`.
-pub(crate) fn bootstrap_identity(cfg: &StoreConfig) -> Result<Identity> {
-    let members = cfg.initial_members()?;
-    let mut initial = BTreeMap::new();
-    for (name, urls) in &members {
-        let id = ids::member_id(urls, &cfg.initial_cluster_token, None);
-        initial.insert(
-            id,
-            MemberNode {
-                name: name.clone(),
-                peer_urls: urls.clone(),
-            },
-        );
-    }
-    let ids_list: Vec<u64> = initial.keys().copied().collect();
-    Ok(Identity {
-        member_id: ids::member_id(&members[&cfg.name], &cfg.initial_cluster_token, None),
-        cluster_id: ids::cluster_id(&ids_list),
-        name: cfg.name.clone(),
-        initial,
-    })
-}
-
-/// Makes `id` durable, then marks the data dir complete (see
-/// [`Storage::mark_initialized`]).
-pub(crate) async fn write_identity(storage: &Storage, id: &Identity) -> Result<()> {
-    storage.raft.insert("identity", serde_json::to_vec(id)?)?;
-    storage.flush().await?;
-    storage.mark_initialized()
-}
 
 /// Runs a store node until SIGINT/SIGTERM.
 pub async fn run(cfg: StoreConfig) -> Result<()> {
@@ -76,9 +34,9 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     }
     let dir = cfg.data_dir();
     let (storage, fresh) = Storage::open(&dir)?;
-    let client_tls = crate::tls::TlsFiles::client(&cfg);
-    let peer_tls = crate::tls::TlsFiles::peer(&cfg);
-    let pool = PeerPool::new(crate::tls::peer_client_config(&peer_tls)?);
+    let client_tls = crate::net::tls::TlsFiles::client(&cfg);
+    let peer_tls = crate::net::tls::TlsFiles::peer(&cfg);
+    let pool = PeerPool::new(crate::net::tls::peer_client_config(&peer_tls)?);
 
     let identity = if fresh {
         let id = match cfg.initial_cluster_state {
@@ -136,27 +94,24 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     let raft = Raft::new(identity.member_id, Arc::new(raft_config), factory, log, sm).await?;
 
     let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout);
-    let node = Node::start(
-        identity.member_id,
-        identity.cluster_id,
-        identity.name.clone(),
-        raft.clone(),
-        mvcc,
-        storage.clone(),
-        pool,
+    let node_cfg = NodeConfig {
+        id: identity.member_id,
+        cluster_id: identity.cluster_id,
+        name: identity.name.clone(),
+        cluster_token: cfg.initial_cluster_token.clone(),
         request_timeout,
-        cfg.max_request_bytes,
-        cfg.max_txn_ops,
-        Duration::from_millis(cfg.watch_progress_notify_interval_ms),
-        crate::lease::min_ttl(cfg.election_timeout),
-        cfg.initial_cluster_token.clone(),
-        if cfg.quota_backend_bytes == 0 {
+        max_request_bytes: cfg.max_request_bytes,
+        max_txn_ops: cfg.max_txn_ops,
+        watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
+        min_lease_ttl: crate::lease::min_ttl(cfg.election_timeout),
+        quota_bytes: if cfg.quota_backend_bytes == 0 {
             2 << 30
         } else {
             cfg.quota_backend_bytes
         },
-        Duration::from_secs(cfg.auth_token_ttl),
-    );
+        auth_token_ttl: Duration::from_secs(cfg.auth_token_ttl),
+    };
+    let node = Node::start(node_cfg, raft.clone(), mvcc, storage.clone(), pool);
 
     // Peer port first: the other members need it to elect a leader.
     for url in split_urls(&cfg.listen_peer_urls) {
@@ -167,7 +122,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         let mut server = tonic::transport::Server::builder();
         if is_https(&url) {
             server = server
-                .tls_config(crate::tls::peer_server_config(&peer_tls)?)
+                .tls_config(crate::net::tls::peer_server_config(&peer_tls)?)
                 .context("peer TLS")?;
         }
         let router = server.tcp_nodelay(true).add_service(svc);
@@ -183,7 +138,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
                 }
             });
         } else {
-            // Raft frames and gRPC share the port (see raft::wire).
+            // Raft frames and gRPC share the port (see net::wire).
             let (grpc_tx, grpc_rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(accept_peers(listener, node.clone(), grpc_tx));
             tokio::spawn(async move {
@@ -210,7 +165,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         let router = crate::api::client_router(node.clone());
         let tls = match is_https(&url) {
             true => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::client_server_config(&client_tls)?,
+                crate::net::tls::client_server_config(&client_tls)?,
             )),
             false => None,
         };
@@ -222,8 +177,18 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         node.clone(),
         cfg.advertise_client_urls(),
     ));
-    let policy =
-        crate::compactor::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)?;
+    tokio::spawn(crate::lease::expiry_loop(
+        Arc::downgrade(&node),
+        Duration::from_millis(100),
+    ));
+    tokio::spawn(crate::membership::finish_joint_loop(
+        Arc::downgrade(&node),
+        Duration::from_secs(1),
+    ));
+    let policy = crate::config::compaction::parse(
+        &cfg.auto_compaction_mode,
+        &cfg.auto_compaction_retention,
+    )?;
     if let Some(policy) = policy {
         info!(?policy, "auto compaction enabled");
         tokio::spawn(crate::compactor::run(Arc::downgrade(&node), policy));
@@ -287,10 +252,10 @@ async fn accept_peers(
         let _ = conn.set_nodelay(true);
         let (node, grpc) = (node.clone(), grpc.clone());
         tokio::spawn(async move {
-            if crate::raft::wire::is_wire(&conn).await {
-                crate::raft::wire::serve(conn, |method, data| {
+            if crate::net::wire::is_wire(&conn).await {
+                crate::net::wire::serve(conn, |method, data| {
                     let node = node.clone();
-                    async move { crate::raft::peer_service::raft_rpc(&node, method, &data).await }
+                    async move { crate::api::peer::raft_rpc(&node, method, &data).await }
                 })
                 .await;
             } else {

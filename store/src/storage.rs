@@ -6,11 +6,7 @@
 //! <data-dir>/CAIRN_VERSION   "cairn-store 1": written once the node has an identity
 //! <data-dir>/wal/            the Raft log: segment files (see raft::wal)
 //! <data-dir>/db/             sled database
-//!   tree "raft"              vote, last purged log id, identity
-//!   tree "log"               the Raft log of earlier versions; emptied into
-//!                            wal/ when such a data dir is opened
-//!   tree "sm.<generation>"   the state machine of earlier versions; turned
-//!                            into the snapshot file when opened
+//!   tree "raft"              vote, last purged log id, committed log id, identity
 //! <data-dir>/snapshot        the state machine at one applied log id (see
 //!                            raft::snapshot_file); with wal/, its durable form
 //! ```
@@ -31,7 +27,6 @@ pub struct Storage {
     pub db: sled::Db,
     /// Raft metadata: vote, purge point, identity, current sm generation.
     pub raft: sled::Tree,
-    pub log: sled::Tree,
     /// sled's log file, for `fdatasync` (see [`Storage::sync`]).
     db_file: Arc<std::fs::File>,
     /// Blob files already fsynced.
@@ -56,7 +51,6 @@ impl Storage {
                 anyhow::anyhow!("data dir {}: cannot open database: {e}", dir.display())
             })?;
         let raft = db.open_tree("raft").context("open raft tree")?;
-        let log = db.open_tree("log").context("open log tree")?;
         if !fresh && raft.get("identity")?.is_none() {
             bail!(
                 "data dir {} has no member identity: it is damaged or was not written by Cairn",
@@ -71,7 +65,6 @@ impl Storage {
                 dir: dir.to_path_buf(),
                 db,
                 raft,
-                log,
                 db_file: Arc::new(db_file),
                 synced_blobs: Arc::default(),
             },

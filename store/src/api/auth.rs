@@ -15,7 +15,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{credentials, state, AuthCmd};
-use crate::command::{Command, Proto, Response as Applied};
+use crate::command::{ApplyResult, Command, Proto};
 use crate::error::EtcdError;
 use crate::mvcc::keys::{ROLE, USER};
 use crate::mvcc::view::View;
@@ -92,7 +92,7 @@ impl AuthService {
     ) -> Result<Option<ResponseHeader>, Status> {
         let user = caller(&self.node, md)?;
         match self.node.propose(user, Command::Auth(cmd)).await? {
-            Applied::Error(e) => Err(e.into()),
+            ApplyResult::Error(e) => Err(e.into()),
             _ => Ok(self.header()),
         }
     }

@@ -8,8 +8,8 @@ use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
-use crate::membership::MemberCall;
 use crate::node::Node;
+use crate::peer::messages::MemberCall;
 use crate::raft::state_machine::member_attrs;
 
 pub struct ClusterService {
@@ -58,7 +58,7 @@ impl ClusterService {
         call: MemberCall,
         done: impl Fn(&crate::raft::StoredMembership, u64) -> bool + Send + Sync,
     ) -> Result<u64, Status> {
-        let id = self.node.change_membership(call).await?;
+        let id = crate::membership::request(&self.node, call).await?;
         let _ = self
             .node
             .raft

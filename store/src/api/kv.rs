@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::validate;
 use crate::auth::perms;
-use crate::command::{Command, Proto, Response as Applied};
+use crate::command::{ApplyResult, Command, Proto};
 use crate::error::EtcdError;
 use crate::node::Node;
 
@@ -32,16 +32,16 @@ impl KvService {
     }
 
     /// Proposes as the request's caller; permissions are checked at apply.
-    async fn propose(&self, md: &MetadataMap, cmd: Command) -> Result<Applied, Status> {
+    async fn propose(&self, md: &MetadataMap, cmd: Command) -> Result<ApplyResult, Status> {
         let user = caller(&self.node, md)?;
         match self.node.propose(user, cmd).await? {
-            Applied::Error(e) => Err(e.into()),
+            ApplyResult::Error(e) => Err(e.into()),
             other => Ok(other),
         }
     }
 }
 
-fn unexpected(r: Applied) -> Status {
+fn unexpected(r: ApplyResult) -> Status {
     Status::internal(format!("unexpected apply result {r:?}"))
 }
 
@@ -80,7 +80,7 @@ impl Kv for KvService {
         self.check_size(&r)?;
         validate::put(&r)?;
         match self.propose(&md, Command::Put(Proto(r))).await? {
-            Applied::Put(Proto(mut resp)) => {
+            ApplyResult::Put(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
@@ -96,7 +96,7 @@ impl Kv for KvService {
         self.check_size(&r)?;
         validate::delete(&r)?;
         match self.propose(&md, Command::DeleteRange(Proto(r))).await? {
-            Applied::DeleteRange(Proto(mut resp)) => {
+            ApplyResult::DeleteRange(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
@@ -122,7 +122,7 @@ impl Kv for KvService {
             return Ok(Response::new(resp));
         }
         match self.propose(&md, Command::Txn(Proto(r))).await? {
-            Applied::Txn(Proto(mut resp)) => {
+            ApplyResult::Txn(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
@@ -142,7 +142,7 @@ impl Kv for KvService {
         }
         let (md, r) = (req.metadata().clone(), req.into_inner());
         match self.propose(&md, Command::Compact(Proto(r))).await? {
-            Applied::Compact(Proto(mut resp)) => {
+            ApplyResult::Compact(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }

@@ -12,10 +12,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::perms::Need;
-use crate::command::{Command, Proto, Response as Applied};
+use crate::command::{ApplyResult, Command, Proto};
 use crate::error::EtcdError;
-use crate::lease::{new_lease_id, LeaseAnswer, LeaseCall, MAX_LEASE_TTL};
+use crate::lease::{new_lease_id, MAX_LEASE_TTL};
 use crate::node::Node;
+use crate::peer::messages::{LeaseAnswer, LeaseCall};
 
 pub struct LeaseService {
     pub node: Arc<Node>,
@@ -34,7 +35,7 @@ impl LeaseService {
 
 /// Renews one lease through the leader: etcd's keep-alive answer.
 async fn keep_alive(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-    let ttl = match node.lease_call(LeaseCall::KeepAlive(id)).await? {
+    let ttl = match crate::lease::call(node, LeaseCall::KeepAlive(id)).await? {
         LeaseAnswer::KeepAlive(ttl) => ttl,
         other => {
             return Err(Status::internal(format!(
@@ -97,11 +98,11 @@ impl Lease for LeaseService {
             .propose(None, Command::LeaseGrant { id, ttl })
             .await?
         {
-            Applied::LeaseGrant(Proto(mut resp)) => {
+            ApplyResult::LeaseGrant(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            Applied::Error(e) => Err(e.into()),
+            ApplyResult::Error(e) => Err(e.into()),
             other => Err(Status::internal(format!(
                 "unexpected apply result {other:?}"
             ))),
@@ -126,11 +127,11 @@ impl Lease for LeaseService {
             Ok::<_, EtcdError>(())
         })?;
         match self.node.propose(user, Command::LeaseRevoke { id }).await? {
-            Applied::LeaseRevoke(Proto(mut resp)) => {
+            ApplyResult::LeaseRevoke(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            Applied::Error(e) => Err(e.into()),
+            ApplyResult::Error(e) => Err(e.into()),
             other => Err(Status::internal(format!(
                 "unexpected apply result {other:?}"
             ))),
@@ -151,14 +152,11 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        let (ttl, granted, keys) = match self
-            .node
-            .lease_call(LeaseCall::TimeToLive {
-                id: r.id,
-                keys: r.keys,
-            })
-            .await?
-        {
+        let call = LeaseCall::TimeToLive {
+            id: r.id,
+            keys: r.keys,
+        };
+        let (ttl, granted, keys) = match crate::lease::call(&self.node, call).await? {
             LeaseAnswer::TimeToLive { ttl, granted, keys } => (ttl, granted, keys),
             other => {
                 return Err(Status::internal(format!(

@@ -61,8 +61,8 @@ impl Maintenance for MaintenanceService {
                     alarm: r.alarm,
                 };
                 match n.propose(None, cmd).await? {
-                    crate::command::Response::Alarms(a) => a,
-                    crate::command::Response::Error(e) => return Err(e.into()),
+                    crate::command::ApplyResult::Alarms(a) => a,
+                    crate::command::ApplyResult::Error(e) => return Err(e.into()),
                     other => {
                         return Err(Status::internal(format!(
                             "unexpected apply result {other:?}"

@@ -8,15 +8,15 @@
 //! - [`auth`]: the Auth service, and the caller behind a request's token.
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
 //! - [`validate`]: etcd's request checks, before anything is proposed.
-//! - [`authority`]: repairs the `http://`-prefixed `:authority` etcdctl sends.
+//! - [`peer`]: the peer protocol's server side (openraft's RPCs, forwarded writes, read index, lease and membership calls).
 
 pub mod auth;
-pub mod authority;
 pub mod cluster;
 pub mod gateway;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod peer;
 pub mod validate;
 pub mod watch;
 
@@ -79,7 +79,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
             "/metrics",
             axum::routing::get(move || {
                 let node = node.clone();
-                async move { crate::metrics::render(&node) }
+                async move { crate::metrics::render(node.metrics_snapshot()) }
             }),
         )
         .layer(axum::middleware::from_fn(crate::metrics::count_grpc))

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use cairn_proto::authpb;
 
-use crate::command::Proto;
+use crate::codec::Proto;
 
 /// An auth change, as a Raft log entry. Append-only, like `Command`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

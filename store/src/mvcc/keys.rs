@@ -84,7 +84,7 @@ pub fn kv_ref(rev: Rev) -> Vec<u8> {
     v
 }
 
-/// The revision a `k` value points at; `None` for an inline KeyValue.
+/// The revision a `k` value points at; `None` if it is not such a pointer.
 pub fn parse_kv_ref(v: &[u8]) -> Option<Rev> {
     match v.split_first() {
         Some((&KV_REF, rest)) => Rev::from_bytes(rest),

@@ -415,33 +415,6 @@ fn batch_reads_its_own_writes_across_entries() {
 }
 
 #[test]
-fn inline_kv_records_of_older_trees_are_read() {
-    use cairn_proto::mvccpb::KeyValue;
-    use prost::Message;
-
-    use super::{keys, Tree};
-    // A tree written before `k` pointed into the history.
-    let kv = KeyValue {
-        key: b"a".to_vec(),
-        value: b"old".to_vec(),
-        create_revision: 2,
-        mod_revision: 2,
-        version: 1,
-        lease: 0,
-    };
-    let mut tree = Tree::new();
-    tree.insert(&keys::kv_key(b"a"), &kv.encode_to_vec());
-    tree.insert(&keys::meta_key("rev"), &2i64.to_be_bytes());
-    let m = Mvcc::open(tree);
-    assert_eq!(get(&m, "a").kvs[0].value, b"old");
-    let r = put(&m, "a", "new");
-    assert_eq!(r.prev_kv.unwrap().value, b"old");
-    let kv = &get(&m, "a").kvs[0];
-    assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (2, 2, 3));
-    assert_eq!(kv.value, b"new");
-}
-
-#[test]
 fn a_range_end_below_the_key_is_empty_as_in_etcd() {
     let m = store();
     put(&m, "a", "1");

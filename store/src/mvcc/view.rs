@@ -116,7 +116,9 @@ impl View<'_> {
     /// The KeyValue a `k` record stands for (see [`keys::KV_REF`]).
     fn resolve_kv(&self, v: &[u8]) -> Result<KeyValue, EtcdError> {
         let Some(rev) = keys::parse_kv_ref(v) else {
-            return decode(v);
+            return Err(storage_err(
+                "a live-key record that does not point into the history",
+            ));
         };
         self.event_at(rev)?
             .and_then(|e| e.kv)

@@ -23,7 +23,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageIOError};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
 
 use super::wal::Wal;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -50,12 +50,10 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl LogStore {
-    /// Opens the log of a data dir (moving a log that older versions kept in
-    /// sled into the segment files first).
+    /// Opens the log of a data dir.
     pub fn open(storage: Storage) -> anyhow::Result<LogStore> {
         let purged = read_meta::<LogId>(&storage, "last_purged")?.map(|l| l.index);
         let wal = Arc::new(Wal::open(&storage.wal_dir(), purged)?);
-        migrate_sled_log(&storage, &wal, purged)?;
         Ok(LogStore::new(storage, wal))
     }
 
@@ -257,71 +255,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )))
         })?;
         self.wal.purge(log_id.index).map_err(write_err)
-    }
-}
-
-/// Moves a log kept in sled's `log` tree (data dirs of earlier versions)
-/// into the segment files, once: entries are written and synced before the
-/// tree is cleared.
-fn migrate_sled_log(storage: &Storage, wal: &Wal, purged: Option<u64>) -> anyhow::Result<()> {
-    if storage.log.is_empty() {
-        return Ok(());
-    }
-    if wal.last_log_id().is_none() {
-        let mut entries = Vec::new();
-        for item in storage.log.iter() {
-            let (_, v) = item?;
-            let e: Entry = bincode::deserialize(&v)?;
-            if purged.is_none_or(|p| e.get_log_id().index > p) {
-                entries.push(e);
-            }
-        }
-        wal.append(&entries)?;
-        wal.sync()?;
-        tracing::info!(entries = entries.len(), "moved the Raft log out of sled");
-    }
-    storage.log.clear()?;
-    storage.sync()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-
-    fn blank(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Blank,
-        }
-    }
-
-    #[test]
-    fn a_log_kept_in_sled_moves_into_the_wal_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (storage, _) = Storage::open(dir.path()).unwrap();
-        // As an earlier version left it: entries 3..=9, purged up to 4.
-        for i in 3..10 {
-            let v = bincode::serialize(&blank(i)).unwrap();
-            storage.log.insert(i.to_be_bytes(), v).unwrap();
-        }
-        let purged = bincode::serialize(&blank(4).log_id).unwrap();
-        storage.raft.insert("last_purged", purged).unwrap();
-        let store = LogStore::open(storage.clone()).unwrap();
-        assert!(storage.log.is_empty());
-        let got: Vec<u64> = store
-            .wal
-            .read(0, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
-        assert_eq!(got, (5..10).collect::<Vec<_>>());
-        drop(store);
-        // Opening again finds the entries in the WAL, not twice.
-        let store = LogStore::open(storage).unwrap();
-        assert_eq!(store.wal.read(0, 100).unwrap().len(), 5);
     }
 }

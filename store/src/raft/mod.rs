@@ -5,23 +5,19 @@
 //! - [`wal`]: the Raft log's segment files (append, fdatasync, read back).
 //! - [`state_machine`]: applies entries to [`crate::mvcc`], builds and installs snapshots.
 //! - [`snapshot_file`]: the state's image on disk, which with the log makes it durable.
-//! - [`network`]: the client side of the peer gRPC protocol (cached channels).
-//! - [`peer_service`]: the server side of the peer protocol.
-//! - [`wire`]: openraft's RPCs as frames on plain TCP (`http://` peers).
+//! - [`network`]: openraft's RPCs to other members (frames, or gRPC).
 
 pub mod log_store;
 pub mod network;
-pub mod peer_service;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
-pub mod wire;
 
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Request, Response};
+use crate::command::{ApplyResult, Proposal};
 
 /// What the Raft membership records about a member: its name and peer URLs
 /// (client URLs arrive later, through `Command::MemberAttributes`).
@@ -40,8 +36,8 @@ impl std::fmt::Display for MemberNode {
 openraft::declare_raft_types!(
     /// Cairn's Raft types: member IDs are etcd-style u64s.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Proposal,
+        R = ApplyResult,
         NodeId = u64,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -57,9 +53,6 @@ pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<u64, MemberNode>;
 pub type StorageError = openraft::StorageError<u64>;
 
-/// Largest encoded peer message. Append batches are cut to stay below it
-/// (see `network`), and a single entry is at most a 1.5 MiB request.
-pub const MAX_PEER_MESSAGE: usize = 16 << 20;
 /// Append batches are cut at this many encoded bytes: small enough that the
 /// follower writes and fsyncs one well within the append deadline (half the
 /// election timeout), large enough that a lagging follower catches up at

@@ -1,18 +1,15 @@
-//! Client side of the peer protocol: openraft's RPCs (as [`super::wire`]
-//! frames, or gRPC for `https://` peers), read index and request forwarding
-//! (over one cached tonic channel per member).
+//! openraft's network: its RPCs to one member, as [`crate::net::wire`]
+//! frames for `http://` peers, or gRPC (`https://` peers, or a peer that does
+//! not speak frames), over the connections of [`crate::net::peers`].
 //!
 //! openraft's messages are bincode-encoded into `RaftMessage.data`. An append
 //! batch larger than [`APPEND_BATCH_BYTES`] is refused locally with
 //! `PayloadTooLarge`, and openraft retries with fewer entries, so no message
 //! runs into gRPC's size limits however large the entries are.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_proto::peer::peer_client::PeerClient;
-use cairn_proto::peer::{HelloReply, HelloRequest, RaftMessage, ReadIndexRequest};
+use cairn_proto::peer::RaftMessage;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -22,208 +19,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tonic::transport::{Channel, Endpoint};
 
-use super::wire::{CallError, Method, WirePool};
-use super::{MemberNode, TypeConfig, APPEND_BATCH_BYTES, MAX_PEER_MESSAGE};
-use crate::command::{Request, Response};
-use crate::error::EtcdError;
-
-/// Answer of the leader to a forwarded request.
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-pub enum ForwardReply {
-    /// Applied at `index` on the leader with this result.
-    Applied { index: u64, response: Response },
-    /// The receiver is not the leader; nothing was proposed.
-    NotLeader { leader: Option<u64> },
-    /// The receiver could not tell whether the request was committed.
-    Failed(EtcdError),
-}
-
-/// Cached channels to the other members, keyed by peer URL.
-#[derive(Clone, Default)]
-pub struct PeerPool {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// How `https://` peers are dialed (`None`: no `--peer-trusted-ca-file`).
-    tls: Option<tonic::transport::ClientTlsConfig>,
-    /// When each member last answered a Raft RPC from this one (the leader's
-    /// view of who is reachable, for etcd's reconfiguration safety checks).
-    last_ok: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
-    /// Connections for openraft's RPCs as frames (see [`super::wire`]).
-    wire: WirePool,
-}
-
-impl PeerPool {
-    pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> PeerPool {
-        PeerPool {
-            tls,
-            ..Default::default()
-        }
-    }
-
-    pub fn mark_ok(&self, id: u64) {
-        self.last_ok
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, std::time::Instant::now());
-    }
-
-    /// Whether member `id` answered within `within`.
-    pub fn reachable(&self, id: u64, within: Duration) -> bool {
-        self.last_ok
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .is_some_and(|t| t.elapsed() <= within)
-    }
-
-    /// Sends a membership change to `leader`.
-    pub async fn membership(
-        &self,
-        leader: &MemberNode,
-        call: &crate::membership::MemberCall,
-        timeout: Duration,
-    ) -> Result<crate::membership::MemberAnswer, String> {
-        let mut c = self.client(leader)?;
-        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
-        let mut r = tonic::Request::new(RaftMessage { data });
-        r.set_timeout(timeout);
-        let reply = c.membership(r).await.map_err(|e| e.to_string())?;
-        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
-    }
-
-    pub fn channel(&self, url: &str) -> Result<Channel, String> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(url) {
-            return Ok(c.clone());
-        }
-        let mut ep = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("bad peer URL {url}: {e}"))?;
-        if url.starts_with("https://") {
-            let tls = self.tls.clone().ok_or_else(|| {
-                format!("peer URL {url} is https:// but --peer-trusted-ca-file is not set")
-            })?;
-            ep = ep.tls_config(tls).map_err(|e| format!("peer TLS: {e}"))?;
-        }
-        let ep = ep
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let ch = ep.connect_with_connector_lazy(cairn_client::resolve::connector());
-        map.insert(url.to_string(), ch.clone());
-        Ok(ch)
-    }
-
-    pub fn client(&self, node: &MemberNode) -> Result<PeerClient<Channel>, String> {
-        let url = node.peer_urls.first().ok_or("member has no peer URL")?;
-        Ok(PeerClient::new(self.channel(url)?)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE))
-    }
-
-    pub async fn hello(
-        &self,
-        url: &str,
-        req: HelloRequest,
-        timeout: Duration,
-    ) -> Result<HelloReply, String> {
-        let node = MemberNode {
-            name: String::new(),
-            peer_urls: vec![url.to_string()],
-        };
-        let mut c = self.client(&node)?;
-        let mut r = tonic::Request::new(req);
-        r.set_timeout(timeout);
-        c.hello(r)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| e.to_string())
-    }
-
-    /// Asks `leader` for a read index.
-    pub async fn read_index(
-        &self,
-        leader: &MemberNode,
-        timeout: Duration,
-    ) -> Result<u64, EtcdError> {
-        let mut c = self.client(leader).map_err(EtcdError::Internal)?;
-        let mut r = tonic::Request::new(ReadIndexRequest {});
-        r.set_timeout(timeout);
-        let reply = c
-            .read_index(r)
-            .await
-            .map_err(|_| EtcdError::Timeout)?
-            .into_inner();
-        if !reply.error.is_empty() {
-            return Err(if reply.error == EtcdError::NoLeader.to_string() {
-                EtcdError::NoLeader
-            } else if reply.error == EtcdError::NotCapable.to_string() {
-                // It is no longer the leader: the caller looks for the new one.
-                EtcdError::NotCapable
-            } else {
-                EtcdError::Timeout
-            });
-        }
-        Ok(reply.index)
-    }
-
-    /// Sends a lease call to `leader`.
-    pub async fn lease(
-        &self,
-        leader: &MemberNode,
-        call: &crate::lease::LeaseCall,
-        timeout: Duration,
-    ) -> Result<crate::lease::LeaseAnswer, String> {
-        let mut c = self.client(leader)?;
-        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
-        let mut r = tonic::Request::new(RaftMessage { data });
-        r.set_timeout(timeout);
-        let reply = c.lease(r).await.map_err(|e| e.to_string())?;
-        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
-    }
-
-    /// Forwards `req` to `leader`. `Err(true)` means the request certainly
-    /// never reached it (safe to retry), `Err(false)` that the outcome is unknown.
-    pub async fn forward(
-        &self,
-        leader: &MemberNode,
-        req: &Request,
-        timeout: Duration,
-    ) -> Result<ForwardReply, bool> {
-        let mut c = self.client(leader).map_err(|_| true)?;
-        let data = bincode::serialize(req).map_err(|_| true)?;
-        let mut r = tonic::Request::new(RaftMessage { data });
-        r.set_timeout(timeout);
-        match c.forward(r).await {
-            Ok(reply) => bincode::deserialize(&reply.into_inner().data).map_err(|_| false),
-            Err(status) => Err(never_sent(&status)),
-        }
-    }
-}
-
-/// Whether a failed call certainly never reached the server: the connection
-/// could not be made.
-pub fn never_sent(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = src {
-        let s = e.to_string();
-        if s.contains("error trying to connect")
-            || s.contains("tcp connect error")
-            || s.contains("Connection refused")
-            || s.contains("(Connect)")
-            || s == "dns error"
-        {
-            return true;
-        }
-        src = e.source();
-    }
-    status.message().contains("error trying to connect")
-        || status.message().contains("tcp connect error")
-}
+use super::{MemberNode, TypeConfig, APPEND_BATCH_BYTES};
+use crate::net::peers::{never_sent, PeerPool};
+use crate::net::wire::{CallError, Method};
 
 pub struct NetworkFactory {
     pub pool: PeerPool,
@@ -337,9 +136,15 @@ impl PeerNetwork {
     where
         E: std::error::Error,
     {
+        let url = self
+            .node
+            .peer_urls
+            .first()
+            .map(String::as_str)
+            .unwrap_or("");
         let mut client = self
             .pool
-            .client(&self.node)
+            .client(url)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&openraft::AnyError::error(e))))?;
         let mut r = tonic::Request::new(RaftMessage { data });
         r.set_timeout(timeout);

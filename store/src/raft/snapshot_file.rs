@@ -6,7 +6,7 @@
 //! snapshot sent to a lagging member.
 //!
 //! ```text
-//! file    = meta len u64 BE | meta (bincode SnapshotMeta) | data
+//! file    = "CAIRNSNF" | format version u32 LE | meta len u64 BE | meta (bincode SnapshotMeta) | data
 //! data    = SNAP_MAGIC | (key len u32 BE | key | value len u32 BE | value)*
 //!           (records of the state tree in key order, see `mvcc::keys`)
 //! ```
@@ -23,11 +23,15 @@ use openraft::StorageIOError;
 use super::{SnapshotMeta, StorageError};
 use crate::mvcc::Tree;
 
-/// Version 2: `k` records point into the history (see `mvcc::keys`). A
-/// member running older code refuses such data rather than misreading it;
-/// version 1 data is still read.
+/// Version 2 of the records: `k` records point into the history (see
+/// `mvcc::keys`). Data of another version is refused, never misread; the
+/// same bytes travel as Raft snapshots and `etcdctl snapshot save` files.
 const SNAP_MAGIC: &[u8] = b"CAIRNSNAP2";
-const SNAP_MAGIC_V1: &[u8] = b"CAIRNSNAP1";
+
+/// The file's own header: its magic and format version, so the next change
+/// of the file's layout is recognised.
+const FILE_MAGIC: &[u8; 8] = b"CAIRNSNF";
+const FILE_VERSION: u32 = 1;
 
 /// Marks the end of the records where a key length would be. No record has a
 /// 4 GiB key, so data written before the marker existed never contains it.
@@ -60,8 +64,7 @@ pub(crate) fn encode_tree(tree: &Tree) -> Vec<u8> {
 pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
     let mut rest = data
         .strip_prefix(SNAP_MAGIC)
-        .or_else(|| data.strip_prefix(SNAP_MAGIC_V1))
-        .ok_or_else(|| snap_err("not a Cairn snapshot"))?;
+        .ok_or_else(|| snap_err("not a Cairn snapshot of this version"))?;
     let mut tree = Tree::new();
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix(&SNAP_END) {
@@ -95,7 +98,9 @@ pub(crate) fn save(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), 
     let meta = bincode::serialize(meta).map_err(snap_err)?;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(snap_err)?;
-    f.write_all(&(meta.len() as u64).to_be_bytes())
+    f.write_all(FILE_MAGIC)
+        .and_then(|()| f.write_all(&FILE_VERSION.to_le_bytes()))
+        .and_then(|()| f.write_all(&(meta.len() as u64).to_be_bytes()))
         .and_then(|()| f.write_all(&meta))
         .and_then(|()| f.write_all(data))
         .and_then(|()| f.sync_all())
@@ -116,13 +121,27 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Option<(SnapshotMeta, Vec<u8>)
         Err(e) => return Err(e.into()),
     };
     let damaged = || anyhow::anyhow!("snapshot file {} is damaged", path.display());
+    if buf.get(..8) != Some(&FILE_MAGIC[..]) {
+        anyhow::bail!("{} is not a Cairn snapshot file", path.display());
+    }
+    let version = buf
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(damaged)?;
+    if version != FILE_VERSION {
+        anyhow::bail!(
+            "snapshot file {}: format version {version}; this build reads version {FILE_VERSION}",
+            path.display()
+        );
+    }
     let n = buf
-        .get(..8)
+        .get(12..20)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(damaged)? as usize;
     let meta: SnapshotMeta =
-        bincode::deserialize(buf.get(8..8usize.saturating_add(n)).ok_or_else(damaged)?)?;
-    buf.drain(..8 + n);
+        bincode::deserialize(buf.get(20..20usize.saturating_add(n)).ok_or_else(damaged)?)?;
+    buf.drain(..20 + n);
     Ok(Some((meta, buf)))
 }

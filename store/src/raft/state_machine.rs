@@ -11,8 +11,6 @@
 //!   there sees no concurrent apply: it is one point in time.
 //! - Installing a snapshot writes its file durably first, then swaps the
 //!   state in memory: a crash leaves the old image or the new one.
-//! - Data dirs of earlier versions kept the state in a sled tree; it is
-//!   turned into a snapshot file once, on open (see [`migrate_sled_state`]).
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -22,7 +20,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use super::snapshot_file::{self, decode_tree, encode_tree, snap_err};
 use super::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::command::{Command, Proto, Request, Response};
+use crate::command::{ApplyResult, Command, Proposal, Proto};
 use crate::mvcc::{keys, Mvcc, Tree};
 use crate::storage::Storage;
 
@@ -100,66 +98,8 @@ fn snapshot_meta(applied: Option<LogId>, membership: StoredMembership) -> Snapsh
     }
 }
 
-/// Earlier versions kept the state machine in the sled tree `sm.<generation>`
-/// (generation in the `raft` tree's `sm_gen`), with its applied log id and
-/// membership as meta records. That state becomes the snapshot file, unless
-/// the file is already newer, and then the trees go.
-fn migrate_sled_state(storage: &Storage) -> anyhow::Result<()> {
-    let trees: Vec<_> = storage
-        .db
-        .tree_names()
-        .into_iter()
-        .filter(|n| n.starts_with(b"sm."))
-        .collect();
-    if trees.is_empty() {
-        return Ok(());
-    }
-    let generation = storage
-        .raft
-        .get("sm_gen")?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
-    let old = storage.db.open_tree(format!("sm.{generation}"))?;
-    if !old.is_empty() {
-        let mut tree = Tree::new();
-        for item in old.iter() {
-            let (k, v) = item?;
-            tree.insert(&k, &v);
-        }
-        let mut meta = |name: &str| {
-            let k = keys::meta_key(name);
-            let v = tree.get(&k).map(<[u8]>::to_vec);
-            tree.remove(&k);
-            v
-        };
-        let applied: Option<LogId> = match meta("applied") {
-            Some(v) => bincode::deserialize(&v)?,
-            None => None,
-        };
-        let membership: StoredMembership = match meta("membership") {
-            Some(v) => bincode::deserialize(&v)?,
-            None => StoredMembership::default(),
-        };
-        let path = storage.snapshot_path();
-        let on_file = snapshot_file::load(&path)?.and_then(|(m, _)| m.last_log_id);
-        if on_file.is_none() || on_file <= applied {
-            let meta = snapshot_meta(applied, membership);
-            snapshot_file::save(&path, &meta, &encode_tree(&tree))?;
-        }
-    }
-    drop(old);
-    for name in trees {
-        storage.db.drop_tree(name)?;
-    }
-    storage.raft.remove("sm_gen")?;
-    storage.sync()?;
-    Ok(())
-}
-
 impl StateMachine {
     pub fn open(storage: Storage) -> anyhow::Result<StateMachine> {
-        migrate_sled_state(&storage)?;
         let path = storage.snapshot_path();
         let loaded = snapshot_file::load(&path)?;
         let (tree, applied, membership) = match &loaded {
@@ -191,7 +131,7 @@ impl StateMachine {
         self.slot.clone()
     }
 
-    fn apply_command(w: &mut crate::mvcc::apply::Writer, req: &Request, term: u64) -> Response {
+    fn apply_command(w: &mut crate::mvcc::apply::Writer, req: &Proposal, term: u64) -> ApplyResult {
         use crate::auth::perms;
         let user = req.user();
         // Writes are permission-checked here, with the state as of this
@@ -219,7 +159,7 @@ impl StateMachine {
                     keys::member_key(*id),
                     Some(serde_json::to_vec(&attrs).unwrap_or_default()),
                 );
-                Ok(Response::Done)
+                Ok(ApplyResult::Done)
             }
             Command::LeaseGrant { id, ttl } => stamped!(w.lease_grant(*id, *ttl), term, LeaseGrant),
             Command::LeaseRevoke { id } => stamped!(w.lease_revoke(*id), term, LeaseRevoke),
@@ -227,25 +167,25 @@ impl StateMachine {
                 activate,
                 member,
                 alarm,
-            } => w.alarm(*activate, *member, *alarm).map(Response::Alarms),
-            Command::Batch(reqs) => Ok(Response::Batch(
+            } => w.alarm(*activate, *member, *alarm).map(ApplyResult::Alarms),
+            Command::Batch(reqs) => Ok(ApplyResult::Batch(
                 reqs.iter()
                     .map(|r| Self::apply_command(w, r, term))
                     .collect(),
             )),
-            Command::Auth(c) => crate::auth::state::apply(w, user, c).map(|()| Response::Done),
+            Command::Auth(c) => crate::auth::state::apply(w, user, c).map(|()| ApplyResult::Done),
         };
-        res.unwrap_or_else(Response::Error)
+        res.unwrap_or_else(ApplyResult::Error)
     }
 }
 
-/// Wraps an apply result as a [`Response`], with the entry's term in its
+/// Wraps an apply result as a [`ApplyResult`], with the entry's term in its
 /// header (as etcd's raft_term).
 macro_rules! stamped {
     ($res:expr, $term:expr, $variant:ident) => {
         $res.map(|mut r| {
             stamp(&mut r.header, $term);
-            Response::$variant(Proto(r))
+            ApplyResult::$variant(Proto(r))
         })
     };
 }
@@ -299,7 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -312,11 +252,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     *applied = Some(e.log_id);
                     let term = e.log_id.leader_id.term;
                     match e.payload {
-                        EntryPayload::Blank => Response::Done,
+                        EntryPayload::Blank => ApplyResult::Done,
                         EntryPayload::Normal(req) => Self::apply_command(w, &req, term),
                         EntryPayload::Membership(m) => {
                             *membership = StoredMembership::new(Some(e.log_id), m);
-                            Response::Done
+                            ApplyResult::Done
                         }
                     }
                 })
@@ -406,7 +346,7 @@ mod tests {
         };
         Entry {
             log_id: log_id(index),
-            payload: EntryPayload::Normal(Request::new(None, Command::Put(Proto(req)))),
+            payload: EntryPayload::Normal(Proposal::new(None, Command::Put(Proto(req)))),
         }
     }
 
@@ -470,49 +410,5 @@ mod tests {
         let sm = StateMachine::open(storage).unwrap();
         assert_eq!(get(&sm, "x").as_deref(), Some(&b"1"[..]));
         assert_eq!(sm.applied, Some(log_id(1)));
-    }
-
-    #[tokio::test]
-    async fn a_state_kept_in_sled_becomes_the_snapshot_file_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (storage, _) = Storage::open(dir.path()).unwrap();
-        // As an earlier version left it: generation 1, applied up to 7.
-        let mvcc = Mvcc::open(Tree::new());
-        mvcc.apply(|w| {
-            w.put(&PutRequest {
-                key: "k".into(),
-                value: "v".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        });
-        let old = storage.db.open_tree("sm.1").unwrap();
-        mvcc.read(|v| {
-            for (k, v) in v.tree.iter() {
-                old.insert(k, v).unwrap();
-            }
-        });
-        let applied = bincode::serialize(&Some(log_id(7))).unwrap();
-        old.insert(keys::meta_key("applied"), applied).unwrap();
-        storage.raft.insert("sm_gen", &1u64.to_be_bytes()).unwrap();
-        storage.db.open_tree("sm.0").unwrap(); // a leftover generation
-
-        let mut sm = StateMachine::open(storage.clone()).unwrap();
-        assert!(storage
-            .db
-            .tree_names()
-            .iter()
-            .all(|n| !n.starts_with(b"sm.")));
-        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(7)));
-        assert_eq!(get(&sm, "k").as_deref(), Some(&b"v"[..]));
-        // The meta records moved into the file's meta.
-        let stale = sm
-            .mvcc
-            .read(|v| v.tree.contains_key(&keys::meta_key("applied")));
-        assert!(!stale);
-        drop(sm);
-        let sm = StateMachine::open(storage).unwrap();
-        assert_eq!(get(&sm, "k").as_deref(), Some(&b"v"[..]));
-        assert_eq!(sm.applied, Some(log_id(7)));
     }
 }

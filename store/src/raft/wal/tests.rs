@@ -8,10 +8,10 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogId};
 
 use super::record::RECORD_HEADER;
 use super::*;
-use crate::command::{Command, Proto, Request};
+use crate::command::{Command, Proposal, Proto};
 
 fn entry(term: u64, index: u64) -> Entry {
-    let req = Request::new(
+    let req = Proposal::new(
         None,
         Command::Put(Proto(PutRequest {
             key: format!("k{index}").into_bytes(),

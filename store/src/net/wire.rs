@@ -387,7 +387,7 @@ mod tests {
         wire.read_exact(&mut ok).await.unwrap();
         assert_eq!(&ok, ACCEPT);
         // A frame over the limit: the server closes without reading it.
-        let len = (crate::raft::MAX_PEER_MESSAGE as u32) + 1;
+        let len = (crate::net::MAX_PEER_MESSAGE as u32) + 1;
         wire.write_all(&len.to_le_bytes()).await.unwrap();
         let mut rest = Vec::new();
         assert_eq!(wire.read_to_end(&mut rest).await.unwrap(), 0);

@@ -1,4 +1,6 @@
-//! Server side of the peer protocol on `--listen-peer-urls`.
+//! Server side of the peer protocol on `--listen-peer-urls`: openraft's RPCs
+//! (gRPC, and the [`crate::net::wire`] frames through [`raft_rpc`]) and the
+//! calls of [`crate::peer`], answered by the running member.
 
 use std::sync::Arc;
 
@@ -9,11 +11,11 @@ use cairn_proto::peer::{
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
-use super::network::ForwardReply;
-use super::wire::Method;
-use super::TypeConfig;
 use crate::command;
+use crate::net::wire::Method;
 use crate::node::Node;
+use crate::peer::messages::ForwardReply;
+use crate::raft::TypeConfig;
 
 pub struct PeerService {
     pub node: Arc<Node>,
@@ -33,7 +35,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 }
 
 /// One of openraft's RPCs, as bincode bytes in and out: the same for a gRPC
-/// call and a [`wire`] frame.
+/// call and a [`crate::net::wire`] frame.
 pub async fn raft_rpc(node: &Node, method: Method, data: &[u8]) -> Result<Vec<u8>, String> {
     let out = match method {
         Method::Append => {
@@ -97,18 +99,18 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let r: command::Request = decode(req.get_ref())?;
+        let r: command::Proposal = decode(req.get_ref())?;
         let reply: ForwardReply = self.node.propose_as_leader(r).await;
         encode(&reply)
     }
 
     async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let call: crate::lease::LeaseCall = decode(req.get_ref())?;
+        let call: crate::peer::messages::LeaseCall = decode(req.get_ref())?;
         encode(&crate::lease::answer_as_leader(&self.node, &call).await)
     }
 
     async fn membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let call: crate::membership::MemberCall = decode(req.get_ref())?;
+        let call: crate::peer::messages::MemberCall = decode(req.get_ref())?;
         encode(&crate::membership::change_as_leader(&self.node, call).await)
     }
 

@@ -1,0 +1,128 @@
+//! The etcd-level calls one member makes to another over the cached
+//! channels of [`crate::net::peers`]: forwarding a write to the leader,
+//! asking it for a read index, lease calls, membership changes, and the
+//! join handshake (`hello`). The server side is `crate::api::peer`.
+
+use std::time::Duration;
+
+use cairn_proto::peer::{HelloReply, HelloRequest, RaftMessage, ReadIndexRequest};
+
+use super::messages::{ForwardReply, LeaseAnswer, LeaseCall, MemberAnswer, MemberCall};
+use crate::command::Proposal;
+use crate::error::EtcdError;
+use crate::net::peers::{never_sent, PeerPool};
+use crate::raft::MemberNode;
+
+/// Why a forwarded write got no reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    /// It certainly never reached the leader: safe to send again.
+    NotSent,
+    /// It may have been proposed: the outcome is unknown.
+    Unknown,
+}
+
+/// The peer URL a member is called on.
+fn url_of(node: &MemberNode) -> Result<&str, String> {
+    node.peer_urls
+        .first()
+        .map(String::as_str)
+        .ok_or_else(|| format!("member {} has no peer URL", node.name))
+}
+
+impl PeerPool {
+    /// Sends a membership change to `leader`.
+    pub async fn membership(
+        &self,
+        leader: &MemberNode,
+        call: &MemberCall,
+        timeout: Duration,
+    ) -> Result<MemberAnswer, String> {
+        let mut c = self.client(url_of(leader)?)?;
+        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        let reply = c.membership(r).await.map_err(|e| e.to_string())?;
+        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+
+    pub async fn hello(
+        &self,
+        url: &str,
+        req: HelloRequest,
+        timeout: Duration,
+    ) -> Result<HelloReply, String> {
+        let mut c = self.client(url)?;
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(timeout);
+        c.hello(r)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Asks `leader` for a read index.
+    pub async fn read_index(
+        &self,
+        leader: &MemberNode,
+        timeout: Duration,
+    ) -> Result<u64, EtcdError> {
+        let mut c = self
+            .client(url_of(leader).map_err(EtcdError::Internal)?)
+            .map_err(EtcdError::Internal)?;
+        let mut r = tonic::Request::new(ReadIndexRequest {});
+        r.set_timeout(timeout);
+        let reply = c
+            .read_index(r)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .into_inner();
+        if !reply.error.is_empty() {
+            return Err(if reply.error == EtcdError::NoLeader.to_string() {
+                EtcdError::NoLeader
+            } else if reply.error == EtcdError::NotCapable.to_string() {
+                // It is no longer the leader: the caller looks for the new one.
+                EtcdError::NotCapable
+            } else {
+                EtcdError::Timeout
+            });
+        }
+        Ok(reply.index)
+    }
+
+    /// Sends a lease call to `leader`.
+    pub async fn lease(
+        &self,
+        leader: &MemberNode,
+        call: &LeaseCall,
+        timeout: Duration,
+    ) -> Result<LeaseAnswer, String> {
+        let mut c = self.client(url_of(leader)?)?;
+        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        let reply = c.lease(r).await.map_err(|e| e.to_string())?;
+        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+
+    /// Forwards `req` to `leader`.
+    pub async fn forward(
+        &self,
+        leader: &MemberNode,
+        req: &Proposal,
+        timeout: Duration,
+    ) -> Result<ForwardReply, ForwardError> {
+        let url = url_of(leader).map_err(|_| ForwardError::NotSent)?;
+        let mut c = self.client(url).map_err(|_| ForwardError::NotSent)?;
+        let data = bincode::serialize(req).map_err(|_| ForwardError::NotSent)?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        match c.forward(r).await {
+            Ok(reply) => {
+                bincode::deserialize(&reply.into_inner().data).map_err(|_| ForwardError::Unknown)
+            }
+            Err(status) if never_sent(&status) => Err(ForwardError::NotSent),
+            Err(_) => Err(ForwardError::Unknown),
+        }
+    }
+}
