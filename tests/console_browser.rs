@@ -532,6 +532,8 @@ async fn console_in_headless_chromium() {
 
     // The plugin catalog.
     click(&c, "a[href=\"#/plugins\"]").await;
+    // The catalog is filled by a fetch after the page renders.
+    wait_text(&c, "#catalog", "limit-count").await;
     click(&c, "#catalog a[data-plugin=limit-count]").await;
     wait_text(&c, "#schema", "time_window").await;
     shot(&c, "16-plugin-catalog").await;

@@ -94,6 +94,11 @@ pub(super) fn decode(buf: &[u8]) -> Record {
     };
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    // No entry encodes to nothing, and the checksum of nothing is 0: zeros
+    // (a torn write's usual shape) would otherwise pass as a valid record.
+    if len == 0 {
+        return Record::Bad;
+    }
     let Some(payload) = buf.get(RECORD_HEADER..RECORD_HEADER.saturating_add(len)) else {
         return Record::Bad;
     };

@@ -296,3 +296,21 @@ fn reading_past_the_end_is_empty_not_a_panic() {
     assert!(wal.read(9, 8).unwrap().is_empty());
     assert_eq!(wal.read(0, 100).unwrap().len(), 3);
 }
+
+#[test]
+fn a_tail_of_zeros_is_a_torn_write() {
+    // What a power loss often leaves: the file grew, the data never landed.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None).unwrap();
+    wal.append(&entries(1, 0..4)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let seg = dir.path().join(segment_name(0));
+    let good = std::fs::metadata(&seg).unwrap().len();
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[0u8; 30]).unwrap();
+    drop(f);
+    let wal = Wal::open(dir.path(), None).unwrap();
+    assert_eq!(wal.last_log_id().unwrap().index, 3);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good);
+}
