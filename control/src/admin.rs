@@ -26,11 +26,13 @@ use serde_json::{json, Map, Value};
 
 use crate::audit::{self, AuditRecord};
 use crate::auth::Caller;
+use crate::clock::{now_ms, now_secs};
 use crate::error::{ApiError, ApiResult};
 use crate::patch::{diff, merge};
 use crate::resources::{self, valid_id_segment, Resource, CREDENTIALS};
+use crate::state::AppState;
 use crate::store::{Also, Committed, Expect, Write};
-use crate::{history, refs, secrets, validate, AppState};
+use crate::{history, refs, secrets, validate};
 
 type Q = HashMap<String, String>;
 
@@ -464,10 +466,6 @@ fn matches_filters(v: &Value, q: &Q) -> bool {
     true
 }
 
-fn now_secs() -> i64 {
-    (audit::now_ms() / 1000) as i64
-}
-
 /// The value as APISIX stores it: the id in its field, `create_time` kept
 /// from the previous version (or now), `update_time` now.
 fn stamp(res: &Resource, id: &str, mut v: Value, prev: Option<&Value>) -> ApiResult<Value> {
@@ -566,7 +564,7 @@ fn record(
         .is_some_and(|r| r.to_string().len() > audit::REVERT_MAX);
     Ok(AuditRecord {
         who: ctx.caller.name.clone(),
-        when_ms: audit::now_ms(),
+        when_ms: now_ms(),
         action: action.into(),
         resource: res.name.into(),
         id: id.into(),

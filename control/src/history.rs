@@ -195,7 +195,7 @@ pub async fn rollback(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Resp
     )?;
     if res.timestamps {
         if let Value::Object(m) = &mut value {
-            m.insert("update_time".into(), json!(audit::now_ms() / 1000));
+            m.insert("update_time".into(), json!(crate::clock::now_secs()));
         }
     }
     match commit(ctx, res, id, value, prev.as_ref(), "rollback", 0).await? {

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::error::ApiResult;
 use crate::resources::{self, Resource, RESOURCES};
-use crate::AppState;
+use crate::state::AppState;
 
 fn id_string(v: &Value) -> String {
     match v {
