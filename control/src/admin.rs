@@ -28,8 +28,9 @@ use crate::audit::{self, AuditRecord};
 use crate::auth::Caller;
 use crate::clock::{now_ms, now_secs};
 use crate::error::{ApiError, ApiResult};
+use crate::ids::{check_id, id_string, key_of, resource, value_id};
 use crate::patch::{diff, merge};
-use crate::resources::{self, valid_id_segment, Resource, CREDENTIALS};
+use crate::resources::{self, Resource, CREDENTIALS};
 use crate::state::AppState;
 use crate::store::{Also, Committed, Expect, Write};
 use crate::{history, refs, secrets, validate};
@@ -43,15 +44,6 @@ pub struct Ctx<'a> {
     pub query: &'a Q,
     /// `If-Match: <modifiedIndex>`: the revision the caller's edit is based on.
     pub if_match: Option<i64>,
-}
-
-pub fn resource(name: &str) -> ApiResult<&'static Resource> {
-    resources::find(name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown resource [{name}]")))
-}
-
-pub fn key_of(state: &AppState, res: &Resource, id: &str) -> String {
-    format!("{}/{}/{}", state.settings.prefix, res.name, id)
 }
 
 /// A stored item: the key as read, and its value with secrets in clear text
@@ -118,49 +110,6 @@ pub fn envelope(state: &AppState, res: &Resource, id: &str, s: &Stored) -> ApiRe
         "createdIndex": s.kv.create_revision,
         "modifiedIndex": s.kv.mod_revision,
     }))
-}
-
-/// Checks an id against the resource's rules: APISIX's 1–64 characters of
-/// `[a-zA-Z0-9-_.]` per segment, as many segments as the resource's ids
-/// have; secrets start with a known manager (`vault/1`), credentials are
-/// `<username>/credentials/<id>`.
-pub fn check_id(res: &Resource, id: &str) -> ApiResult<()> {
-    let segs: Vec<&str> = id.split('/').collect();
-    let shape_ok = segs.len() == res.id_segments
-        && segs.iter().all(|s| valid_id_segment(s))
-        && (res.id_segments != 3 || segs[1] == "credentials");
-    if !shape_ok {
-        let shape = match res.id_segments {
-            2 => "<manager>/<id>, each ",
-            3 => "<username>/credentials/<id>, each ",
-            _ => "",
-        };
-        let field = if res.id_segments == 1 {
-            res.id_field.unwrap_or("id")
-        } else {
-            "id"
-        };
-        return Err(ApiError::invalid(format!(
-            "{} \"{field}\" [{id}]: use {shape}1-64 characters of a-z, A-Z, 0-9, -, _ and .",
-            res.singular
-        )));
-    }
-    if res.name == "secrets" && !validate::SECRET_MANAGERS.iter().any(|(m, _)| *m == segs[0]) {
-        return Err(ApiError::invalid(format!(
-            "unknown secret manager [{}] (one of vault, aws, gcp)",
-            segs[0]
-        )));
-    }
-    Ok(())
-}
-
-/// The id as the value holds it: a credential keeps its own id only.
-fn value_id<'a>(res: &Resource, id: &'a str) -> &'a str {
-    if res.id_segments == 3 {
-        id.rsplit('/').next().unwrap_or(id)
-    } else {
-        id
-    }
 }
 
 /// APISIX refuses `create_time`/`update_time` in a PUT or POST body (they
@@ -319,13 +268,6 @@ pub async fn item(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
-}
-
-fn id_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 async fn get(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Response> {
@@ -852,22 +794,6 @@ mod tests {
         set_path(&mut v, &["plugins", "b"], json!({"y": 2})).unwrap();
         assert_eq!(v, json!({"plugins": {"a": {"x": 1}, "b": {"y": 2}}}));
         assert!(set_path(&mut json!({"a": 1}), &["a", "b"], json!(1)).is_err());
-    }
-
-    #[test]
-    fn id_rules() {
-        let routes = resources::find("routes").unwrap();
-        let secrets = resources::find("secrets").unwrap();
-        assert!(check_id(routes, "r-1.a_b").is_ok());
-        assert!(check_id(routes, &"x".repeat(65)).is_err());
-        assert!(check_id(routes, "a/b").is_err());
-        assert!(check_id(routes, "a?ttl=1").is_err());
-        assert!(check_id(secrets, "vault/1").is_ok());
-        assert!(check_id(secrets, "nope/1").is_err());
-        assert!(check_id(secrets, "vault").is_err());
-        assert!(check_id(&CREDENTIALS, "jack/credentials/c1").is_ok());
-        assert!(check_id(&CREDENTIALS, "jack/other/c1").is_err());
-        assert_eq!(value_id(&CREDENTIALS, "jack/credentials/c1"), "c1");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiResult;
+use crate::ids;
 use crate::state::AppState;
 
 /// Larger revert patches are not kept (the record stays, marked).
@@ -141,8 +142,8 @@ pub async fn list(
         .clamp(1, 5000);
     let list: Vec<AuditRecord> = match (q.get("resource"), q.get("id")) {
         (Some(res), Some(id)) => {
-            let res = crate::admin::resource(res)?;
-            crate::admin::check_id(res, id)?;
+            let res = ids::resource(res)?;
+            ids::check_id(res, id)?;
             let mut all = for_resource(&state, res.name, id).await?;
             all.reverse();
             all.truncate(limit as usize);

@@ -16,9 +16,10 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::admin::{commit, key_of, read, shown, Ctx};
+use crate::admin::{commit, read, shown, Ctx};
 use crate::audit::{self, AuditRecord};
 use crate::error::{ApiError, ApiResult};
+use crate::ids::key_of;
 use crate::patch::merge;
 use crate::resources::Resource;
 use crate::secrets;

@@ -39,6 +39,7 @@ pub mod error;
 pub mod gateways;
 pub mod health;
 pub mod history;
+pub mod ids;
 pub mod keys;
 pub mod limit;
 pub mod metrics;
