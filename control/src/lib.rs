@@ -10,12 +10,12 @@
 //!   `schema_def.lua`), known plugins and the common plugins' schemas.
 //! - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
 //! - [`admin`]: the one generic handler for every resource: list, get, put,
-//!   post, patch, delete, referential checks.
+//!   post, patch, delete, referential checks, history and rollback (its own
+//!   map of submodules).
 //! - [`secrets`]: secret fields decrypted on read, encrypted on write
 //!   (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
 //! - [`patch`]: JSON merge patches (PATCH, audit revert patches).
 //! - [`refs`]: the reference index behind the in-use check of a delete.
-//! - [`history`]: versions from MVCC history and audit records; rollback.
 //! - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
 //! - [`retention`]: audit log pruning by one instance under a leased key.
 //! - [`auth`]: API keys, roles, the shared-secret bootstrap.
@@ -38,7 +38,6 @@ pub mod crypto;
 pub mod error;
 pub mod gateways;
 pub mod health;
-pub mod history;
 pub mod ids;
 pub mod keys;
 pub mod limit;

@@ -16,7 +16,9 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::admin::{commit, read, shown, Ctx};
+use super::request::Ctx;
+use super::stored::{read, shown};
+use super::write::commit;
 use crate::audit::{self, AuditRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::key_of;
@@ -25,7 +27,7 @@ use crate::resources::Resource;
 use crate::secrets;
 
 /// One version of a resource. Internally `value` has secrets in clear text
-/// when it came from the store; answers go through [`shown_versions`].
+/// when it came from the store; answers show it through `stored::shown`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Version {
     /// The revision that wrote this version (its mod_revision).
