@@ -1,8 +1,8 @@
 //! Who is calling: API keys (`X-API-KEY` header or `api_key` query, as
 //! APISIX, checked against [`crate::keys::Keys`]) and console session
 //! cookies (`console::session`), each with a role; the middleware that
-//! refuses the rest. Above both: it imports `console::session`, which
-//! imports nothing of this module.
+//! refuses the rest. It imports `session`, which imports nothing of this
+//! module.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,8 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::config::Role;
-use crate::console::session;
 use crate::error::ApiError;
+use crate::session;
 use crate::state::AppState;
 
 /// Kept at this path for the binary (`cairn up`, `cairn drill`).

@@ -1,7 +1,7 @@
 //! The small cryptographic helpers the API keys, the console sessions and
 //! the secret fingerprints share: SHA-256, hex, a constant-time compare and
 //! random tokens. A leaf: it imports nothing from the crate, so `keys`,
-//! `console::session` and `secrets` can all use it without importing each
+//! `session` and `secrets` can all use it without importing each
 //! other.
 
 use rand_core::{OsRng, RngCore};

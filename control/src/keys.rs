@@ -5,7 +5,7 @@
 //! create-if-absent txn so every instance agrees.
 //!
 //! Below `state` (`AppState` holds a `Keys`) and below `auth` and
-//! `console::session`, which read it: it imports neither.
+//! `session`, which read it: it imports neither.
 
 use std::sync::RwLock;
 use std::time::Duration;

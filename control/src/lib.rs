@@ -2,30 +2,45 @@
 //! API compatible HTTP API and a web console in front of the Cairn store.
 //! Stateless: run several behind any load balancer.
 //!
-//! - [`config`]: flags, the YAML config file, resolved [`config::Settings`].
-//! - [`store`]: the only path to the store (`cairn-client`, every endpoint);
-//!   the write txn that checks the revision and appends the audit record.
-//! - [`resources`]: the table of Admin API resources (one row per resource).
-//! - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
-//!   `schema_def.lua`), known plugins and the common plugins' schemas.
-//! - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
-//! - [`admin`]: the one generic handler for every resource: list, get, put,
-//!   post, patch, delete, referential checks, history and rollback (its own
-//!   map of submodules).
-//! - [`secrets`]: secret fields decrypted on read, encrypted on write
-//!   (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
-//! - [`patch`]: JSON merge patches (PATCH, audit revert patches).
-//! - [`refs`]: the reference index behind the in-use check of a delete.
-//! - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
-//! - [`retention`]: audit log pruning by one instance under a leased key.
-//! - [`auth`]: API keys, roles, the shared-secret bootstrap.
-//! - [`console`]: the embedded web console, login/logout, sessions.
-//! - [`cluster`]: store member status for the console.
-//! - [`gateways`]: the gateways' registrations and sync state.
-//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`x509`]: certificate validity and key matching for SSL checks.
-//! - [`openapi`]: `/openapi.json`, built from the resource table.
-//! - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
+//! Modules, in layers: each imports only from the layers above it, or from
+//! a module listed before it in its own layer, so dependencies point one way
+//! and nothing imports the crate root (this file wires the router).
+//!
+//! 1. Leaves, importing nothing of the crate:
+//!    - [`config`]: flags, the YAML config file, resolved [`config::Settings`], roles.
+//!    - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
+//!    - [`resources`]: the table of Admin API resources (one row per resource).
+//!    - [`patch`]: JSON merge patches (PATCH, audit revert patches).
+//!    - [`x509`]: certificate validity and key matching for SSL checks.
+//!    - [`crypto`]: SHA-256, hex, constant-time compare, random tokens.
+//!    - [`clock`]: the wall clock as records and sessions stamp it.
+//!    - [`limit`]: the rate limiter of logins and wrong API keys.
+//!    - [`metrics`]: the Prometheus registry of request counts and latencies.
+//! 2. The store, the rules, the keys:
+//!    - [`store`]: the only path to the store (`cairn-client`, every endpoint);
+//!      the write txn that checks the revision and appends the audit record.
+//!    - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
+//!      `schema_def.lua`), known plugins and the common plugins' schemas.
+//!    - [`keys`]: the accepted API keys and shared secrets, and their bootstrap.
+//! 3. [`state`]: [`AppState`], what every handler shares, built from layers 1–2.
+//! 4. Services over the state:
+//!    - [`ids`]: resource lookup by name, id rules, store keys of items.
+//!    - [`secrets`]: secret fields decrypted on read, encrypted on write
+//!      (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
+//!    - [`session`]: console session cookies: issue, verify, revoke.
+//!    - [`refs`]: the reference index behind the in-use check of a delete.
+//!    - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
+//!    - [`auth`]: who is calling (API key or session), roles, the middleware.
+//! 5. Handlers:
+//!    - [`admin`]: the one generic handler for every resource: list, get, put,
+//!      post, patch, delete, history, rollback (its own map of submodules).
+//!    - [`openapi`]: `/openapi.json`, built from the resource table.
+//!    - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
+//!    - [`console`]: the embedded web console, login/logout.
+//!    - [`cluster`]: store member status for the console.
+//!    - [`gateways`]: the gateways' registrations and sync state.
+//!    - [`retention`]: audit log pruning by one instance under a leased key.
+//!    - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
 pub mod audit;
@@ -49,6 +64,7 @@ pub mod refs;
 pub mod resources;
 pub mod retention;
 pub mod secrets;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod validate;

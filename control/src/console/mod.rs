@@ -1,8 +1,6 @@
 //! The web console: one page of plain HTML/CSS/JS compiled into the binary
 //! (`include_str!`, no build step), which calls the Admin API with the
-//! session cookie; login and logout.
-
-pub mod session;
+//! session cookie; login and logout (the cookies themselves: `session`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +15,7 @@ use serde_json::json;
 
 use crate::auth::{too_many, Caller};
 use crate::error::ApiError;
+use crate::session;
 use crate::state::AppState;
 
 pub async fn index() -> Html<&'static str> {

@@ -9,6 +9,9 @@
 //! rotated API key ends it at once. Logout revokes the nonce in the store
 //! (`<cairn_prefix>/control/revoked/<nonce>`, under a lease that ends with
 //! the session), which every instance checks.
+//!
+//! Its own module, not the console's: `console` issues sessions and `auth`
+//! checks them, so both import it and it imports neither.
 
 use std::time::Duration;
 
