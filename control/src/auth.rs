@@ -1,6 +1,6 @@
 //! Who is calling: API keys (`X-API-KEY` header or `api_key` query, as
 //! APISIX, checked against [`crate::keys::Keys`]) and console session
-//! cookies (`console::session`), each with a role; the middleware that
+//! cookies (`session`), each with a role; the middleware that
 //! refuses the rest. It imports `session`, which imports nothing of this
 //! module.
 
