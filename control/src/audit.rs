@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::Json;
@@ -27,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiResult;
-use crate::AppState;
+use crate::ids;
+use crate::state::AppState;
 
 /// Larger revert patches are not kept (the record stays, marked).
 pub const REVERT_MAX: usize = 64 * 1024;
@@ -57,13 +57,6 @@ pub struct AuditRecord {
     /// The revert patch was over `REVERT_MAX` bytes and not kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revert_omitted: bool,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// `<cairn_prefix>/audit/`.
@@ -149,8 +142,8 @@ pub async fn list(
         .clamp(1, 5000);
     let list: Vec<AuditRecord> = match (q.get("resource"), q.get("id")) {
         (Some(res), Some(id)) => {
-            let res = crate::admin::resource(res)?;
-            crate::admin::check_id(res, id)?;
+            let res = ids::resource(res)?;
+            ids::check_id(res, id)?;
             let mut all = for_resource(&state, res.name, id).await?;
             all.reverse();
             all.truncate(limit as usize);

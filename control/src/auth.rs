@@ -1,24 +1,26 @@
 //! Who is calling: API keys (`X-API-KEY` header or `api_key` query, as
-//! APISIX) and console session cookies, each with a role. Also the start-up
-//! bootstrap of the shared secrets every instance must agree on: the
-//! generated admin key's hash and the session-signing secret, both created
-//! once in the store with a create-if-absent txn.
+//! APISIX, checked against [`crate::keys::Keys`]) and console session
+//! cookies (`session`), each with a role; the middleware that
+//! refuses the rest. It imports `session`, which imports nothing of this
+//! module.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rand_core::{OsRng, RngCore};
-use sha2::{Digest, Sha256};
 
 use crate::config::Role;
 use crate::error::ApiError;
-use crate::{console::session, AppState};
+use crate::session;
+use crate::state::AppState;
+
+/// Kept at this path for the binary (`cairn up`, `cairn drill`).
+pub use crate::crypto::random_token;
 
 /// The authenticated caller, put into request extensions by [`require`].
 #[derive(Debug, Clone)]
@@ -26,186 +28,6 @@ pub struct Caller {
     /// For the audit log: `api-key:admin`, `api-key:viewer`, `console:alice`.
     pub name: String,
     pub role: Role,
-}
-
-/// Accepted keys. The generated admin key is only known by its hash (the
-/// instance that generated it printed it and forgot it).
-#[derive(Default)]
-pub struct Keys {
-    configured: Vec<([u8; 32], Role)>,
-    stored_admin: RwLock<Option<[u8; 32]>>,
-    session_secret: RwLock<Option<Vec<u8>>>,
-}
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    let pairs = s.as_bytes().chunks_exact(2);
-    if !pairs.remainder().is_empty() {
-        return None;
-    }
-    pairs
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
-        .collect()
-}
-
-/// Equal without an early exit, so timing does not leak a matching prefix.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// 32 random bytes, hex: generated API keys and session secrets.
-pub fn random_token() -> String {
-    let mut b = [0u8; 32];
-    OsRng.fill_bytes(&mut b);
-    hex(&b)
-}
-
-impl Keys {
-    pub fn new(admin_key: Option<&str>, viewer_keys: &[String]) -> Keys {
-        // API keys are long random tokens, so one SHA-256 is enough to keep
-        // them out of memory dumps and the store; argon2 is for passwords.
-        let mut configured: Vec<([u8; 32], Role)> = viewer_keys
-            .iter()
-            .map(|k| (sha256(k.as_bytes()), Role::Viewer))
-            .collect();
-        if let Some(k) = admin_key {
-            configured.push((sha256(k.as_bytes()), Role::Admin));
-        }
-        Keys {
-            configured,
-            ..Default::default()
-        }
-    }
-
-    /// The role of an API key, if it is one we accept.
-    pub fn role_of(&self, key: &str) -> Option<Role> {
-        let h = sha256(key.as_bytes());
-        let mut found = None;
-        for (k, role) in &self.configured {
-            if ct_eq(k, &h) {
-                found = Some(*role);
-            }
-        }
-        if found.is_none() {
-            let stored = self.stored_admin.read().unwrap_or_else(|p| p.into_inner());
-            if stored.is_some_and(|s| ct_eq(&s, &h)) {
-                found = Some(Role::Admin);
-            }
-        }
-        found
-    }
-
-    /// Whether a key with this binding (`session::binding_of`) and role is
-    /// still accepted: a session opened with a rotated key ends.
-    pub fn has_binding(&self, binding: &str, role: Role) -> bool {
-        let matches = |h: &[u8; 32]| hex(&h[..8]) == binding;
-        self.configured
-            .iter()
-            .any(|(h, r)| *r == role && matches(h))
-            || (role == Role::Admin
-                && self
-                    .stored_admin
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .is_some_and(matches))
-    }
-
-    /// Waits (at most `limit`) for the shared session secret, which the
-    /// start-up bootstrap loads from the store: requests that arrive in the
-    /// first moments then work instead of failing.
-    pub async fn wait_for_secret(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.session_secret().is_none() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    pub fn session_secret(&self) -> Option<Vec<u8>> {
-        self.session_secret
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-/// Creates or loads the shared secrets; retried until the store answers, so
-/// an instance started while the store is down comes up once it is back.
-pub async fn bootstrap(state: Arc<AppState>) {
-    let s = &state.settings;
-    if let Some(secret) = &s.session_secret {
-        *state
-            .keys
-            .session_secret
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(secret.as_bytes().to_vec());
-    }
-    let admin_key_path = format!("{}/control/admin_key_sha256", s.cairn_prefix);
-    let secret_path = format!("{}/control/session_secret", s.cairn_prefix);
-    let mut admin_done = s.admin_key.is_some();
-    let mut secret_done = s.session_secret.is_some();
-    let mut delay = Duration::from_millis(200);
-    while !(admin_done && secret_done) {
-        if !admin_done {
-            let key = random_token();
-            let ours = hex(&sha256(key.as_bytes()));
-            match state
-                .store
-                .create_if_absent(&admin_key_path, ours.as_bytes())
-                .await
-            {
-                Ok(stored) => {
-                    let stored = String::from_utf8_lossy(&stored).to_string();
-                    if stored == ours {
-                        // Printed once, on stdout, by the instance that made it.
-                        println!(
-                            "cairn control: generated admin API key (shown once, keep it): {key}"
-                        );
-                    } else {
-                        tracing::info!(
-                            "admin key: using the hash another instance stored at {admin_key_path}"
-                        );
-                    }
-                    match unhex(&stored).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
-                        Some(h) => {
-                            *state.keys.stored_admin.write().unwrap_or_else(|p| p.into_inner()) = Some(h)
-                        }
-                        None => tracing::error!("{admin_key_path} does not hold a SHA-256 hex digest; generated admin keys are not accepted"),
-                    }
-                    admin_done = true;
-                }
-                Err(e) => tracing::warn!("admin key bootstrap: {:?}", e.body),
-            }
-        }
-        if !secret_done {
-            match state
-                .store
-                .create_if_absent(&secret_path, random_token().as_bytes())
-                .await
-            {
-                Ok(v) => {
-                    *state
-                        .keys
-                        .session_secret
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(v);
-                    secret_done = true;
-                }
-                Err(e) => tracing::warn!("session secret bootstrap: {:?}", e.body),
-            }
-        }
-        if !(admin_done && secret_done) {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
 }
 
 /// Header a console page sends with every call. A cross-site form cannot
@@ -229,7 +51,7 @@ pub async fn caller(
     if let Some(key) = key {
         return match state.keys.role_of(&key) {
             Some(role) => Ok(Caller {
-                name: format!("api-key:{}", role_name(role)),
+                name: format!("api-key:{}", role.name()),
                 role,
             }),
             // Past its budget, an address gets 429 for a wrong key. A right
@@ -266,13 +88,6 @@ pub fn too_many(what: &str) -> ApiError {
         axum::http::StatusCode::TOO_MANY_REQUESTS,
         format!("too many {what} from this address or for this name; wait a minute"),
     )
-}
-
-pub fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Admin => "admin",
-        Role::Viewer => "viewer",
-    }
 }
 
 /// Middleware for the admin API and the console's data calls: 401 without a

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<Value> {
     let client = state.store.client.clone();

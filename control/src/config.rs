@@ -131,6 +131,16 @@ pub enum Role {
     Viewer,
 }
 
+impl Role {
+    /// As the config file, the session cookie and the answers spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {

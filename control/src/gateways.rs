@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiResult;
-use crate::AppState;
+use crate::state::AppState;
 
 /// A registration older than this is lost.
 pub const LOST_AFTER: u64 = 30;
@@ -84,7 +84,7 @@ pub async fn list(
     let (data_rev, store_rev) = newest_mod_revision(&state, &format!("{}/", s.prefix)).await?;
     let (audit_rev, _) = newest_mod_revision(&state, &crate::audit::time_prefix(&state)).await?;
     let target = data_rev.max(audit_rev);
-    let now = crate::audit::now_ms() / 1000;
+    let now = crate::clock::now_secs();
     let dir = format!("{}/gateways/", s.cairn_prefix);
     let mut rows = Vec::new();
     for kv in state.store.list(&dir).await? {

@@ -1,74 +1,16 @@
 //! `/healthz` (the process lives), `/readyz` (a store quorum answers a
 //! linearizable read) and `/metrics` (Prometheus text), plus the middleware
-//! that counts requests.
+//! that counts requests into [`crate::metrics::Metrics`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::method_label;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
-
-use crate::AppState;
-
-pub struct Metrics {
-    registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-}
-
-impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "cairn_control_http_requests_total",
-                "HTTP requests by route and status",
-            ),
-            &["method", "route", "code"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cairn_control_http_request_duration_seconds",
-                "HTTP request latency",
-            ),
-            &["method", "route"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("register once");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("register once");
-        Metrics {
-            registry,
-            requests,
-            duration,
-        }
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The method label: one of a fixed set, `other` for anything else.
-pub fn method_label(m: &axum::http::Method) -> &'static str {
-    const KNOWN: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-    KNOWN
-        .iter()
-        .find(|k| **k == m.as_str())
-        .copied()
-        .unwrap_or("other")
-}
 
 /// Counts each request under its route pattern (a fixed set: the router's,
 /// not the raw path, so ids do not grow the label set) and method label;
@@ -82,13 +24,9 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     let method = method_label(req.method());
     let start = Instant::now();
     let resp = next.run(req).await;
-    let m = &state.metrics;
-    m.duration
-        .with_label_values(&[method, &route])
-        .observe(start.elapsed().as_secs_f64());
-    m.requests
-        .with_label_values(&[method, &route, resp.status().as_str()])
-        .inc();
+    state
+        .metrics
+        .observe(method, &route, resp.status().as_str(), start.elapsed());
     resp
 }
 
@@ -115,9 +53,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut buf = Vec::new();
-    match TextEncoder::new().encode(&state.metrics.registry.gather(), &mut buf) {
-        Ok(()) => (
+    match state.metrics.render() {
+        Ok(buf) => (
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4",

@@ -2,41 +2,61 @@
 //! API compatible HTTP API and a web console in front of the Cairn store.
 //! Stateless: run several behind any load balancer.
 //!
-//! - [`config`]: flags, the YAML config file, resolved [`config::Settings`].
-//! - [`store`]: the only path to the store (`cairn-client`, every endpoint);
-//!   the write txn that checks the revision and appends the audit record.
-//! - [`resources`]: the table of Admin API resources (one row per resource).
-//! - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
-//!   `schema_def.lua`), known plugins and the common plugins' schemas.
-//! - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
-//! - [`admin`]: the one generic handler for every resource: list, get, put,
-//!   post, patch, delete, referential checks.
-//! - [`secrets`]: secret fields decrypted on read, encrypted on write
-//!   (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
-//! - [`patch`]: JSON merge patches (PATCH, audit revert patches).
-//! - [`refs`]: the reference index behind the in-use check of a delete.
-//! - [`history`]: versions from MVCC history and audit records; rollback.
-//! - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
-//! - [`retention`]: audit log pruning by one instance under a leased key.
-//! - [`auth`]: API keys, roles, the shared-secret bootstrap.
-//! - [`console`]: the embedded web console, login/logout, sessions.
-//! - [`cluster`]: store member status for the console.
-//! - [`gateways`]: the gateways' registrations and sync state.
-//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`x509`]: certificate validity and key matching for SSL checks.
-//! - [`openapi`]: `/openapi.json`, built from the resource table.
-//! - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
+//! Modules, in layers: each imports only from the layers above it, or from
+//! a module listed before it in its own layer, so dependencies point one way
+//! and nothing imports the crate root (this file wires the router).
+//!
+//! 1. Leaves, importing nothing of the crate:
+//!    - [`config`]: flags, the YAML config file, resolved [`config::Settings`], roles.
+//!    - [`error`]: [`error::ApiError`], APISIX-shaped error bodies.
+//!    - [`resources`]: the table of Admin API resources (one row per resource).
+//!    - [`patch`]: JSON merge patches (PATCH, audit revert patches).
+//!    - [`x509`]: certificate validity and key matching for SSL checks.
+//!    - [`crypto`]: SHA-256, hex, constant-time compare, random tokens.
+//!    - [`clock`]: the wall clock as records and sessions stamp it.
+//!    - [`limit`]: the rate limiter of logins and wrong API keys.
+//!    - [`metrics`]: the Prometheus registry of request counts and latencies.
+//! 2. The store, the rules, the keys:
+//!    - [`store`]: the only path to the store (`cairn-client`, every endpoint);
+//!      the write txn that checks the revision and appends the audit record.
+//!    - [`validate`]: field rules, JSON Schemas (`schemas/*.json`, after APISIX's
+//!      `schema_def.lua`), known plugins and the common plugins' schemas.
+//!    - [`keys`]: the accepted API keys and shared secrets, and their bootstrap.
+//! 3. [`state`]: [`AppState`], what every handler shares, built from layers 1–2.
+//! 4. Services over the state:
+//!    - [`ids`]: resource lookup by name, id rules, store keys of items.
+//!    - [`secrets`]: secret fields decrypted on read, encrypted on write
+//!      (APISIX's `data_encryption`, crate `cairn-apisix`), shown as fingerprints.
+//!    - [`session`]: console session cookies: issue, verify, revoke.
+//!    - [`refs`]: the reference index behind the in-use check of a delete.
+//!    - [`audit`]: audit records (keyed per resource) and the audit log endpoint.
+//!    - [`auth`]: who is calling (API key or session), roles, the middleware.
+//! 5. Handlers:
+//!    - [`admin`]: the one generic handler for every resource: list, get, put,
+//!      post, patch, delete, history, rollback (its own map of submodules).
+//!    - [`openapi`]: `/openapi.json`, built from the resource table.
+//!    - [`plugins`]: the plugin catalog (`/apisix/admin/plugins/list`, schemas).
+//!    - [`console`]: the embedded web console, login/logout.
+//!    - [`cluster`]: store member status for the console.
+//!    - [`gateways`]: the gateways' registrations and sync state.
+//!    - [`retention`]: audit log pruning by one instance under a leased key.
+//!    - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod crypto;
 pub mod error;
 pub mod gateways;
 pub mod health;
-pub mod history;
+pub mod ids;
+pub mod keys;
+pub mod limit;
+pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod plugins;
@@ -44,11 +64,13 @@ pub mod refs;
 pub mod resources;
 pub mod retention;
 pub mod secrets;
+pub mod session;
+pub mod state;
 pub mod store;
 pub mod validate;
 pub mod x509;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,27 +78,9 @@ use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use cairn_client::{Client, ClientOptions};
-use console::session::RateLimiter;
 
 pub use config::{ControlArgs, Settings};
-
-/// What every handler shares.
-pub struct AppState {
-    pub settings: Settings,
-    pub store: store::Store,
-    pub keys: auth::Keys,
-    pub metrics: health::Metrics,
-    /// Logins per client address.
-    pub login_limiter: RateLimiter<IpAddr>,
-    /// Logins per user name (guessing one user's password from many addresses).
-    pub user_limiter: RateLimiter<String>,
-    /// Wrong API keys per client address.
-    pub key_failures: RateLimiter<IpAddr>,
-    /// Concurrent argon2 verifications (each takes tens of ms of CPU and
-    /// ~19 MiB of memory): a login flood cannot take the machine.
-    pub argon2: tokio::sync::Semaphore,
-}
+pub use state::AppState;
 
 /// APISIX's Admin API body limit.
 const BODY_LIMIT: usize = 1536 * 1024;
@@ -136,33 +140,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Builds the shared state (no network yet: the client dials lazily).
-pub async fn state(settings: Settings) -> Result<Arc<AppState>> {
-    let opts = ClientOptions {
-        // Short per-attempt deadlines so a dead member is passed over quickly
-        // while the request as a whole still rides out an election.
-        connect_timeout: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(3),
-        retry_budget: Duration::from_secs(8),
-        credentials: settings.store_credentials.clone(),
-        tls: settings.store_tls.clone(),
-        ..Default::default()
-    };
-    let client = Client::connect(settings.endpoints.clone(), opts)
-        .await
-        .context("store endpoints")?;
-    Ok(Arc::new(AppState {
-        keys: auth::Keys::new(settings.admin_key.as_deref(), &settings.viewer_keys),
-        store: store::Store { client },
-        metrics: health::Metrics::new(),
-        login_limiter: RateLimiter::new(10, Duration::from_secs(60), 10_000),
-        user_limiter: RateLimiter::new(10, Duration::from_secs(60), 10_000),
-        key_failures: RateLimiter::new(20, Duration::from_secs(60), 10_000),
-        argon2: tokio::sync::Semaphore::new(2),
-        settings,
-    }))
-}
-
 /// `cairn control`.
 pub async fn run(args: ControlArgs) -> Result<()> {
     if args.hash_password {
@@ -178,7 +155,7 @@ pub async fn run(args: ControlArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let state = state(settings).await?;
+    let state = AppState::connect(settings).await?;
     serve(state, listener).await
 }
 
@@ -193,8 +170,9 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> R
     if state.settings.default_keyring {
         tracing::warn!("data_encryption: using APISIX's default keyring, which is public; set data_encryption.keyring in the config file");
     }
-    tokio::spawn(auth::bootstrap(state.clone()));
-    let name = format!("{addr}/{}", auth::random_token().get(..8).unwrap_or("0"));
+    let s = state.clone();
+    tokio::spawn(async move { s.keys.bootstrap(&s.settings, &s.store).await });
+    let name = format!("{addr}/{}", crypto::random_token().get(..8).unwrap_or("0"));
     tokio::spawn(retention::run(state.clone(), name));
     let s = state.clone();
     tokio::spawn(async move {

@@ -17,8 +17,8 @@ use utoipa::openapi::{
     Required,
 };
 
+use crate::admin::history::Version;
 use crate::audit::AuditRecord;
-use crate::history::Version;
 use crate::resources::RESOURCES;
 
 /// APISIX's item envelope.

@@ -14,8 +14,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 use crate::validate::{self, KNOWN_PLUGINS, STREAM_PLUGINS};
-use crate::AppState;
 
 pub async fn list(
     State(state): State<Arc<AppState>>,

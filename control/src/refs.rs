@@ -19,15 +19,9 @@ use cairn_client::{DeleteOptions, GetOptions, PutOptions};
 use serde_json::Value;
 
 use crate::error::ApiResult;
+use crate::ids::{id_string, key_of};
 use crate::resources::{self, Resource, RESOURCES};
-use crate::AppState;
-
-fn id_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+use crate::state::AppState;
 
 /// `<cairn_prefix>/refs/<target>/<target id>/`: who names that resource.
 pub fn prefix(state: &AppState, target: &str, target_id: &str) -> String {
@@ -117,7 +111,7 @@ pub async fn first_user(
                 .split_once('/')
                 .and_then(|(u, uid)| resources::find(u).map(|r| (r, uid.to_string())));
             if let Some((user, uid)) = user {
-                let key = crate::admin::key_of(state, user, &uid);
+                let key = key_of(state, user, &uid);
                 if let Some(ukv) = state.store.get(&key).await? {
                     let v: Value = serde_json::from_slice(&ukv.value).unwrap_or(Value::Null);
                     if v.get(field.as_str()).map(id_string).as_deref() == Some(id) {

@@ -17,7 +17,7 @@ use cairn_client::{GetOptions, PutOptions};
 
 use crate::audit::{self, AuditRecord};
 use crate::error::ApiResult;
-use crate::AppState;
+use crate::state::AppState;
 
 /// The pruner's lease; renewed every third of it.
 const LEASE_TTL: i64 = 15;
@@ -98,7 +98,7 @@ pub async fn prune(state: &AppState) -> ApiResult<usize> {
         .await?;
     let tp = audit::time_prefix(state);
     let cfg = &state.settings.audit;
-    let cutoff_ms = audit::now_ms().saturating_sub(cfg.max_age_secs.saturating_mul(1000));
+    let cutoff_ms = crate::clock::now_ms().saturating_sub(cfg.max_age_secs.saturating_mul(1000));
     let cutoff_key = format!("{tp}{cutoff_ms:013}");
     let mut deleted = 0usize;
     while deleted < RUN_CAP {

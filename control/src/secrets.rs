@@ -22,10 +22,10 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::auth::hex;
+use crate::crypto::hex;
 use crate::error::{ApiError, ApiResult};
 use crate::resources::Resource;
-use crate::AppState;
+use crate::state::AppState;
 
 const PLACEHOLDER_START: &str = "<secret fp:";
 const PLACEHOLDER_END: &str = ">";

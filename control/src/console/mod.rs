@@ -1,8 +1,6 @@
 //! The web console: one page of plain HTML/CSS/JS compiled into the binary
 //! (`include_str!`, no build step), which calls the Admin API with the
-//! session cookie; login and logout.
-
-pub mod session;
+//! session cookie; login and logout (the cookies themselves: `session`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +13,10 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{role_name, too_many, Caller};
+use crate::auth::{too_many, Caller};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::session;
+use crate::state::AppState;
 
 pub async fn index() -> Html<&'static str> {
     Html(include_str!("index.html"))
@@ -79,7 +78,7 @@ pub async fn login(
     let who = if !req.api_key.is_empty() {
         state.keys.role_of(&req.api_key).map(|role| {
             (
-                format!("api-key:{}", role_name(role)),
+                format!("api-key:{}", role.name()),
                 role,
                 session::binding_of(req.api_key.as_bytes()),
             )
@@ -143,7 +142,7 @@ pub async fn login(
                     session::LIFETIME.as_secs(),
                 ),
             )],
-            Json(json!({ "user": name, "role": role_name(role) })),
+            Json(json!({ "user": name, "role": role.name() })),
         )
             .into_response(),
         None => ApiError::new(
@@ -171,7 +170,7 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 
 /// `GET /api/session`: who the console is signed in as.
 pub async fn whoami(Extension(c): Extension<Caller>) -> Json<serde_json::Value> {
-    Json(json!({ "user": c.name, "role": role_name(c.role) }))
+    Json(json!({ "user": c.name, "role": c.role.name() }))
 }
 
 /// Hash for the `users` section of the config file.

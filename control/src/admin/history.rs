@@ -16,15 +16,18 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::admin::{commit, key_of, read, shown, Ctx};
+use super::request::Ctx;
+use super::stored::{read, shown};
+use super::write::commit;
 use crate::audit::{self, AuditRecord};
 use crate::error::{ApiError, ApiResult};
+use crate::ids::key_of;
 use crate::patch::merge;
 use crate::resources::Resource;
 use crate::secrets;
 
 /// One version of a resource. Internally `value` has secrets in clear text
-/// when it came from the store; answers go through [`shown_versions`].
+/// when it came from the store; answers show it through `stored::shown`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Version {
     /// The revision that wrote this version (its mod_revision).
@@ -195,7 +198,7 @@ pub async fn rollback(ctx: &Ctx<'_>, res: &Resource, id: &str) -> ApiResult<Resp
     )?;
     if res.timestamps {
         if let Value::Object(m) = &mut value {
-            m.insert("update_time".into(), json!(audit::now_ms() / 1000));
+            m.insert("update_time".into(), json!(crate::clock::now_secs()));
         }
     }
     match commit(ctx, res, id, value, prev.as_ref(), "rollback", 0).await? {

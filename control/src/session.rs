@@ -10,21 +10,20 @@
 //! (`<cairn_prefix>/control/revoked/<nonce>`, under a lease that ends with
 //! the session), which every instance checks.
 //!
-//! Also the rate limits of logins and wrong API keys ([`RateLimiter`]).
+//! Its own module, not the console's: `console` issues sessions and `auth`
+//! checks them, so both import it and it imports neither.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::auth::{ct_eq, hex, random_token, sha256, unhex};
+use crate::clock::now_secs;
 use crate::config::Role;
+use crate::crypto::{ct_eq, hex, random_token, sha256, unhex};
 use crate::error::ApiResult;
-use crate::AppState;
+use crate::state::AppState;
 
 pub const COOKIE: &str = "cairn_session";
 /// A session lasts this long; logging in again renews it.
@@ -55,8 +54,8 @@ pub fn binding_of(credential: &[u8]) -> String {
 /// The cookie value for `name` with `role`, bound to `binding`, valid until
 /// `LIFETIME` from now.
 pub fn issue(secret: &[u8], name: &str, role: Role, binding: &str) -> String {
-    let exp = crate::audit::now_ms() / 1000 + LIFETIME.as_secs();
-    let role = crate::auth::role_name(role);
+    let exp = now_secs() + LIFETIME.as_secs();
+    let role = role.name();
     let nonce = &random_token()[..24];
     let payload = format!("{name}|{role}|{exp}|{nonce}|{binding}");
     format!(
@@ -85,7 +84,7 @@ pub fn verify(secret: &[u8], value: &str) -> Option<Session> {
         return None;
     };
     let expires = exp.parse::<u64>().ok()?;
-    if expires < crate::audit::now_ms() / 1000 {
+    if expires < now_secs() {
         return None;
     }
     let role = match *role {
@@ -143,7 +142,7 @@ pub async fn check(state: &AppState, s: &Session) -> ApiResult<bool> {
 
 /// Revokes a session on every instance until it would have expired.
 pub async fn revoke(state: &AppState, s: &Session) -> ApiResult<()> {
-    let now = crate::audit::now_ms() / 1000;
+    let now = now_secs();
     let ttl = s.expires.saturating_sub(now).max(1) as i64;
     let lease = state.store.lease(ttl).await?;
     state
@@ -161,64 +160,9 @@ pub async fn revoke(state: &AppState, s: &Session) -> ApiResult<()> {
     Ok(())
 }
 
-/// At most `max` events per key per `window`, counted on this instance. The
-/// map holds at most `capacity` keys; when it is full of active keys, a new
-/// key is refused (an attacker spraying addresses or names cannot grow it).
-pub struct RateLimiter<K> {
-    max: usize,
-    window: Duration,
-    capacity: usize,
-    events: Mutex<HashMap<K, Vec<Instant>>>,
-}
-
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    pub fn new(max: usize, window: Duration, capacity: usize) -> Self {
-        RateLimiter {
-            max,
-            window,
-            capacity,
-            events: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Records an event; false if the key is over its budget.
-    pub fn allow(&self, key: &K) -> bool {
-        let now = Instant::now();
-        let mut map = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(key) && map.len() >= self.capacity {
-            // Forget idle keys; if none is idle, refuse the newcomer.
-            let w = self.window;
-            map.retain(|_, v| v.last().is_some_and(|t| now.duration_since(*t) < w));
-            if map.len() >= self.capacity {
-                return false;
-            }
-        }
-        let v = map.entry(key.clone()).or_default();
-        v.retain(|t| now.duration_since(*t) < self.window);
-        if v.len() >= self.max {
-            return false;
-        }
-        v.push(now);
-        true
-    }
-
-    /// Whether the key is over its budget, without recording anything.
-    pub fn blocked(&self, key: &K) -> bool {
-        let now = Instant::now();
-        let map = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).is_some_and(|v| {
-            v.iter()
-                .filter(|t| now.duration_since(**t) < self.window)
-                .count()
-                >= self.max
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
 
     #[test]
     fn sessions_verify_only_with_the_secret() {
@@ -233,21 +177,5 @@ mod tests {
         let forged = c.replacen("76696577", "61646d69", 1);
         assert!(verify(b"s1", &forged).is_none());
         assert!(verify(b"s1", "v2.zz.zz").is_none());
-    }
-
-    #[test]
-    fn rate_limit_per_key_and_bounded() {
-        let r = RateLimiter::new(3, Duration::from_secs(60), 2);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let c: IpAddr = "127.0.0.3".parse().unwrap();
-        for _ in 0..3 {
-            assert!(r.allow(&a));
-        }
-        assert!(!r.allow(&a));
-        assert!(r.blocked(&a));
-        assert!(r.allow(&b));
-        // Full of active keys: a third is refused rather than stored.
-        assert!(!r.allow(&c));
     }
 }
