@@ -89,14 +89,11 @@ pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
     if leader != Some(node.id) {
         return LeaseAnswer::NotLeader;
     }
-    if !node.lessor.synced_for(term) {
-        // The first lease call of this leadership, before the expiry loop's
-        // next tick: the barrier applied everything before the term, so the
-        // deadlines can start now.
-        match node.mvcc.read(|v| v.leases()) {
-            Ok(leases) => node.lessor.sync(term, &leases),
-            Err(e) => return LeaseAnswer::Failed(e),
-        }
+    // Perhaps the first lease call of this leadership, before the expiry
+    // loop's next tick: the barrier applied everything before the term, so
+    // the deadlines can start now.
+    if let Err(e) = catch_up(node, term) {
+        return LeaseAnswer::Failed(e);
     }
     let granted = match node.mvcc.read(|v| v.lease_ttl(id)) {
         Ok(g) => g,
@@ -174,6 +171,19 @@ async fn await_revoke(node: &Node, id: i64, call: &LeaseCall) -> LeaseAnswer {
     }
 }
 
+/// Brings the lessor up to date for leadership in `term`: every lease with
+/// a fresh TTL on the first call of a term, then only the grants and revokes
+/// applied since the last call (see [`crate::lessor`]).
+fn catch_up(node: &Node, term: u64) -> Result<(), EtcdError> {
+    if node.lessor.synced_for(term) {
+        node.lessor.apply_changes(&node.mvcc.drain_lease_changes());
+    } else {
+        let leases = node.mvcc.start_lease_feed()?;
+        node.lessor.start_term(term, &leases);
+    }
+    Ok(())
+}
+
 /// The leader's expiry loop: keeps deadlines in step with the replicated
 /// leases and proposes the revocation of expired ones.
 pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
@@ -184,11 +194,9 @@ pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
         let (leader, term) = n.leader_and_term();
         if leader != Some(n.id) {
             n.lessor.forget();
+            n.mvcc.stop_lease_feed();
             continue;
         }
-        let Ok(leases) = n.mvcc.read(|v| v.leases()) else {
-            continue;
-        };
         // Wait until this leader has applied everything committed before its
         // term, so it knows every lease before it starts any clock.
         let applied_term = n
@@ -197,10 +205,9 @@ pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
             .borrow()
             .last_applied
             .map(|l| l.leader_id.term);
-        if applied_term != Some(term) {
+        if applied_term != Some(term) || catch_up(&n, term).is_err() {
             continue;
         }
-        n.lessor.sync(term, &leases);
         for id in n.lessor.due() {
             let n2: Arc<Node> = n.clone();
             tokio::spawn(async move {

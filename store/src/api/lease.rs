@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::perms::Need;
+use crate::auth::perms::{self, Need};
 use crate::command::{ApplyResult, Command, Proto};
 use crate::error::EtcdError;
 use crate::lease::{new_lease_id, MAX_LEASE_TTL};
@@ -117,15 +117,9 @@ impl Lease for LeaseService {
         let id = req.into_inner().id;
         // As etcd: revoking deletes the lease's keys, so it needs write
         // access to each of them.
-        self.node.mvcc.read(|v| {
-            if !crate::auth::state::enabled(v)? {
-                return Ok(());
-            }
-            for k in v.lease_keys(id)? {
-                crate::auth::perms::check(v, user.as_deref(), &k, &[], Need::Write)?;
-            }
-            Ok::<_, EtcdError>(())
-        })?;
+        self.node
+            .mvcc
+            .read(|v| perms::check_lease_keys(v, user.as_deref(), id, Need::Write))?;
         match self.node.propose(user, Command::LeaseRevoke { id }).await? {
             ApplyResult::LeaseRevoke(Proto(mut resp)) => {
                 self.node.fill_header(&mut resp.header);
@@ -151,7 +145,16 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        // With auth on: a user, and read access to every key on the lease
+        // (its answer names them; etcd's fix for CVE-2023-32082).
+        let user = super::auth::caller(&self.node, req.metadata())?;
         let r = req.into_inner();
+        self.node.mvcc.read(|v| {
+            if crate::auth::state::enabled(v)? && user.is_none() {
+                return Err(EtcdError::UserEmpty);
+            }
+            perms::check_lease_keys(v, user.as_deref(), r.id, Need::Read)
+        })?;
         let call = LeaseCall::TimeToLive {
             id: r.id,
             keys: r.keys,
@@ -175,9 +178,16 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self.node.mvcc.read(|v| v.leases())?;
+        // With auth on, only an authenticated user may list leases.
+        let user = super::auth::caller(&self.node, req.metadata())?;
+        let leases = self.node.mvcc.read(|v| {
+            if crate::auth::state::enabled(v)? && user.is_none() {
+                return Err(EtcdError::UserEmpty);
+            }
+            v.leases()
+        })?;
         Ok(Response::new(LeaseLeasesResponse {
             header: self.header(),
             leases: leases

@@ -124,6 +124,21 @@ pub fn lease_key(id: i64) -> Vec<u8> {
     k
 }
 
+/// The lease id of a [`lease_key`], `None` for any other key.
+pub fn parse_lease_key(k: &[u8]) -> Option<i64> {
+    match k.split_first() {
+        Some((&LEASE, id)) if id.len() == 8 => {
+            Some(u64::from_be_bytes(<[u8; 8]>::try_from(id).ok()?) as i64)
+        }
+        _ => None,
+    }
+}
+
+/// A lease record's value: its TTL in seconds.
+pub fn parse_lease_ttl(v: &[u8]) -> Option<i64> {
+    <[u8; 8]>::try_from(v).ok().map(i64::from_be_bytes)
+}
+
 /// Prefix of every attachment of lease `id`.
 pub fn attach_prefix(id: i64) -> Vec<u8> {
     let mut k = vec![ATTACH];

@@ -59,6 +59,18 @@ pub struct Mvcc {
     /// watchers all wake for the same new revisions; the first one reads
     /// them, the others reuse its read.
     history_cache: std::sync::Mutex<Option<HistoryChunk>>,
+    /// Lease grants and revokes as they are applied, for the leader's
+    /// lessor (see [`LeaseFeed`]).
+    lease_feed: std::sync::Mutex<LeaseFeed>,
+}
+
+/// The lease grants (`Some(ttl)`) and revokes (`None`) applied since the
+/// consumer last drained them. Recorded only while a consumer (the leader's
+/// lessor) is on, so it never grows on a member that does not lead.
+#[derive(Default)]
+pub struct LeaseFeed {
+    on: bool,
+    changes: Vec<(i64, Option<i64>)>,
 }
 
 /// Events of revisions `from..=upto`, in order.
@@ -88,6 +100,7 @@ impl Mvcc {
             }),
             rev_tx: tokio::sync::watch::channel(rev).0,
             history_cache: std::sync::Mutex::new(None),
+            lease_feed: Default::default(),
         }
     }
 
@@ -184,7 +197,14 @@ impl Mvcc {
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         let timer = crate::metrics::METRICS.backend_commit.start_timer();
         let mut bytes = s.bytes;
+        let mut feed = self.lease_feed.lock().unwrap_or_else(|p| p.into_inner());
         for (k, v) in overlay {
+            if feed.on {
+                if let Some(id) = keys::parse_lease_key(&k) {
+                    let ttl = v.as_deref().and_then(keys::parse_lease_ttl);
+                    feed.changes.push((id, ttl));
+                }
+            }
             let added = v.as_ref().map_or(0, |v| record_size(&k, v));
             let key_part = record_size(&k, &[]);
             let old = match v {
@@ -194,6 +214,7 @@ impl Mvcc {
             let removed = old.map_or(0, |len| key_part + len as u64);
             bytes = (bytes + added).saturating_sub(removed);
         }
+        drop(feed);
         s.bytes = bytes;
         timer.observe_duration();
         s.rev = rev;
@@ -201,6 +222,36 @@ impl Mvcc {
         drop(s);
         self.rev_tx.send_replace(rev);
         out
+    }
+
+    /// Starts recording lease changes and returns every lease (id, TTL) as
+    /// of now; later changes come from [`Mvcc::drain_lease_changes`].
+    pub fn start_lease_feed(&self) -> Result<Vec<(i64, i64)>, crate::error::EtcdError> {
+        let s = self.lock_read();
+        let mut feed = self.lease_feed.lock().unwrap_or_else(|p| p.into_inner());
+        feed.on = true;
+        feed.changes.clear();
+        drop(feed);
+        View {
+            tree: &s.tree,
+            overlay: None,
+            rev: s.rev,
+            compact_rev: s.compact_rev,
+        }
+        .leases()
+    }
+
+    /// Stops recording lease changes (this member no longer leads).
+    pub fn stop_lease_feed(&self) {
+        let mut feed = self.lease_feed.lock().unwrap_or_else(|p| p.into_inner());
+        feed.on = false;
+        feed.changes = Vec::new();
+    }
+
+    /// The lease changes applied since the last call.
+    pub fn drain_lease_changes(&self) -> Vec<(i64, Option<i64>)> {
+        let mut feed = self.lease_feed.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut feed.changes)
     }
 
     /// Replaces the whole state with `tree` (a freshly installed snapshot).
