@@ -25,7 +25,56 @@ cluster_tests!(
     client_fails_over,
     frozen_member_gives_outcome_unknown_for_writes_only,
     member_list_and_status,
+    large_nested_txns_are_checked_as_etcd_checks_them,
 );
+
+/// A txn near the request limit, built to be expensive to check (thousands
+/// of deletes and puts across nested txns), answers with etcd's errors; and
+/// a nested txn gets only the ops its parent left of `--max-txn-ops`.
+async fn large_nested_txns_are_checked_as_etcd_checks_them(imp: Impl) {
+    let cl = Cluster::start(imp, 3).await;
+    let c = cl.client().await;
+    let mut branches = Vec::new();
+    for b in 0..100 {
+        let dels: Vec<_> = (0..27)
+            .map(|i| op_delete(format!("d{b}-{i}"), Default::default()))
+            .collect();
+        let puts: Vec<_> = (0..27)
+            .map(|i| op_put(format!("p{b}-{i}"), "v", PutOptions::default()))
+            .collect();
+        branches.push(op_txn(Txn::new().and_then(dels).or_else(puts)));
+    }
+    // The last branch puts a key an earlier branch deletes.
+    branches.push(op_txn(Txn::new().and_then([op_put(
+        "d3-7",
+        "v",
+        PutOptions::default(),
+    )])));
+    let err = c
+        .txn(Txn::new().and_then(branches.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "etcdserver: duplicate key given in txn request"
+    );
+    branches.pop();
+    assert!(c.txn(Txn::new().and_then(branches)).await.is_ok());
+
+    // 100 ops at the top leave 28 for a nested txn: 29 is too many.
+    let mut top: Vec<_> = (0..100)
+        .map(|i| op_put(format!("t{i}"), "v", PutOptions::default()))
+        .collect();
+    let nested: Vec<_> = (0..29)
+        .map(|i| op_put(format!("n{i}"), "v", PutOptions::default()))
+        .collect();
+    top[99] = op_txn(Txn::new().and_then(nested));
+    let err = c.txn(Txn::new().and_then(top)).await.unwrap_err();
+    assert_eq!(
+        err.message(),
+        "etcdserver: too many operations in txn request"
+    );
+}
 
 fn rev(h: &Option<ResponseHeader>) -> i64 {
     h.as_ref().expect("header").revision
