@@ -441,3 +441,57 @@ fn a_range_end_below_the_key_is_empty_as_in_etcd() {
     assert_eq!(m.revision(), 3);
     assert!(t.succeeded);
 }
+
+#[test]
+fn a_page_in_key_order_answers_as_the_full_range_does() {
+    let m = store();
+    for i in 0..50 {
+        put(&m, &format!("p/{i:02}"), &format!("v{i}"));
+    }
+    put(&m, "p/07", "again");
+    m.apply(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: b"p/3".to_vec(),
+            range_end: b"p/4".to_vec(),
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    put(&m, "q", "outside");
+    let cases = [
+        (0, false, false, SortOrder::None as i32),
+        (5, false, false, SortOrder::None as i32),
+        (5, true, false, SortOrder::Descend as i32),
+        (7, false, true, SortOrder::Ascend as i32),
+        (100, false, false, SortOrder::Descend as i32),
+        (3, false, false, SortOrder::None as i32),
+    ];
+    for (limit, keys_only, count_only, sort_order) in cases {
+        let r = RangeRequest {
+            limit,
+            keys_only,
+            count_only,
+            sort_order,
+            sort_target: SortTarget::Key as i32,
+            ..prefix("p/", "p0")
+        };
+        // A filter that keeps everything sends the same request down the
+        // general path (decode all, sort, truncate).
+        let general = RangeRequest {
+            min_mod_revision: 1,
+            ..r.clone()
+        };
+        assert_eq!(range(&m, r.clone()), range(&m, general), "{r:?}");
+    }
+    let page = range(
+        &m,
+        RangeRequest {
+            limit: 3,
+            ..prefix("p/", "p0")
+        },
+    )
+    .unwrap();
+    assert_eq!(page.count, 40);
+    assert!(page.more);
+    assert_eq!(page.kvs.len(), 3);
+}

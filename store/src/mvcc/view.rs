@@ -213,15 +213,8 @@ impl View<'_> {
         let mut out = Vec::new();
         for item in scan(self.tree, self.overlay, lo, hi) {
             let (k, v) = item?;
-            let id = k
-                .get(1..9)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes);
-            let ttl = <[u8; 8]>::try_from(v.as_slice())
-                .ok()
-                .map(i64::from_be_bytes);
-            if let (Some(id), Some(ttl)) = (id, ttl) {
-                out.push((id as i64, ttl));
+            if let (Some(id), Some(ttl)) = (keys::parse_lease_key(&k), keys::parse_lease_ttl(&v)) {
+                out.push((id, ttl));
             }
         }
         Ok(out)
@@ -291,12 +284,15 @@ impl View<'_> {
     pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
         let at = self.check_rev(r.revision)?;
         let range = KeyRange::new(&r.key, &r.range_end);
-        let mut kvs = self.kvs_at(&range, at)?;
-        let count = kvs.len() as i64;
         let header = Some(ResponseHeader {
             revision: self.rev,
             ..Default::default()
         });
+        if let Some(resp) = self.range_page(r, &range, at)? {
+            return Ok(RangeResponse { header, ..resp });
+        }
+        let mut kvs = self.kvs_at(&range, at)?;
+        let count = kvs.len() as i64;
         if r.count_only {
             return Ok(RangeResponse {
                 header,
@@ -348,6 +344,72 @@ impl View<'_> {
             more,
             count,
         })
+    }
+}
+
+impl View<'_> {
+    /// The cheap cases of a range at the current revision: `count_only`, and
+    /// a `limit` in key order without filters. The keys are counted without
+    /// touching their values, and only the page returned is decoded, so a
+    /// paged list costs its page plus a walk of the keys, not a decode of the
+    /// whole range (etcd, too, counts from its index and fetches `limit`
+    /// values). `None`: the general path must run (another sort order,
+    /// filters, a past revision, or a writer's pending changes).
+    fn range_page(
+        &self,
+        r: &RangeRequest,
+        range: &KeyRange,
+        at: i64,
+    ) -> Result<Option<RangeResponse>, EtcdError> {
+        let filtered = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
+        let target =
+            SortTarget::try_from(r.sort_target).map_err(|_| EtcdError::InvalidSortOption)?;
+        let order = SortOrder::try_from(r.sort_order).map_err(|_| EtcdError::InvalidSortOption)?;
+        // By key, ascending or descending (etcd sorts by any other target
+        // ascending even when no order is given).
+        let key_order = target == SortTarget::Key;
+        if at < self.rev || self.overlay.is_some() {
+            return Ok(None);
+        }
+        if !r.count_only && (filtered || !key_order || r.limit <= 0) {
+            return Ok(None);
+        }
+        let (lo, hi) = range.kv_bounds();
+        let bounds = (
+            lo.as_ref().map(Vec::as_slice),
+            hi.as_ref().map(Vec::as_slice),
+        );
+        let count = self.tree.range(bounds.0, bounds.1).count() as i64;
+        if r.count_only {
+            return Ok(Some(RangeResponse {
+                count,
+                ..Default::default()
+            }));
+        }
+        let n = r.limit as usize;
+        let records = self.tree.range(bounds.0, bounds.1);
+        let page: Vec<&[u8]> = if order == SortOrder::Descend {
+            records.rev().take(n).map(|(_, v)| v).collect()
+        } else {
+            records.take(n).map(|(_, v)| v).collect()
+        };
+        let mut kvs = Vec::with_capacity(page.len());
+        for v in page {
+            let mut kv = self.resolve_kv(v)?;
+            if r.keys_only {
+                kv.value.clear();
+            }
+            kvs.push(kv);
+        }
+        Ok(Some(RangeResponse {
+            more: count > r.limit,
+            kvs,
+            count,
+            ..Default::default()
+        }))
     }
 }
 
