@@ -15,8 +15,70 @@ use serde_json::json;
 cluster_tests!(
     etcdctl_users_roles_and_permissions,
     gateway_token_on_every_member,
-    client_credentials_and_watch_permissions
+    client_credentials_and_watch_permissions,
+    a_put_on_a_lease_needs_write_access_to_its_keys
 );
+
+/// etcd's `checkLeasePuts`: whoever holds a lease can revoke it, deleting
+/// every key on it, so attaching a key to a lease needs write access to the
+/// keys already there.
+async fn a_put_on_a_lease_needs_write_access_to_its_keys(imp: Impl) {
+    let c = Cluster::start(imp, 3).await;
+    let eps = c.endpoints();
+    let eps = &eps[..];
+    setup_users(eps);
+    let out = etcdctl_ok(eps, &[ROOT, "lease", "grant", "600"], None);
+    let lease = out.split_whitespace().nth(1).expect("lease id").to_string();
+    etcdctl_ok(
+        eps,
+        &[ROOT, "put", "/other/k", "v", &format!("--lease={lease}")],
+        None,
+    );
+    // alice may write /app/x, but not /other/k, which is on the lease.
+    let err = fails(
+        eps,
+        &[ALICE, "put", "/app/x", "v", &format!("--lease={lease}")],
+    );
+    assert!(err.contains("etcdserver: permission denied"), "{err}");
+    assert!(fails(eps, &[ALICE, "lease", "revoke", &lease]).contains("permission denied"));
+    // A lease with only her keys is fine.
+    let out = etcdctl_ok(eps, &[ALICE, "lease", "grant", "600"], None);
+    let own = out.split_whitespace().nth(1).expect("lease id").to_string();
+    etcdctl_ok(
+        eps,
+        &[ALICE, "put", "/app/y", "v", &format!("--lease={own}")],
+        None,
+    );
+    etcdctl_ok(eps, &[ALICE, "lease", "revoke", &own], None);
+}
+
+/// CVE-2023-32082, as later etcd releases fixed it (Debian's etcd 3.4.23
+/// predates the fix, so this runs on Cairn only): a lease's time-to-live
+/// names its keys, so it needs a user with read access to each; listing
+/// leases needs a user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_calls_that_reveal_keys_need_read_access() {
+    let c = Cluster::start(Impl::Cairn, 3).await;
+    let eps = c.endpoints();
+    let eps = &eps[..];
+    setup_users(eps);
+    let out = etcdctl_ok(eps, &[ROOT, "lease", "grant", "600"], None);
+    let lease = out.split_whitespace().nth(1).expect("lease id").to_string();
+    etcdctl_ok(
+        eps,
+        &[ROOT, "put", "/secret/k", "v", &format!("--lease={lease}")],
+        None,
+    );
+    let err = fails(eps, &[ALICE, "lease", "timetolive", &lease, "--keys"]);
+    assert!(err.contains("etcdserver: permission denied"), "{err}");
+    let err = fails(eps, &["lease", "timetolive", &lease, "--keys"]);
+    assert!(err.contains("etcdserver: user name is empty"), "{err}");
+    let err = fails(eps, &["lease", "list"]);
+    assert!(err.contains("etcdserver: user name is empty"), "{err}");
+    let got = etcdctl_ok(eps, &[ROOT, "lease", "timetolive", &lease, "--keys"], None);
+    assert!(got.contains("/secret/k"), "{got}");
+    assert!(etcdctl_ok(eps, &[ALICE, "lease", "list"], None).contains(&lease));
+}
 
 const ROOT: &str = "--user=root:rootpw";
 const ALICE: &str = "--user=alice:alicepw";

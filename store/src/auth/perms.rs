@@ -133,10 +133,33 @@ pub fn check_range(v: &View, user: Option<&str>, r: &RangeRequest) -> Result<(),
 }
 
 /// A put writes its key, and reads it too when it asks for the previous value.
+/// Putting a key on a lease also needs write access to the keys already on
+/// it: whoever holds the lease can revoke it, deleting them all (etcd's
+/// `checkLeasePuts`).
 pub fn check_put(v: &View, user: Option<&str>, p: &PutRequest) -> Result<(), EtcdError> {
     check(v, user, &p.key, &[], Need::Write)?;
     if p.prev_kv {
         check(v, user, &p.key, &[], Need::Read)?;
+    }
+    if p.lease != 0 {
+        check_lease_keys(v, user, p.lease, Need::Write)?;
+    }
+    Ok(())
+}
+
+/// `need` on every key attached to lease `id` (nothing to check without
+/// auth, or for an unknown lease).
+pub fn check_lease_keys(
+    v: &View,
+    user: Option<&str>,
+    id: i64,
+    need: Need,
+) -> Result<(), EtcdError> {
+    if !state::enabled(v)? {
+        return Ok(());
+    }
+    for k in v.lease_keys(id)? {
+        check(v, user, &k, &[], need)?;
     }
     Ok(())
 }

@@ -162,7 +162,14 @@ impl StateMachine {
                 Ok(ApplyResult::Done)
             }
             Command::LeaseGrant { id, ttl } => stamped!(w.lease_grant(*id, *ttl), term, LeaseGrant),
-            Command::LeaseRevoke { id } => stamped!(w.lease_revoke(*id), term, LeaseRevoke),
+            // Checked again here, as etcd does at apply: a permission revoked
+            // after the request was served stops it. No user: the leader's
+            // own expiry, which may revoke anything.
+            Command::LeaseRevoke { id } => user
+                .map_or(Ok(()), |u| {
+                    perms::check_lease_keys(&w.view(), Some(u), *id, perms::Need::Write)
+                })
+                .and_then(|()| stamped!(w.lease_revoke(*id), term, LeaseRevoke)),
             Command::Alarm {
                 activate,
                 member,
