@@ -1,11 +1,11 @@
-//! etcd's Maintenance service: Status, Alarm, HashKV, Snapshot and
-//! Defragment are served; Hash (bbolt-specific) and MoveLeader (openraft 0.9
-//! cannot transfer leadership) answer an explicit Unimplemented.
+//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Snapshot and
+//! Defragment are served; MoveLeader (openraft 0.9 cannot transfer
+//! leadership) answers an explicit Unimplemented.
 //!
 //! - Alarm lists, raises and clears the replicated alarms (NOSPACE comes from
 //!   `--quota-backend-bytes`, see `node::quota_loop`).
 //!
-//! - HashKV hashes the MVCC history (see [`crate::mvcc::hash`]).
+//! - HashKV hashes the MVCC history, Hash the whole state (see [`crate::mvcc::hash`]).
 //! - Snapshot streams the state tree taken at one point in time, framed as
 //!   etcdctl's `snapshot save` expects (see [`crate::restore`]).
 //! - Defragment has nothing to rewrite: the state is in memory, and its image
@@ -29,10 +29,6 @@ pub const CLUSTER_VERSION: &str = "3.4.0";
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("cairn: {what} is not supported yet"))
 }
 
 type SnapshotStream =
@@ -146,7 +142,18 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         super::auth::require_admin(&self.node, req.metadata())?;
-        Err(not_yet("Hash"))
+        let mvcc = self.node.mvcc.clone();
+        // One read-locked pass over the whole state, off the async workers.
+        let (hash, revision) =
+            tokio::task::spawn_blocking(move || mvcc.read(|v| (v.hash_all(), v.rev)))
+                .await
+                .map_err(internal)?;
+        let mut header = Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        self.node.fill_header(&mut header);
+        Ok(Response::new(HashResponse { header, hash }))
     }
 
     async fn hash_kv(

@@ -1,4 +1,5 @@
-//! `HashKV`: a checksum of the MVCC history, for comparing members.
+//! `HashKV`: a checksum of the MVCC history, for comparing members; and
+//! `Hash`: one of the whole keyspace.
 //!
 //! The hash is IEEE crc32 (`crc32fast`, the polynomial etcd uses) over every `h`
 //! (history) entry with main revision ≤ the requested one, in revision order:
@@ -57,6 +58,23 @@ impl View<'_> {
             compact_rev: self.compact_rev,
             current_rev: self.rev,
         })
+    }
+}
+
+impl View<'_> {
+    /// etcd's `Maintenance.Hash`: a crc32 of the whole state (every record
+    /// of the tree in order: keys, history, leases, auth, members, the
+    /// revision counters), at the current revision. Like `HashKV`, only
+    /// equality between members of one cluster means anything.
+    pub fn hash_all(&self) -> u32 {
+        let mut h = Hasher::new();
+        for (k, v) in self.tree.iter() {
+            h.update(&(k.len() as u32).to_be_bytes());
+            h.update(k);
+            h.update(&(v.len() as u32).to_be_bytes());
+            h.update(v);
+        }
+        h.finalize()
     }
 }
 
@@ -133,5 +151,17 @@ mod tests {
         let h = m.read(|v| v.hash_kv(0)).unwrap();
         assert_eq!((h.rev, h.compact_rev, h.current_rev), (5, 3, 5));
         assert!(hash(&m, 4).is_ok());
+    }
+
+    #[test]
+    fn the_whole_state_hash_follows_every_change() {
+        let (a, b) = (store(), store());
+        for m in [&a, &b] {
+            put(m, "k", "1");
+        }
+        let h = a.read(|v| v.hash_all());
+        assert_eq!(h, b.read(|v| v.hash_all()), "same state, same hash");
+        put(&b, "k", "2");
+        assert_ne!(h, b.read(|v| v.hash_all()));
     }
 }
