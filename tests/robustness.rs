@@ -1,7 +1,7 @@
 //! The robustness suite's short set, as CI runs it (`robustness/` has the
 //! suite itself and the `robustness` binary for soaks):
 //! - every fault once on Cairn, each run checked by every checker;
-//! - the faults etcd can take, on etcd 3.4 (the checkers are not too strict);
+//! - faults etcd 3.4 survives, on etcd 3.4 (the checkers are not too strict);
 //! - serializable reads reported as linearizable are caught (the checkers are
 //!   not too lenient).
 //!
@@ -108,11 +108,14 @@ async fn the_same_checkers_pass_on_etcd() {
     let etcd = Target::Etcd {
         bin: "/usr/bin/etcd".into(),
     };
+    // Not pause-leader: etcd 3.4 renews leases on a leader that was paused
+    // past its leadership, which the lease checker rightly reports (see the
+    // README's Robustness section).
     let faults = [
         Fault::KillLeader,
         Fault::KillAll,
-        Fault::PauseLeader,
         Fault::PartitionLeader,
+        Fault::ReplaceMember,
     ];
     let cfgs = faults
         .iter()

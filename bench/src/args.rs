@@ -76,6 +76,9 @@ pub enum Workload {
         /// l = linearizable (through the leader), s = serializable (local).
         #[arg(long, default_value = "l")]
         consistency: Consistency,
+        /// At most this many keys per answer (0: all), as `etcdctl get --limit`.
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
     },
     /// Compare-and-swap: a txn that puts a key if its mod_revision is the one
     /// this client last saw, and reads it otherwise.
@@ -101,6 +104,10 @@ pub enum Workload {
         /// TTL (seconds) of each client's lease.
         #[arg(long, default_value_t = 60)]
         ttl: i64,
+        /// Leases granted first (TTL one hour, untimed) and left idle, so the
+        /// renewals run against a store holding this many leases.
+        #[arg(long, default_value_t = 0)]
+        idle_leases: u64,
     },
 }
 

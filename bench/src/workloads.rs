@@ -41,6 +41,8 @@ pub enum Op {
     },
     LeaseKeepalive {
         ttl: i64,
+        /// Leases to grant before the run and leave idle.
+        idle: u64,
     },
 }
 
@@ -57,11 +59,13 @@ impl Op {
                 key,
                 end,
                 consistency,
+                limit,
             } => Op::Range {
                 req: RangeRequest {
                     key: key.clone().into_bytes(),
                     range_end: end.clone().unwrap_or_default().into_bytes(),
                     serializable: *consistency == Consistency::Serializable,
+                    limit: *limit,
                     ..Default::default()
                 },
             },
@@ -81,7 +85,10 @@ impl Op {
             Workload::Watch(_) | Workload::WatchFanout(_) => {
                 bail!("watch workloads run on their own")
             }
-            Workload::LeaseKeepalive { ttl } => Op::LeaseKeepalive { ttl: *ttl },
+            Workload::LeaseKeepalive { ttl, idle_leases } => Op::LeaseKeepalive {
+                ttl: *ttl,
+                idle: *idle_leases,
+            },
             Workload::Failover(_) => bail!("failover is not a steady workload"),
         })
     }
@@ -119,6 +126,30 @@ impl WorkerState {
     }
 }
 
+/// Setup of `lease-keepalive --idle-leases`: grants `n` one-hour leases
+/// from `parallel` tasks, untimed.
+async fn grant_idle_leases(clients: &[Client], n: u64, parallel: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let parallel = parallel.max(1) as u64;
+    let mut tasks = Vec::new();
+    for t in 0..parallel {
+        let client = clients[t as usize % clients.len()].clone();
+        let share = n / parallel + u64::from(t < n % parallel);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                client.lease_grant(3600, 0).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
 /// A short, stable name for an error, used to count errors by kind.
 pub fn error_kind(e: &Error) -> String {
     match e {
@@ -139,7 +170,7 @@ pub async fn one(op: &Op, ticket: u64, client: &Client, st: &mut WorkerState, re
             ("put", r.map(drop))
         }
         Op::Range { req } => ("range", client.range(req.clone()).await.map(drop)),
-        Op::LeaseKeepalive { ttl } => {
+        Op::LeaseKeepalive { ttl, .. } => {
             if st.lease.is_none() {
                 // Setup, not measured: one lease per worker, as etcd's benchmark.
                 match client.lease_grant(*ttl, 0).await {
@@ -248,6 +279,9 @@ fn progress(sched: &Schedule, json: bool) -> ProgressBar {
 pub async fn run(common: &Common, op: Op) -> Result<Report> {
     let clients = crate::conn::connect(common).await?;
     let endpoints = clients[0].endpoints();
+    if let Op::LeaseKeepalive { idle, .. } = op {
+        grant_idle_leases(&clients, idle, common.clients).await?;
+    }
     let sched = Arc::new(Schedule::new(common.total, common.duration, common.rate));
     let op = Arc::new(op);
     let done = Arc::new(AtomicU64::new(0));

@@ -367,7 +367,21 @@ impl Cluster {
             .context("no other running member")?;
         let eps = self.members[other].client_url.clone();
         let id = format!("{:x}", self.members[i].id);
-        etcdctl(&eps, &["member", "remove", &id])?;
+        // etcd refuses a removal until the members that stay have been
+        // connected for a while ("unhealthy cluster"): retry, as an
+        // operator would.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match etcdctl(&eps, &["member", "remove", &id]) {
+                Ok(_) => break,
+                Err(e)
+                    if e.to_string().contains("unhealthy cluster") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.kill9(i);
         std::fs::remove_dir_all(&self.members[i].data_dir).ok();
         let name = self.members[i].name.clone();
