@@ -7,7 +7,8 @@
 //! int64 as strings (numbers accepted), bytes in base64, enums by name or
 //! number, default values omitted. Streams (`/v3/watch`, `/v3/lease/keepalive`)
 //! answer with one `{"result":…}` object per line; closing the connection
-//! cancels them. Errors are `{"error","message","code"}` with etcd's HTTP
+//! cancels them. Bodies are read within the request limit
+//! ([`super::json_frames`]). Errors are `{"error","message","code"}` with etcd's HTTP
 //! status for the gRPC code.
 
 use std::future::Future;
@@ -31,6 +32,7 @@ use tonic::{Code, Status};
 
 use super::auth::AuthService;
 use super::cluster::ClusterService;
+use super::json_frames::{read_body, Framer};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::{MaintenanceService, CLUSTER_VERSION, SERVER_VERSION};
@@ -45,6 +47,9 @@ pub struct Services {
     pub cluster: Arc<ClusterService>,
     pub maintenance: Arc<MaintenanceService>,
     pub auth: Arc<AuthService>,
+    /// The largest JSON body of a unary call, and of each message of a
+    /// stream: answered with etcd's `ResourceExhausted` beyond it.
+    pub body_limit: usize,
 }
 
 /// etcd's HTTP status for a gRPC code (grpc-gateway v1's mapping).
@@ -107,13 +112,17 @@ fn metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
     grpc_request((), headers).metadata().clone()
 }
 
-async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Bytes, call: F) -> Response
+async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Body, limit: usize, call: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
+    let body = match read_body(body, limit).await {
+        Ok(b) => b,
+        Err(s) => return error_response(s),
+    };
     let req = match decode::<Req>(&body) {
         Ok(r) => r,
         Err(s) => return error_response(s),
@@ -124,46 +133,37 @@ where
     }
 }
 
-/// Splits a request body into JSON messages (a client-streaming call sends
-/// them one after another).
+/// The JSON messages of a client-streaming call, one after another in the
+/// body, each at most `limit` bytes (see [`Framer`]).
 fn json_messages<T: DeserializeOwned + Send + 'static>(
     body: Body,
+    limit: usize,
 ) -> impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static {
     let chunks = body.into_data_stream();
     let stream = futures::stream::unfold(
-        (chunks, Vec::<u8>::new(), false),
-        |(mut chunks, mut buf, done)| async move {
+        (chunks, Framer::new(limit), false),
+        |(mut chunks, mut framer, done)| async move {
+            if done {
+                return None;
+            }
             loop {
-                // A complete message already buffered?
-                let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<T>();
-                match it.next() {
-                    Some(Ok(msg)) => {
-                        let used = it.byte_offset();
-                        buf.drain(..used);
-                        return Some((Ok(msg), (chunks, buf, done)));
+                match framer.next_message() {
+                    Ok(Some(msg)) => {
+                        let item = serde_json::from_slice::<T>(&msg)
+                            .map_err(|e| Status::invalid_argument(e.to_string()));
+                        let failed = item.is_err();
+                        return Some((item, (chunks, framer, failed)));
                     }
-                    Some(Err(e)) if !e.is_eof() => {
-                        return Some((
-                            Err(Status::invalid_argument(e.to_string())),
-                            (chunks, Vec::new(), true),
-                        ));
-                    }
-                    _ => {}
-                }
-                if done {
-                    return None;
+                    Ok(None) => {}
+                    Err(s) => return Some((Err(s), (chunks, framer, true))),
                 }
                 match chunks.next().await {
-                    Some(Ok(b)) => buf.extend_from_slice(&b),
-                    Some(Err(_)) | None => {
-                        if buf.iter().all(u8::is_ascii_whitespace) {
-                            return None;
-                        }
-                        return Some((
-                            Err(Status::invalid_argument("unexpected EOF")),
-                            (chunks, Vec::new(), true),
-                        ));
+                    Some(Ok(b)) => framer.push(&b),
+                    Some(Err(_)) | None if framer.is_partial() => {
+                        let eof = Status::invalid_argument("unexpected EOF");
+                        return Some((Err(eof), (chunks, framer, true)));
                     }
+                    Some(Err(_)) | None => return None,
                 }
             }
         },
@@ -199,15 +199,22 @@ fn json_lines<T: Serialize + Send + 'static>(
 macro_rules! unary_route {
     ($svc:ident . $method:ident) => {
         post(
-            |State(s): State<Services>, headers: HeaderMap, body: Bytes| async move {
-                unary(headers, body, |r| async move { s.$svc.$method(r).await }).await
+            |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
+                let limit = s.body_limit;
+                unary(
+                    headers,
+                    body,
+                    limit,
+                    |r| async move { s.$svc.$method(r).await },
+                )
+                .await
             },
         )
     };
 }
 
 /// The gateway routes, under both `/v3` and `/v3beta` as etcd 3.4.
-pub fn router(services: Services, body_limit: usize) -> Router {
+pub fn router(services: Services) -> Router {
     let v3: Router = Router::new()
         .route("/kv/range", unary_route!(kv.range))
         .route("/kv/put", unary_route!(kv.put))
@@ -246,19 +253,24 @@ pub fn router(services: Services, body_limit: usize) -> Router {
         )
         .route("/maintenance/hash", unary_route!(maintenance.hash_kv))
         .route(
+            "/maintenance/transfer-leadership",
+            unary_route!(maintenance.move_leader),
+        )
+        .route(
             "/lease/keepalive",
             post(|State(s): State<Services>, body: Body| async move {
-                json_lines(s.lease.keep_alive_stream(json_messages(body)))
+                json_lines(s.lease.keep_alive_stream(json_messages(body, s.body_limit)))
             }),
         )
         .route(
             "/watch",
             post(
                 |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
-                    match s
-                        .watch
-                        .open(json_messages(body), false, &metadata(&headers))
-                    {
+                    match s.watch.open(
+                        json_messages(body, s.body_limit),
+                        false,
+                        &metadata(&headers),
+                    ) {
                         Ok(stream) => json_lines(stream),
                         Err(st) => error_response(st),
                     }
@@ -297,7 +309,8 @@ pub fn router(services: Services, body_limit: usize) -> Router {
                 axum::Json(serde_json::json!({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION}))
             }),
         )
-        .layer(DefaultBodyLimit::max(body_limit))
+        // Bodies are read within `Services::body_limit` by the routes.
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// `GET /health`: healthy when a linearizable read succeeds, as etcd's.

@@ -1,9 +1,10 @@
 //! The client-facing etcd v3 API, one file per gRPC service.
 //!
-//! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`.
+//! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`;
+//!   `json_frames` reads its bodies within the request limit.
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
-//! - [`maintenance`]: Status, Alarm, HashKV, Snapshot, Defragment.
+//! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, Defragment.
 //! - [`cluster`]: MemberList, MemberAdd/Remove/Update/Promote.
 //! - [`auth`]: the Auth service, and the caller behind a request's token.
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod gateway;
+mod json_frames;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -45,6 +47,10 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
         watch: Arc::new(watch::WatchService {
             node: node.clone(),
             progress_interval: node.watch_progress_interval,
+            limits: watch::StreamLimits {
+                watches: node.max_watches_per_stream,
+                key_bytes: 16 << 20,
+            },
         }),
         cluster: Arc::new(cluster::ClusterService { node: node.clone() }),
         maintenance: Arc::new(maintenance::MaintenanceService { node: node.clone() }),
@@ -52,6 +58,8 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
             node: node.clone(),
             token_ttl: node.auth_token_ttl,
         }),
+        // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
+        body_limit: max * 2,
     };
     // Replies are bounded by the request limit of what was written; streamed
     // ones (watch, snapshot) are split by the services themselves.
@@ -69,11 +77,9 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
     b.add_service(limited!(ClusterServer, services.cluster.clone()));
     b.add_service(limited!(MaintenanceServer, services.maintenance.clone()));
     b.add_service(limited!(AuthServer, services.auth.clone()));
-    // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
-    let body_limit = max * 2;
     b.routes()
         .into_axum_router()
-        .merge(gateway::router(services, body_limit))
+        .merge(gateway::router(services))
         .merge(gateway::health_router(node.clone()))
         .route(
             "/metrics",
