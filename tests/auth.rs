@@ -404,6 +404,23 @@ async fn client_credentials_and_watch_permissions(imp: Impl) {
         assert_eq!(r.kvs[0].value, b"v");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Tokens do expire: one left idle past the TTL (the wait is the
+    // behaviour under test, etcd's simple tokens expiring only when idle) is
+    // refused, and the client, idle as long, logs in again by itself.
+    let login = json!({"name": "alice", "password": "alicepw"});
+    let (status, v) = http(&eps[0], "POST", "/v3/auth/authenticate", &[], Some(&login)).await;
+    assert_eq!(status, 200, "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let range = json!({"key": "L2FwcC9r"}); // /app/k
+    let (status, v) = post_as(&eps[0], "/v3/kv/range", &token, &range).await;
+    assert_eq!(
+        (status, v["error"].as_str().unwrap_or_default()),
+        (401, "etcdserver: invalid auth token"),
+        "{v}"
+    );
+    let r = alice.get("/app/k", GetOptions::default()).await.unwrap();
+    assert_eq!(r.kvs[0].value, b"v");
 
     let wrong = Client::connect(eps.clone(), creds("alice", "bad"))
         .await
@@ -433,6 +450,25 @@ async fn client_credentials_and_watch_permissions(imp: Impl) {
             .cancel_reason
             .contains("etcdserver: permission denied"),
         "{cancelled:?}"
+    );
+    // No token at all: refused with the same words (not "user name is empty").
+    let anonymous = Client::connect(eps.clone(), common::test_client_options())
+        .await
+        .unwrap();
+    let mut w = anonymous
+        .watch("/app/", WatchOptions::prefix())
+        .await
+        .unwrap();
+    let created = w.created().clone();
+    let refused = if created.canceled {
+        created
+    } else {
+        w.next().await.unwrap()
+    };
+    assert!(refused.canceled, "{refused:?}");
+    assert_eq!(
+        refused.cancel_reason,
+        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
     );
     let mut ok = alice.watch("/app/", WatchOptions::prefix()).await.unwrap();
     assert!(!ok.created().canceled);

@@ -17,7 +17,10 @@ cluster_tests!(
     apisix_startup_and_admin_writes,
     apisix_sync_watch_resume_and_compaction,
     errors_and_methods,
-    metrics_use_etcd_names
+    metrics_use_etcd_names,
+    watch_fragments_arrive_as_separate_responses,
+    lease_keepalive_members_and_status,
+    a_watcher_that_stops_reading_is_caught_up_from_history
 );
 
 fn b64(s: &str) -> String {
@@ -54,11 +57,16 @@ struct Watch {
 
 impl Watch {
     async fn open(base: &str, create: Value) -> Watch {
+        Self::open_at(base, "/v3/watch", create).await
+    }
+
+    /// Any streaming route, with one message in the body.
+    async fn open_at(base: &str, path: &str, msg: Value) -> Watch {
         let addr = host_port(base);
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        let payload = create.to_string();
+        let payload = msg.to_string();
         let req = format!(
-            "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{payload}",
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{payload}",
             payload.len()
         );
         s.write_all(req.as_bytes()).await.unwrap();
@@ -402,6 +410,24 @@ async fn errors_and_methods(imp: Impl) {
     assert_eq!(v["error"], json!("etcdserver: requested lease not found"));
     let (status, _) = http(base, "GET", "/v3/kv/range", None).await;
     assert_eq!(status, 405);
+    // A body over the limit: etcd's JSON error with gRPC's ResourceExhausted
+    // (429), not a plain-text 413, and nothing written.
+    let big = "a".repeat(5 << 20);
+    let (status, v) = http(
+        base,
+        "POST",
+        "/v3/kv/put",
+        Some(&json!({"key": b64("big"), "value": big})),
+    )
+    .await;
+    assert_eq!((status, v["code"].clone()), (429, json!(8)), "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("grpc: received message larger than max ("),
+        "{v}"
+    );
+    let v = post(base, "/v3/kv/range", json!({"key": b64("big")})).await;
+    assert!(v.get("kvs").is_none(), "{v}");
     let (status, v) = http(base, "GET", "/health", None).await;
     assert_eq!((status, v["health"].clone()), (200, json!("true")));
     // /v3beta is an alias.
@@ -465,4 +491,156 @@ async fn metrics_use_etcd_names(imp: Impl) {
     if matches!(imp, Impl::Cairn) {
         assert!(text.contains("etcd_network_peer_round_trip_time_seconds_bucket"));
     }
+}
+
+/// A watch that allows fragments gets a revision too large for one response
+/// in pieces: counted on the raw stream, where no client reassembles them.
+async fn watch_fragments_arrive_as_separate_responses(imp: Impl) {
+    let c = Cluster::start(imp, 3).await;
+    let base = &c.nodes[0].client_url;
+    let big = |b: u8| B64.encode(vec![b; 600 * 1024]);
+    for (k, v) in [("big/a", b'a'), ("big/b", b'b')] {
+        post(base, "/v3/kv/put", json!({"key": b64(k), "value": big(v)})).await;
+    }
+    // One txn overwriting both: with prev_kv its events are ~2.4 MB, over the
+    // 1.5 MiB response limit.
+    let t = post(
+        base,
+        "/v3/kv/txn",
+        json!({"success": [
+            {"requestPut": {"key": b64("big/a"), "value": big(b'c')}},
+            {"requestPut": {"key": b64("big/b"), "value": big(b'd')}}]}),
+    )
+    .await;
+    let rev = rev_of(&t);
+    let mut w = Watch::open(
+        base,
+        json!({"create_request": {"key": b64("big/"), "range_end": b64("big0"),
+            "start_revision": rev, "prev_kv": true, "fragment": true}}),
+    )
+    .await;
+    let created = w.next().await;
+    assert_eq!(created["result"]["created"], json!(true), "{created}");
+    let (mut pieces, mut keys) = (0, Vec::new());
+    loop {
+        let r = w.next().await;
+        let res = &r["result"];
+        pieces += 1;
+        for e in res["events"].as_array().cloned().unwrap_or_default() {
+            assert!(e["prev_kv"].is_object(), "prev_kv in every piece");
+            keys.push(unb64(&e["kv"]["key"]));
+        }
+        if res["fragment"] != json!(true) {
+            break;
+        }
+    }
+    assert!(
+        pieces >= 2,
+        "one revision of ~2.4 MB came in {pieces} response"
+    );
+    assert_eq!(keys, vec!["big/a", "big/b"]);
+}
+
+/// The lease, cluster and maintenance paths lua-resty-etcd and operators'
+/// scripts call, and (Cairn) an explicit 501 for what is not implemented.
+async fn lease_keepalive_members_and_status(imp: Impl) {
+    let c = Cluster::start(imp, 3).await;
+    let base = &c.nodes[0].client_url;
+    let g = post(base, "/v3/lease/grant", json!({"TTL": 60})).await;
+    let id = g["ID"].as_str().expect("lease ID").to_string();
+    post(
+        base,
+        "/v3/kv/put",
+        json!({"key": b64("leased"), "value": b64("v"), "lease": id}),
+    )
+    .await;
+    // Keep-alive is a stream: one request in the body, one answer line.
+    let mut ka = Watch::open_at(base, "/v3/lease/keepalive", json!({"ID": id})).await;
+    let r = ka.next().await;
+    assert_eq!(
+        (&r["result"]["ID"], &r["result"]["TTL"]),
+        (&json!(id), &json!("60")),
+        "{r}"
+    );
+    let t = post(
+        base,
+        "/v3/lease/timetolive",
+        json!({"ID": id, "keys": true}),
+    )
+    .await;
+    assert_eq!(t["grantedTTL"], json!("60"), "{t}");
+    assert_eq!(t["keys"], json!([b64("leased")]), "{t}");
+    let l = post(base, "/v3/lease/leases", json!({})).await;
+    assert_eq!(l["leases"], json!([{"ID": id}]), "{l}");
+
+    let m = post(base, "/v3/cluster/member/list", json!({})).await;
+    let members = m["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 3, "{m}");
+    for n in &c.nodes {
+        assert!(
+            members
+                .iter()
+                .any(|x| x["clientURLs"] == json!([n.client_url.clone()])),
+            "{} missing from {m}",
+            n.client_url
+        );
+    }
+    let st = post(base, "/v3/maintenance/status", json!({})).await;
+    assert!(
+        st["version"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.4."),
+        "{st}"
+    );
+    assert!(st["leader"].as_str().is_some_and(|l| l != "0"), "{st}");
+
+    if matches!(imp, Impl::Cairn) {
+        // Not implemented yet: an explicit 501 with gRPC's code, never a fake success.
+        let (status, v) = http(
+            base,
+            "POST",
+            "/v3/maintenance/transfer-leadership",
+            Some(&json!({"targetID": "1"})),
+        )
+        .await;
+        assert_eq!((status, v["code"].clone()), (501, json!(12)), "{v}");
+    }
+}
+
+/// A watcher whose client stops reading while 12 MB of changes land (far
+/// more than socket buffers and the server's queue hold) gets every event,
+/// in order, once, when it reads again.
+async fn a_watcher_that_stops_reading_is_caught_up_from_history(imp: Impl) {
+    let c = Cluster::start(imp, 3).await;
+    let base = c.nodes[0].client_url.clone();
+    let mut w = Watch::open(
+        &base,
+        json!({"create_request": {"key": b64("slow/"), "range_end": b64("slow0")}}),
+    )
+    .await;
+    let created = w.next().await;
+    assert_eq!(created["result"]["created"], json!(true), "{created}");
+    // Writes through another member and client while this one reads nothing.
+    let writer = c.nodes[1].client().await;
+    let value = vec![b'x'; 4096];
+    let mut revs = Vec::new();
+    for i in 0..3000 {
+        let r = writer
+            .put(
+                format!("slow/{}", i % 50),
+                value.clone(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        revs.push(r.header.unwrap().revision);
+    }
+    let got: Vec<i64> = w
+        .events(revs.len())
+        .await
+        .iter()
+        .map(|(e, _)| e["kv"]["mod_revision"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, revs);
 }

@@ -32,6 +32,7 @@ cluster_tests!(
     etcdctl_watch_prefix_rev_and_prev_kv,
     large_responses_fragment_and_reassemble,
     require_leader_watch_ends_when_member_loses_leader,
+    stream_bookkeeping_as_etcd_keeps_it,
 );
 
 /// (type, key, mod_revision) of one event; `'P'` or `'D'`.
@@ -864,4 +865,125 @@ async fn require_leader_watch_ends_when_member_loses_leader(imp: Impl) {
         (cairn_client::Code::Unavailable, "etcdserver: no leader"),
         "{e:?}"
     );
+}
+
+/// The details of one stream a client relies on: IDs the server chooses only
+/// grow (a canceled ID is never handed out again), a client-chosen ID in use
+/// is refused, and a watch canceled by compaction leaves the stream, so a
+/// progress request answers with the current revision.
+async fn stream_bookkeeping_as_etcd_keeps_it(imp: Impl) {
+    let cl = Cluster::start(imp, 3).await;
+    let c = cl.client().await;
+    let mut w = c.watch("b/", WatchOptions::prefix()).await.unwrap();
+    let first = w.watch_id();
+    w.cancel().await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.canceled && r.watch_id == first, "{r:?}");
+    w.create("b/", WatchOptions::prefix()).await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.created && !r.canceled, "{r:?}");
+    assert!(r.watch_id > first, "a canceled ID came back: {r:?}");
+
+    let chosen = WatchOptions {
+        watch_id: 100,
+        ..WatchOptions::prefix()
+    };
+    w.create("b/", chosen.clone()).await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.created && !r.canceled && r.watch_id == 100, "{r:?}");
+    w.create("b/", chosen).await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.created && r.canceled, "{r:?}");
+    assert_eq!(
+        (r.watch_id, r.cancel_reason.as_str()),
+        (-1, "mvcc: duplicate watch ID provided on the WatchStream")
+    );
+
+    // A watch from a compacted revision is created, then canceled...
+    let old = put(&c, "b/k", "1").await;
+    let compact = put(&c, "b/k", "2").await;
+    c.compact(compact, true).await.unwrap();
+    w.create(
+        "b/",
+        WatchOptions {
+            start_revision: old,
+            watch_id: 7,
+            ..WatchOptions::prefix()
+        },
+    )
+    .await
+    .unwrap();
+    let mut got_cancel = false;
+    while !got_cancel {
+        let r = next(&mut w).await;
+        got_cancel = r.watch_id == 7 && r.canceled;
+        assert!(r.events.is_empty() || r.watch_id != 7, "{r:?}");
+    }
+    // ...and then no longer holds back the stream's progress.
+    let now = put(&c, "b/k", "3").await;
+    let mut seen = 0;
+    while seen < 2 {
+        let r = next(&mut w).await;
+        seen += r.events.iter().filter(|e| ev_of(e).2 == now).count();
+    }
+    w.request_progress().await.unwrap();
+    let p = next(&mut w).await;
+    assert_eq!((p.watch_id, hrev(&p)), (-1, now), "{p:?}");
+    // Its ID is free again.
+    w.create(
+        "b/",
+        WatchOptions {
+            watch_id: 7,
+            ..WatchOptions::prefix()
+        },
+    )
+    .await
+    .unwrap();
+    let r = next(&mut w).await;
+    assert!(r.created && !r.canceled && r.watch_id == 7, "{r:?}");
+}
+
+/// Cairn bounds what one stream may hold (`--max-watches-per-stream`): a
+/// create beyond it is refused with a reason, the stream and its other
+/// watches go on, and a canceled watch makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_holds_at_most_its_limit_of_watches() {
+    let opts = common::ClusterOptions {
+        extra_args: vec!["--max-watches-per-stream=3".into()],
+        ..Default::default()
+    };
+    let cl = Cluster::start_with(Impl::Cairn, 1, opts).await;
+    let c = cl.client().await;
+    let mut w = c.watch("l/", WatchOptions::prefix()).await.unwrap();
+    let mut ids = vec![w.watch_id()];
+    for _ in 0..2 {
+        w.create("l/", WatchOptions::prefix()).await.unwrap();
+        let r = next(&mut w).await;
+        assert!(r.created && !r.canceled, "{r:?}");
+        ids.push(r.watch_id);
+    }
+    w.create("l/", WatchOptions::prefix()).await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.created && r.canceled, "{r:?}");
+    assert!(
+        r.cancel_reason.contains("too many watches on one stream"),
+        "{r:?}"
+    );
+    // The three still deliver.
+    let rev = put(&c, "l/k", "v").await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let r = next(&mut w).await;
+        if r.events.iter().any(|e| ev_of(e).2 == rev) {
+            seen.push(r.watch_id);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ids);
+    w.cancel_id(ids[0]).await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.canceled && r.watch_id == ids[0], "{r:?}");
+    w.create("l/", WatchOptions::prefix()).await.unwrap();
+    let r = next(&mut w).await;
+    assert!(r.created && !r.canceled, "room again after a cancel: {r:?}");
 }

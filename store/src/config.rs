@@ -106,6 +106,16 @@ pub struct StoreConfig {
     )]
     pub watch_progress_notify_interval_ms: u64,
 
+    /// How often revision-mode auto compaction checks (etcd: 5 minutes);
+    /// tests shorten it.
+    #[arg(
+        long,
+        env = "CAIRN_REVISION_COMPACTION_INTERVAL_MS",
+        default_value_t = 300_000,
+        hide = true
+    )]
+    pub revision_compaction_interval_ms: u64,
+
     /// `periodic` (keep a duration of history) or `revision` (keep N revisions).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
@@ -119,6 +129,13 @@ pub struct StoreConfig {
     /// (0: etcd's default, 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+
+    /// Most watches one watch stream may hold (a create beyond it is
+    /// canceled with a reason saying so); their keys together may take at
+    /// most 16 MiB. etcd has no such limit: clientv3 puts every watch of a
+    /// client on one stream, so raise it for a client with more.
+    #[arg(long, env = "CAIRN_MAX_WATCHES_PER_STREAM", default_value_t = 10_000)]
+    pub max_watches_per_stream: usize,
 
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]

@@ -37,6 +37,8 @@ pub struct Node {
     pub max_txn_ops: usize,
     /// How often an idle watch with progress_notify hears from us.
     pub watch_progress_interval: Duration,
+    /// `--max-watches-per-stream`.
+    pub max_watches_per_stream: usize,
     /// Smallest lease TTL granted (etcd: 1.5 election timeouts).
     pub min_lease_ttl: i64,
     /// `--initial-cluster-token`: new member IDs are derived from it.
@@ -66,6 +68,7 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub watch_progress_interval: Duration,
+    pub max_watches_per_stream: usize,
     pub min_lease_ttl: i64,
     pub quota_bytes: u64,
     pub auth_token_ttl: Duration,
@@ -88,6 +91,7 @@ impl Node {
             max_request_bytes,
             max_txn_ops,
             watch_progress_interval,
+            max_watches_per_stream,
             min_lease_ttl,
             quota_bytes,
             auth_token_ttl,
@@ -107,6 +111,7 @@ impl Node {
             max_request_bytes,
             max_txn_ops,
             watch_progress_interval,
+            max_watches_per_stream,
             min_lease_ttl,
             cluster_token,
             quota_bytes,

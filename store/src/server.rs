@@ -103,6 +103,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
         watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
+        max_watches_per_stream: cfg.max_watches_per_stream,
         min_lease_ttl: crate::lease::min_ttl(cfg.election_timeout),
         quota_bytes: if cfg.quota_backend_bytes == 0 {
             2 << 30
@@ -191,7 +192,8 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     )?;
     if let Some(policy) = policy {
         info!(?policy, "auto compaction enabled");
-        tokio::spawn(crate::compactor::run(Arc::downgrade(&node), policy));
+        let every = Duration::from_millis(cfg.revision_compaction_interval_ms);
+        tokio::spawn(crate::compactor::run(Arc::downgrade(&node), policy, every));
     }
 
     shutdown_signal().await;

@@ -4,8 +4,9 @@
 //! owes its client, waits until the store has committed that far, reads the
 //! history from there ([`crate::mvcc::view::View::history`]) and sends what
 //! matches. A slow client only makes its watcher read history later, so memory
-//! stays bounded however many watchers lag, and no event can be skipped or
-//! sent twice. The header revision of a response is the last revision the
+//! stays bounded however many watchers lag (a watcher reads only once its
+//! stream has room for the answer), and no event can be skipped or sent
+//! twice. The header revision of a response is the last revision the
 //! watcher has fully read: everything up to it that matches has been sent.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -107,6 +108,12 @@ pub async fn run(
                 }
             }
         }
+        // A place in the stream's queue first, and only then the history:
+        // a watcher whose client does not read waits here holding no events,
+        // so ten thousand of them cost their specs, not their backlogs.
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
         let read = mvcc.read_history(next, READ_STEP_BYTES, |v, events, upto| {
             let mut out = Vec::new();
             for ev in events.iter().filter(|e| spec.matches(e)) {
@@ -141,17 +148,24 @@ pub async fn run(
                     compact_revision: compact_rev,
                     ..Default::default()
                 };
-                let _ = tx.send(Ok(resp)).await;
+                permit.send(Ok(resp));
                 return;
             }
         };
         if !events.is_empty() {
-            for resp in responses(&cfg, &spec, events, upto, term()) {
+            let mut resps = responses(&cfg, &spec, events, upto, term()).into_iter();
+            if let Some(first) = resps.next() {
+                permit.send(Ok(first));
+            }
+            // Fragments of one revision too large for one response.
+            for resp in resps {
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
             }
             last_sent = tokio::time::Instant::now();
+        } else {
+            drop(permit);
         }
         state.delivered.store(upto, Ordering::Release);
         next = upto + 1;

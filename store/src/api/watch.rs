@@ -28,6 +28,7 @@ use crate::watch::{self, WatchConfig, WatchSpec, WatcherState};
 pub struct WatchService {
     pub node: Arc<Node>,
     pub progress_interval: Duration,
+    pub limits: StreamLimits,
 }
 
 type Out = mpsc::Sender<Result<WatchResponse, Status>>;
@@ -35,11 +36,29 @@ type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 /// etcd's cancel reason for a client-chosen ID already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
+/// etcd's cancel reason for a watch its caller may not read.
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+
+/// What one stream may hold: its watches are tasks with their keys, so a
+/// client that opens many and never reads costs at most this much.
+#[derive(Clone, Copy)]
+pub struct StreamLimits {
+    /// Watches (`--max-watches-per-stream`).
+    pub watches: usize,
+    /// Bytes of keys and range ends of those watches together.
+    pub key_bytes: usize,
+}
+
 struct StreamState {
     node: Arc<Node>,
     cfg: WatchConfig,
     out: Out,
-    watchers: HashMap<i64, (JoinHandle<()>, Arc<WatcherState>)>,
+    /// Each watch's task, progress, and the bytes of its key and range end.
+    watchers: HashMap<i64, (JoinHandle<()>, Arc<WatcherState>, usize)>,
+    /// Bytes of keys and range ends of the stream's watches.
+    key_bytes: usize,
+    limits: StreamLimits,
     next_id: i64,
     /// Who opened the stream (auth): each watch is checked for read access.
     user: Option<String>,
@@ -59,48 +78,59 @@ impl StreamState {
         self.out.send(Ok(r)).await.is_ok()
     }
 
-    async fn create(&mut self, c: WatchCreateRequest) -> bool {
-        let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
-                let r = WatchResponse {
-                    header: self.header(self.node.mvcc.revision()),
-                    watch_id: c.watch_id,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: DUPLICATE_ID.into(),
-                    ..Default::default()
-                };
-                return self.send(r).await;
-            }
-            c.watch_id
-        } else {
-            while self.watchers.contains_key(&self.next_id) {
-                self.next_id += 1;
-            }
-            self.next_id
+    /// Answers a create that is refused: created and canceled at once.
+    async fn refuse(&self, watch_id: i64, reason: String) -> bool {
+        let r = WatchResponse {
+            header: self.header(self.node.mvcc.revision()),
+            watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
         };
+        self.send(r).await
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> bool {
+        // Watches that ended on their own (compacted history) are gone from
+        // the stream: they no longer hold back progress, and their IDs are
+        // free for the client to choose again.
+        self.watchers.retain(|_, (h, _, _)| !h.is_finished());
         let user = self.user.as_deref();
         let allowed = self
             .node
             .mvcc
             .read(|v| crate::auth::perms::check(v, user, &c.key, &c.range_end, Need::Read));
-        if let Err(e) = allowed {
-            // etcd puts the whole gRPC error text in the cancel reason.
-            let status = Status::from(e);
-            let r = WatchResponse {
-                header: self.header(self.node.mvcc.revision()),
-                watch_id: id,
-                created: true,
-                canceled: true,
-                cancel_reason: format!(
-                    "rpc error: code = {:?} desc = {}",
-                    status.code(),
-                    status.message()
-                ),
-                ..Default::default()
-            };
-            return self.send(r).await;
+        if allowed.is_err() {
+            // etcd: whatever the reason (no user, no role), the gRPC text of
+            // permission denied, under the ID the client sent.
+            return self.refuse(c.watch_id, PERMISSION_DENIED.into()).await;
         }
+        let key_bytes = c.key.len() + c.range_end.len();
+        if self.watchers.len() >= self.limits.watches
+            || self.key_bytes + key_bytes > self.limits.key_bytes
+        {
+            let reason = format!(
+                "cairn: too many watches on one stream (at most {} watches, {} bytes of keys)",
+                self.limits.watches, self.limits.key_bytes
+            );
+            return self.refuse(c.watch_id, reason).await;
+        }
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                // etcd answers a duplicate under ID -1.
+                return self.refuse(-1, DUPLICATE_ID.into()).await;
+            }
+            c.watch_id
+        } else {
+            // Server-chosen IDs only ever grow on a stream: a client must
+            // never confuse a new watch with one it just canceled.
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
         let current = self.node.mvcc.revision();
         // A watch "from now" starts after the current revision; one from a
         // past revision reports, as its starting point, what it has not yet
@@ -142,14 +172,16 @@ impl StreamState {
             move || node.term(),
             self.out.clone(),
         ));
-        self.watchers.insert(id, (handle, state));
+        self.watchers.insert(id, (handle, state, key_bytes));
+        self.key_bytes += key_bytes;
         true
     }
 
     async fn cancel(&mut self, id: i64) -> bool {
-        let Some((handle, _)) = self.watchers.remove(&id) else {
+        let Some((handle, _, key_bytes)) = self.watchers.remove(&id) else {
             return true;
         };
+        self.key_bytes -= key_bytes;
         handle.abort();
         // Wait for it to stop so no event can follow the cancel response.
         let _ = handle.await;
@@ -162,12 +194,13 @@ impl StreamState {
         self.send(r).await
     }
 
-    async fn progress(&self) -> bool {
+    async fn progress(&mut self) -> bool {
+        self.watchers.retain(|_, (h, _, _)| !h.is_finished());
         // The revision every watcher of the stream has been brought up to.
         let rev = self
             .watchers
             .values()
-            .map(|(_, s)| s.delivered.load(Ordering::Acquire))
+            .map(|(_, s, _)| s.delivered.load(Ordering::Acquire))
             .min()
             .unwrap_or_else(|| self.node.mvcc.revision());
         let r = WatchResponse {
@@ -179,7 +212,7 @@ impl StreamState {
     }
 
     fn stop_all(&mut self) {
-        for (_, (h, _)) in self.watchers.drain() {
+        for (_, (h, _, _)) in self.watchers.drain() {
             h.abort();
         }
     }
@@ -216,6 +249,8 @@ impl WatchService {
             },
             out,
             watchers: HashMap::new(),
+            key_bytes: 0,
+            limits: self.limits,
             next_id: 0,
             user,
         };
