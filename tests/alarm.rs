@@ -58,8 +58,9 @@ async fn nospace_alarm_refuses_writes_until_disarmed(imp: Impl) {
     let list = etcdctl_ok(&eps, &["alarm", "list"], None);
     assert!(list.contains("alarm:NOSPACE"), "{list}");
 
-    // Freeing space is allowed while the alarm is raised.
-    client
+    // Freeing space is allowed while the alarm is raised: delete, compact
+    // the history away, defragment (what an operator does, etcd's runbook).
+    let del = client
         .delete(
             "big",
             DeleteOptions {
@@ -69,6 +70,17 @@ async fn nospace_alarm_refuses_writes_until_disarmed(imp: Impl) {
         )
         .await
         .unwrap();
+    let rev = del.header.unwrap().revision.to_string();
+    etcdctl_ok(&eps, &["compaction", "--physical", &rev], None);
+    etcdctl_ok(&eps, &["defrag"], None);
     let out = etcdctl(&eps, &["alarm", "disarm"], None);
     assert!(out.success, "{}", out.stderr);
+    // Disarmed: no alarm left, and writes pass again.
+    assert_eq!(etcdctl_ok(&eps, &["alarm", "list"], None).trim(), "");
+    client
+        .put("after", "x", PutOptions::default())
+        .await
+        .unwrap();
+    let r = etcdctl_ok(&eps, &["get", "after", "--print-value-only"], None);
+    assert_eq!(r.trim(), "x");
 }

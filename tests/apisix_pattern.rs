@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_client::mvccpb::event::EventType;
@@ -28,6 +28,7 @@ const PREFIX: &str = "/apisix/";
 const DONE: &str = "/apisix/zz_done";
 const WRITES: usize = 150;
 const KILL_AFTER: usize = 50;
+const OK_AFTER_KILL: usize = 20;
 
 async fn follower_watch_survives_leader_kill9(imp: Impl) {
     run(imp, false).await
@@ -145,14 +146,26 @@ async fn run(imp: Impl, kill_watched_member: bool) {
     });
 
     let progress = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    // WRITES writes, and more until OK_AFTER_KILL of those started after the
+    // kill have succeeded: the cluster must go on taking writes.
     let writes = {
-        let (c, progress) = (writer.clone(), progress.clone());
+        let (c, progress, killed) = (writer.clone(), progress.clone(), killed.clone());
         tokio::spawn(async move {
-            let mut failed = 0;
-            for i in 20..20 + WRITES {
-                if write(&c, i).await.is_err() {
-                    failed += 1;
+            let deadline = std::time::Instant::now() + SLOW;
+            let (mut failed, mut ok_after, mut i) = (0, 0, 20);
+            while i < 20 + WRITES || ok_after < OK_AFTER_KILL {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "only {ok_after} writes succeeded after the kill"
+                );
+                let after = killed.load(Ordering::Relaxed);
+                match write(&c, i).await {
+                    Ok(()) if after => ok_after += 1,
+                    Ok(()) => {}
+                    Err(_) => failed += 1,
                 }
+                i += 1;
                 progress.fetch_add(1, Ordering::Relaxed);
             }
             failed
@@ -165,6 +178,7 @@ async fn run(imp: Impl, kill_watched_member: bool) {
     .await;
     let victim = if kill_watched_member { watched } else { leader };
     cl.nodes[victim].kill9();
+    killed.store(true, Ordering::Relaxed);
     let failed = writes.await.unwrap();
     eprintln!("{failed} writes failed around the kill");
     // The end marker, retried until it is certainly written.

@@ -635,6 +635,42 @@ async fn patch_merges_and_conflicts_are_reported() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 
+    // A forced conflict: six merges at once, all based on the same version
+    // (If-Match). Exactly one lands; the others are refused with 409 and
+    // nothing of theirs is in the route.
+    let base = r.json()["modifiedIndex"].to_string();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (url, base) = (format!("{}/apisix/admin/routes/p", cp.url), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"labels": {format!("c{i}"): "v"}}).to_string();
+            let h = [("x-api-key", ADMIN), ("if-match", base.as_str())];
+            (
+                i,
+                request("PATCH", &url, &h, Some(body)).await.unwrap().status,
+            )
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let labels = cp
+        .call("GET", "/apisix/admin/routes/p", k, None)
+        .await
+        .json()["value"]["labels"]
+        .clone();
+    let winners: Vec<_> = statuses.iter().filter(|(_, s)| *s == 200).collect();
+    assert_eq!(winners.len(), 1, "{statuses:?}");
+    for (i, status) in &statuses {
+        let present = labels.get(format!("c{i}")).is_some();
+        match status {
+            200 => assert!(present, "the accepted PATCH is missing: {labels}"),
+            409 => assert!(!present, "a refused PATCH was applied: {labels}"),
+            other => panic!("PATCH answered {other}"),
+        }
+    }
+
     // Concurrent merges of different fields: each one lands or is refused
     // with 409; none is silently lost.
     let mut tasks = Vec::new();
@@ -669,6 +705,64 @@ async fn patch_merges_and_conflicts_are_reported() {
             "a 200 PATCH was lost: {labels}"
         );
     }
+}
+
+/// `If-Match: <modifiedIndex>` on PUT, DELETE and rollback: a stale one is
+/// refused with 409 and changes nothing; the current one goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn if_match_guards_put_delete_and_rollback() {
+    let (_cluster, cp) = setup().await;
+    let k = Some(ADMIN);
+    let url = |p: &str| format!("{}/apisix/admin/routes/m{p}", cp.url);
+    let mut revs = Vec::new();
+    for uri in ["/a", "/b"] {
+        let r = cp
+            .call(
+                "PUT",
+                "/apisix/admin/routes/m",
+                k,
+                Some(json!({"uri": uri, "upstream": upstream()})),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+        revs.push(r.json()["modifiedIndex"].to_string());
+    }
+    let get = || async {
+        cp.call("GET", "/apisix/admin/routes/m", k, None)
+            .await
+            .json()
+    };
+    let current = get().await;
+    let stale = revs[0].as_str();
+    let body = json!({"uri": "/stale", "upstream": upstream()}).to_string();
+    for (method, path, body) in [
+        ("PUT", "", Some(body)),
+        ("DELETE", "", None),
+        ("POST", &format!("/rollback?revision={stale}") as &str, None),
+    ] {
+        let h = [("x-api-key", ADMIN), ("if-match", stale)];
+        let r = request(method, &url(path), &h, body).await.unwrap();
+        assert_eq!(r.status, 409, "{method} with a stale If-Match: {}", r.body);
+        assert_eq!(get().await, current, "{method} changed the route");
+    }
+    // With the current version each goes through: rollback, then delete.
+    let h = [("x-api-key", ADMIN), ("if-match", revs[1].as_str())];
+    let r = request(
+        "POST",
+        &url(&format!("/rollback?revision={stale}")),
+        &h,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["value"]["uri"], "/a");
+    let now = r.json()["modifiedIndex"].to_string();
+    let h = [("x-api-key", ADMIN), ("if-match", now.as_str())];
+    let r = request("DELETE", &url(""), &h, None).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = cp.call("GET", "/apisix/admin/routes/m", k, None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

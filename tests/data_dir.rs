@@ -151,6 +151,58 @@ mod cairn {
         assert_refused(&dir);
     }
 
+    /// A member whose data dir was wiped, restarted with the flags that
+    /// bootstrapped it, must not come up as a fresh member of a new cluster
+    /// beside the old one: it refuses and says how to replace it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refuses_a_wiped_member_the_cluster_still_knows() {
+        let mut cl = Cluster::start(Impl::Cairn, 3).await;
+        cl.client()
+            .await
+            .put("k", "v", Default::default())
+            .await
+            .unwrap();
+        cl.nodes[2].kill9();
+        std::fs::remove_dir_all(&cl.nodes[2].data_dir).unwrap();
+        cl.nodes[2].restart();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(code) = cl.nodes[2].exit_code() {
+                break code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a wiped member kept running:\n{}",
+                cl.nodes[2].log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = cl.nodes[2].log();
+        assert_ne!(code, 0, "{log}");
+        assert!(log.contains("member remove"), "no way out named:\n{log}");
+        // The cluster is untouched: still the same data on the others.
+        let r = cl.nodes[0]
+            .client()
+            .await
+            .get("k", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(r.kvs[0].value, b"v");
+    }
+
+    /// `ETCD_*` variables Cairn does not read are named in a warning, so a
+    /// migrated setting that silently does nothing is noticed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_etcd_variables_are_warned_about() {
+        let opts = common::ClusterOptions {
+            env: vec![("ETCD_NOT_A_REAL_FLAG".into(), "1".into())],
+            ..Default::default()
+        };
+        let cl = Cluster::start_with(Impl::Cairn, 1, opts).await;
+        let log = cl.nodes[0].log();
+        assert!(log.contains("ETCD_NOT_A_REAL_FLAG"), "{log}");
+    }
+
     #[tokio::test]
     async fn refuses_data_dir_that_is_a_file() {
         let tmp = tempfile::tempdir().unwrap();

@@ -333,6 +333,97 @@ async fn etcdctl_command_matrix() {
         ),
     ];
 
+    // What each successful command must print (a part of etcdctl 3.4's
+    // output that depends on the answer), so a command that "succeeds" with
+    // the wrong answer fails here.
+    let prints: std::collections::HashMap<&str, String> = [
+        ("put k v", "OK".to_string()),
+        ("put k v2 --prev-kv", "OK\nk\nv\n".into()),
+        ("get k", "k\nv2\n".into()),
+        ("get k --consistency=s", "k\nv2\n".into()),
+        ("get k --rev=2", "k\nv\n".into()),
+        ("get --prefix k -w json", "\"key\":\"aw==\"".into()),
+        ("del k", "1".into()),
+        ("txn (compare, success, failure)", "FAILURE\n\nOK".into()),
+        ("compaction 3", "compacted revision 3".into()),
+        ("lease grant 60", "granted with TTL(60s)".into()),
+        ("put --lease=<lease> lk v", "OK".into()),
+        (
+            "lease timetolive <lease> --keys",
+            "attached keys([lk])".into(),
+        ),
+        ("lease list", lease.clone()),
+        (
+            "lease keep-alive --once <lease>",
+            format!("lease {lease} keepalived with TTL("),
+        ),
+        ("lease revoke <lease>", format!("lease {lease} revoked")),
+        ("lock L echo locked", "locked".into()),
+        ("member list", "started".into()),
+        (
+            "member add m4 --learner --peer-urls=<url>",
+            "added to cluster".into(),
+        ),
+        ("member remove <learner>", "removed from cluster".into()),
+        (
+            "member update <id> --peer-urls=<same>",
+            format!("{member0} updated in cluster"),
+        ),
+        ("endpoint health", "is healthy".into()),
+        ("endpoint status", leader_id.clone()),
+        ("defrag", "Finished defragmenting etcd member".into()),
+        ("snapshot save FILE", "Snapshot saved at".into()),
+        ("user add root:…", "User root created".into()),
+        ("role add root", "Role root created".into()),
+        (
+            "user grant-role root root",
+            "Role root is granted to user root".into(),
+        ),
+        ("user add u1:…", "User u1 created".into()),
+        ("role add r1", "Role r1 created".into()),
+        (
+            "role grant-permission r1 readwrite /a --prefix",
+            "Role r1 updated".into(),
+        ),
+        (
+            "user grant-role u1 r1",
+            "Role r1 is granted to user u1".into(),
+        ),
+        ("user get u1", "User: u1\nRoles: r1".into()),
+        ("user list", "root\nu1".into()),
+        ("role get r1", "[/a, /b) (prefix /a)".into()),
+        ("role list", "r1\nroot".into()),
+        ("auth enable", "Authentication Enabled".into()),
+        ("--user u1:… put /a/1 x", "OK".into()),
+        ("--user root:… user passwd u1", "Password updated".into()),
+        (
+            "--user root:… role revoke-permission r1 /a --prefix",
+            "revoked from role r1".into(),
+        ),
+        (
+            "--user root:… user revoke-role u1 r1",
+            "Role r1 is revoked from user u1".into(),
+        ),
+        ("--user root:… user delete u1", "User u1 deleted".into()),
+        ("--user root:… role delete r1", "Role r1 deleted".into()),
+        (
+            "--user root:… auth disable",
+            "Authentication Disabled".into(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    for r in &rows {
+        let quiet = ["watch --prefix /w", "alarm list", "alarm disarm"];
+        assert!(
+            r.fails_with.is_some()
+                || prints.contains_key(r.shown.as_str())
+                || quiet.contains(&r.shown.as_str()),
+            "no expected output for {}",
+            r.shown
+        );
+    }
+
     let mut table =
         String::from("| etcdctl 3.4 command | RPC | result on Cairn |\n|---|---|---|\n");
     let mut failures = Vec::new();
@@ -367,7 +458,16 @@ async fn etcdctl_command_matrix() {
             }
         }
         let shown = match (&result, r.fails_with) {
-            (Ok(_), None) => "ok".to_string(),
+            (Ok(out), None) => match prints.get(r.shown.as_str()) {
+                Some(want) if !out.contains(want.as_str()) => {
+                    failures.push(format!(
+                        "{}: printed {out:?}, expected it to contain {want:?}",
+                        r.shown
+                    ));
+                    "WRONG OUTPUT".into()
+                }
+                _ => "ok".to_string(),
+            },
             (Err(e), Some(want)) if e.contains(want) => format!("error, as expected: `{want}`"),
             (Ok(out), Some(want)) => {
                 failures.push(format!(

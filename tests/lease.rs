@@ -30,8 +30,9 @@ cluster_tests!(
 const NOT_FOUND: &str = "etcdserver: requested lease not found";
 
 /// etcd's minimum lease TTL in seconds: ceil(1.5 × election timeout).
+/// The tests that check it run both stores at etcd's timeouts.
 fn min_ttl(o: &ClusterOptions) -> i64 {
-    (o.election_ms * 3).div_ceil(2 * 1000) as i64
+    (o.election_ms_for(Impl::Etcd) * 3).div_ceil(2 * 1000) as i64
 }
 
 fn rev(h: &Option<cairn_client::pb::ResponseHeader>) -> i64 {
@@ -54,7 +55,7 @@ async fn next(w: &mut Watcher) -> cairn_client::pb::WatchResponse {
 }
 
 async fn grant_rules_and_minimum_ttl(imp: Impl) {
-    let opts = ClusterOptions::default();
+    let opts = ClusterOptions::etcd_timeouts();
     let cl = Cluster::start_with(imp, 3, opts.clone()).await;
     let c = cl.client().await;
     let min = min_ttl(&opts);
@@ -100,7 +101,7 @@ async fn grant_rules_and_minimum_ttl(imp: Impl) {
 }
 
 async fn expiry_deletes_keys_and_emits_delete_events(imp: Impl) {
-    let opts = ClusterOptions::default();
+    let opts = ClusterOptions::etcd_timeouts();
     let mut cl = Cluster::start_with(imp, 3, opts.clone()).await;
     let c = cl.client().await;
     let g = c.lease_grant(1, 0).await.unwrap();
@@ -364,7 +365,7 @@ async fn etcdctl_lease_commands(imp: Impl) {
     if !have_tool(&etcdctl_bin()) {
         return;
     }
-    let opts = ClusterOptions::default();
+    let opts = ClusterOptions::etcd_timeouts();
     let mut cl = Cluster::start_with(imp, 3, opts.clone()).await;
     let f = cl.followers().await[0];
     let eps = vec![cl.nodes[f].client_url.clone()];

@@ -146,9 +146,14 @@ async fn refuse_change_without_quorum_of_started(imp: Impl) {
     );
     assert!(!out.success, "member add must be refused: {}", out.stdout);
     let last = out.stderr;
+    // etcd's words exactly (a removal would say "unhealthy cluster").
     assert!(
-        last.contains("re-configuration failed due to not enough started members")
-            || last.contains("etcdserver: unhealthy cluster"),
+        last.contains("etcdserver: re-configuration failed due to not enough started members"),
         "{last}"
     );
+    // And nothing changed: still the three members.
+    let list = etcdctl(&eps, &["member", "list"], None);
+    assert!(list.success, "{}", list.stderr);
+    assert_eq!(list.stdout.lines().count(), 3, "{}", list.stdout);
+    assert!(!list.stdout.contains("n9"), "{}", list.stdout);
 }

@@ -203,11 +203,14 @@ struct Launch {
     env: Vec<(String, String)>,
 }
 
-/// Cluster settings; the defaults are etcd's.
-#[derive(Debug, Clone)]
+/// Cluster settings; by default each implementation runs as it ships.
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
-    pub heartbeat_ms: u64,
-    pub election_ms: u64,
+    /// `--heartbeat-interval` / `--election-timeout`; `None`: what each
+    /// implementation ships with (etcd 100 / 1000 ms, Cairn 25 / 150 ms), so
+    /// Cairn is tested as it runs.
+    pub heartbeat_ms: Option<u64>,
+    pub election_ms: Option<u64>,
     pub snapshot_count: Option<u64>,
     /// Cairn only (etcd 3.4 has no such flag; it keeps 5000 entries).
     pub snapshot_catchup_entries: Option<u64>,
@@ -260,17 +263,22 @@ impl TestTls {
     }
 }
 
-impl Default for ClusterOptions {
-    fn default() -> Self {
+impl ClusterOptions {
+    /// etcd's default timeouts, on either implementation.
+    pub fn etcd_timeouts() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_ms: 1000,
-            snapshot_count: None,
-            snapshot_catchup_entries: None,
-            extra_args: Vec::new(),
-            tls: None,
-            env: Vec::new(),
+            heartbeat_ms: Some(100),
+            election_ms: Some(1000),
+            ..Self::default()
         }
+    }
+
+    /// The election timeout `imp` runs with under these options.
+    pub fn election_ms_for(&self, imp: Impl) -> u64 {
+        self.election_ms.unwrap_or(match imp {
+            Impl::Etcd => 1000,
+            Impl::Cairn => 150,
+        })
     }
 }
 
@@ -542,13 +550,12 @@ impl Cluster {
                 &initial_cluster,
                 "new",
             );
-            for (k, v) in [
-                ("--initial-cluster-token", token.clone()),
-                ("--heartbeat-interval", opts.heartbeat_ms.to_string()),
-                ("--election-timeout", opts.election_ms.to_string()),
-            ] {
-                args.push(k.into());
-                args.push(v);
+            args.extend(["--initial-cluster-token".into(), token.clone()]);
+            if let Some(ms) = opts.heartbeat_ms {
+                args.extend(["--heartbeat-interval".into(), ms.to_string()]);
+            }
+            if let Some(ms) = opts.election_ms {
+                args.extend(["--election-timeout".into(), ms.to_string()]);
             }
             if let Some(s) = opts.snapshot_count {
                 args.extend(["--snapshot-count".into(), s.to_string()]);
