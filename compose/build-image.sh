@@ -20,12 +20,21 @@ if [ -z "$bin" ]; then
   bin="${CARGO_TARGET_DIR:-target}/$target/release/cairn"
 fi
 
-# A static binary has no interpreter; refuse a dynamic one here rather than
-# ship an image whose containers fail with "no such file or directory".
-if file "$bin" 2>/dev/null | grep -q 'dynamically linked'; then
-  echo "build-image: $bin is dynamically linked; it cannot run FROM scratch" >&2
-  exit 1
+# A static binary has no interpreter; refuse anything `file` does not call
+# static rather than ship an image whose containers fail with "no such file
+# or directory".
+if ! command -v file >/dev/null; then
+  echo "== installing file (to check the binary is static)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq file >/dev/null
 fi
+kind=$(file -L "$bin")
+case "$kind" in
+*"statically linked"* | *"static-pie linked"*) ;;
+*)
+  echo "build-image: $bin is not a static binary ($kind); it cannot run FROM scratch" >&2
+  exit 1
+  ;;
+esac
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
