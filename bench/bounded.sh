@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The "bounded under heavy input" goals, measured on a fresh 3-member Cairn
+# cluster (release build) and printed as a Markdown table:
+#
+#  1. lease keep-alive (64 clients) with 1,000 and with 100,000 leases held,
+#     p50/p99, and how late a 3 s lease expires with 100,000 leases held;
+#  2. a paged list (`range --limit 10`, linearizable) over 1,000 and over
+#     100,000 keys of 1 KiB: latency, and the serving member's peak RSS
+#     growth during the pages;
+#  3. 10,000 watches on one stream (the JSON gateway's /v3/watch) whose
+#     client never reads, while 2,000 puts of 1 KiB land in what they watch:
+#     the member's RSS growth.
+#
+#   bench/bounded.sh
+#
+# Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export ETCDCTL_API=3
+log() { printf '[bounded %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+if [ -z "${CAIRN_BIN:-}" ]; then
+    log "building cairn (release)"
+    cargo build --release --bin cairn -q
+    CAIRN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cairn"
+fi
+WORK=${BENCH_WORKDIR:-$(mktemp -d /tmp/cairn-bounded.XXXXXX)}
+RES="$WORK/results"
+mkdir -p "$RES" "$WORK/logs"
+
+# shellcheck source=bench/cluster.sh
+. "$ROOT/bench/cluster.sh"
+cleanup() {
+    stop_cluster cairn
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+EPS=$(endpoints cairn)
+EP0=$(client_url cairn 0)
+PID0() { echo "${PIDS[cairn:0]}"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+# Resets the peak RSS the kernel keeps for a process (VmHWM).
+reset_hwm() { echo 5 >"/proc/$1/clear_refs"; }
+bench_json() { "$CAIRN_BIN" --log-level error bench --endpoints "$EPS" --json "$@"; }
+# p50 and p99 (ms) of a bench JSON result.
+lat() { python3 -c 'import json,sys; l=json.load(sys.stdin)["latency"]; print("%.2f / %.2f" % (l["p50_ms"], l["p99_ms"]))'; }
+
+ROWS=()
+row() { ROWS+=("| $1 | $2 |"); }
+
+# --- 1. leases ----------------------------------------------------------------
+for held in 1000 100000; do
+    fresh_cluster cairn
+    log "lease keep-alive with $held leases held"
+    r=$(bench_json --conns 8 --clients 64 --duration 10s lease-keepalive --idle-leases "$held")
+    row "lease keep-alive p50 / p99 (ms), $held leases held" "$(lat <<<"$r")"
+    if [ "$held" = 100000 ]; then
+        id=$(etcdctl --endpoints="$EPS" lease grant 3 | awk '{print $2}')
+        t0=$(date +%s.%N)
+        etcdctl --endpoints="$EPS" put expiring v --lease="$id" >/dev/null
+        until [ -z "$(etcdctl --endpoints="$EPS" get expiring --print-value-only)" ]; do
+            sleep 0.05
+        done
+        late=$(python3 -c "import time; print('%.2f' % (time.time() - $t0 - 3))")
+        row "a 3 s lease's key deleted after TTL + (s), 100,000 leases held" "$late"
+    fi
+    stop_cluster cairn
+done
+
+# --- 2. paged list ------------------------------------------------------------
+for keys in 1000 100000; do
+    fresh_cluster cairn
+    log "loading $keys keys of 1 KiB"
+    bench_json --conns 4 --clients 32 --total "$keys" --sequential-keys --key-space "$keys" \
+        --val-size 1024 put >/dev/null
+    pid=$(PID0)
+    reset_hwm "$pid"
+    base=$(rss_kib "$pid")
+    r=$("$CAIRN_BIN" --log-level error bench --endpoints "$EP0" --json --clients 1 --duration 5s \
+        range 0 : --limit 10 --consistency l)
+    row "paged list p50 / p99 (ms), $keys keys of 1 KiB" "$(lat <<<"$r")"
+    row "paged list: peak RSS above the start (MiB), $keys keys" \
+        "$(( ($(hwm_kib "$pid") - base) / 1024 ))"
+    stop_cluster cairn
+done
+
+# --- 3. watches that are never read -------------------------------------------
+fresh_cluster cairn
+pid=$(PID0)
+before=$(rss_kib "$pid")
+log "10,000 watches on one stream that never reads"
+python3 - "$EP0" <<'EOF' &
+import base64, json, socket, sys, time
+host, port = sys.argv[1].removeprefix("http://").split(":")
+s = socket.create_connection((host, int(port)))
+s.sendall(b"POST /v3/watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+key = base64.b64encode(b"w/").decode()
+end = base64.b64encode(b"w0").decode()
+for _ in range(10000):
+    msg = json.dumps({"create_request": {"key": key, "range_end": end}}).encode()
+    s.sendall(b"%x\r\n%s\r\n" % (len(msg), msg))
+time.sleep(120)  # never reads; killed by the script
+EOF
+reader=$!
+sleep 5
+# 2,000 puts of 1 KiB into the watched prefix, through another connection.
+python3 - "$EPS" <<'EOF'
+import base64, json, sys, urllib.request
+ep = sys.argv[1].split(",")[0]
+v = base64.b64encode(b"x" * 1024).decode()
+for i in range(2000):
+    k = base64.b64encode(b"w/%d" % (i % 10)).decode()
+    req = urllib.request.Request(ep + "/v3/kv/put", json.dumps({"key": k, "value": v}).encode())
+    urllib.request.urlopen(req).read()
+EOF
+sleep 3
+after=$(rss_kib "$pid")
+row "10,000 never-read watches on one stream + 2,000 puts of 1 KiB: RSS growth (MiB)" \
+    "$(( (after - before) / 1024 ))"
+kill "$reader" 2>/dev/null || true
+wait "$reader" 2>/dev/null || true
+
+echo "| measure | Cairn |"
+echo "|---|---|"
+printf '%s\n' "${ROWS[@]}"
