@@ -3,7 +3,8 @@
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
 //! - `cairn control`: admin API and web console (`cairn-control`).
 //! - `cairn up`: a local three-node cluster for a first try (`up`); with
-//!   `--drill`, the HA drill against local processes (`drill`).
+//!   `--drill`, the HA drill against local processes (`drill`); the ports
+//!   both use are in `topology`.
 //! - `cairn snapshot restore`: a data dir from a snapshot (`cairn_store::restore`).
 //! - `cairn bench`: load generator for any etcd v3 cluster (`cairn-bench`).
 //! - `cairn healthcheck URL`: GET, exit 0 on 2xx (compose health checks in a
@@ -11,6 +12,7 @@
 
 mod drill;
 mod healthcheck;
+mod topology;
 mod up;
 
 /// glibc's malloc took about a fifth of a store member's CPU under write

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::process::{Child, Command};
 
+use crate::topology::{CONTROL_PORT, NODES};
+
 #[derive(Args)]
 pub struct UpArgs {
     /// Where the three data dirs go.
@@ -23,15 +25,6 @@ pub struct UpArgs {
     #[arg(long)]
     drill: bool,
 }
-
-pub(crate) const NODES: [(&str, u16, u16); 3] = [
-    ("s1", 2379, 2380),
-    ("s2", 22379, 22380),
-    ("s3", 32379, 32380),
-];
-
-/// The control plane's port (admin API and console).
-pub(crate) const CONTROL_PORT: u16 = 9000;
 
 pub async fn run(args: UpArgs) -> Result<()> {
     if args.drill {
