@@ -19,7 +19,7 @@
 //! - [`history`]: the recorded operations and the run's clock.
 //!
 //! The `robustness` binary runs seeded runs on demand (`--runs 100` for a
-//! soak); `tests/robustness.rs` in the workspace root runs the short set.
+//! soak); `tests/it/robustness.rs` in the workspace root runs the short set.
 
 pub mod cluster;
 pub mod history;

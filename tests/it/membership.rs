@@ -2,7 +2,7 @@
 //! dead member without downtime, removing the leader, and etcd's refusal of a
 //! change that would leave too few started members.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

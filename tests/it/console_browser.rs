@@ -7,7 +7,7 @@
 //! and the "applied by every gateway" note after a save. A screenshot of each
 //! page goes to `target/console-screenshots/`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

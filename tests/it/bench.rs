@@ -3,7 +3,7 @@
 //! error, and `--json` reports it. Numbers are not checked: speed is measured
 //! by bench/compare.sh, never asserted.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,12 +1,12 @@
 //! Watch semantics through cairn-client (and etcdctl 3.4) against a real
 //! 3-process cluster, run on both etcd (the reference) and Cairn.
-//! `cargo test --test watch etcd::` / `cairn::`.
+//! `cargo test --test it watch::etcd::` / `cairn::`.
 //!
 //! Every expectation is built from a log of the writes the test made (key,
 //! type and the revision each write's response reported), so the comparisons
 //! are exact: same events, same order, no gaps, no duplicates.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

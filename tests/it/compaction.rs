@@ -1,7 +1,7 @@
 //! `--auto-compaction-retention` (etcd's periodic mode): the leader compacts
 //! history older than the retention by itself. Run on etcd and Cairn.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! (SIGINT), and a clear error when a port it needs is taken; then
 //! `cairn up --drill` on the same ports.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! never panic, never come up as an empty store. Cairn only: etcd has its own
 //! (different) rules for foreign directories.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! NOSPACE, writes are refused with etcd's error while deletes still pass,
 //! and `etcdctl alarm list/disarm` see and clear it. Run on etcd and Cairn.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

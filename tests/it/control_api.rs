@@ -1,7 +1,7 @@
 //! `cairn control`'s Admin API against a real 3-node Cairn cluster, over real
 //! HTTP, with etcdctl reading what it wrote.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! certificate, or with one from another CA, are refused. Runs against etcd
 //! 3.4 with the same flags.
 
-mod common;
+use crate::common;
 
 use cairn_client::{Client, GetOptions, PutOptions, TlsOptions};
 use common::tls::{pki, write};

@@ -2,7 +2,7 @@
 //! lua-resty-etcd sends (raw HTTP/1.1, no client library), against etcd 3.4
 //! (the reference) and Cairn.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Durability and recovery with real faults (kill -9, SIGTERM, SIGSTOP), run on
 //! both etcd (the reference) and Cairn.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -5,9 +5,9 @@
 //! goes on (its member survived) or the client resumes it on another member
 //! from its last delivered revision + 1 ([`cairn_client::ResumingWatcher`]).
 //! At the end, the copy built from range + events equals a fresh range.
-//! `cargo test --test apisix_pattern etcd::` / `cairn::`.
+//! `cargo test --test it apisix_pattern::etcd::` / `cairn::`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

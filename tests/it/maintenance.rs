@@ -5,7 +5,7 @@
 //! the reference). Snapshot restore is Cairn only: etcd's snapshot is a bbolt
 //! file that Cairn cannot read, and Cairn's is not one etcdctl can restore.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

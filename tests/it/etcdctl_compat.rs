@@ -5,8 +5,8 @@
 //! `tests/golden/etcdctl_transcript.txt`, which was recorded from etcd 3.4.23.
 //! The etcd variant of the test re-checks that golden file against the live
 //! reference every run (so the golden cannot rot); the Cairn variant must produce
-//! the same transcript. `CAIRN_UPDATE_GOLDEN=1 cargo test --test etcdctl_compat
-//! etcd::` rewrites it from etcd.
+//! the same transcript. `CAIRN_UPDATE_GOLDEN=1 cargo test --test it
+//! etcdctl_compat::etcd::` rewrites it from etcd.
 //!
 //! Normalized (inherently different between two clusters, or between runs):
 //! - client/peer URLs → `<c0>`/`<p0>`… (random free ports);
@@ -24,7 +24,7 @@
 //! Revisions, keys, values, versions, counts, error strings and exit statuses are
 //! NOT normalized: those are the contract.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

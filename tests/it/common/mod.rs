@@ -14,8 +14,6 @@
 //! `ETCDCTL_BIN`). Under `CI=true` a missing tool fails the test; otherwise the
 //! test prints why and returns early.
 
-#![allow(dead_code)] // each test file uses a different part of the harness
-
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -154,7 +152,7 @@ pub fn free_port() -> u16 {
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let port = 15000 + (h.finish() % 17000) as u16;
-        // `cairn up` (tests/up.rs) needs these two fixed ports.
+        // `cairn up` (tests/it/up.rs) needs these two fixed ports.
         if port == 22379 || port == 22380 {
             continue;
         }

@@ -1,8 +1,8 @@
 //! KV semantics through cairn-client against a real 3-process cluster, run on
 //! both etcd (the reference: these must pass there) and Cairn.
-//! `cargo test --test kv_client etcd::` / `cairn::`.
+//! `cargo test --test it kv_client::etcd::` / `cairn::`.
 
-mod common;
+use crate::common;
 
 use cairn_client::pb::{ResponseHeader, TxnResponse};
 use cairn_client::txn::{self, op_delete, op_put, op_range, op_txn, CompareResult, Txn};

@@ -4,11 +4,11 @@
 //!
 //! The results are also the README's compatibility table (between the
 //! `etcdctl-matrix` markers): the test fails if the table there differs from
-//! what it measured. `CAIRN_UPDATE_README=1 cargo nextest run --test
-//! etcdctl_matrix` rewrites it. `check perf` is left out: it passes or fails
+//! what it measured. `CAIRN_UPDATE_README=1 cargo nextest run -E
+//! 'test(/^etcdctl_matrix::/)'` rewrites it. `check perf` is left out: it passes or fails
 //! on timing.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -371,6 +371,7 @@ async fn etcdctl_command_matrix() {
         ),
         ("endpoint health", "is healthy".into()),
         ("endpoint status", leader_id.clone()),
+        ("endpoint hashkv", format!("{}, ", eps[0])),
         ("defrag", "Finished defragmenting etcd member".into()),
         ("snapshot save FILE", "Snapshot saved at".into()),
         ("user add root:…", "User root created".into()),

@@ -1,11 +1,11 @@
 //! Leases through cairn-client and etcdctl 3.4 against a real 3-process
 //! cluster, run on both etcd (the reference) and Cairn.
-//! `cargo test --test lease etcd::` / `cairn::`.
+//! `cargo test --test it lease::etcd::` / `cairn::`.
 //!
 //! The minimum TTL is not a constant: etcd raises a grant to
 //! ceil(1.5 × election timeout) seconds, and so must Cairn.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

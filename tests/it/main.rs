@@ -1,0 +1,30 @@
+//! Every integration test, in one binary: a change links once, not once per
+//! file. Each module holds one area (its own `//!` says what it covers);
+//! `common` is the harness they share (clusters of etcd or Cairn, etcdctl,
+//! raw HTTP, the control plane). Run one area with
+//! `cargo nextest run -E 'test(/^watch::/)'`, one implementation with
+//! `-E 'test(/::etcd::/)'`.
+
+#[macro_use]
+mod common;
+
+mod alarm;
+mod apisix_pattern;
+mod auth;
+mod bench;
+mod compaction;
+mod console_browser;
+mod control_api;
+mod data_dir;
+mod durability;
+mod etcdctl_compat;
+mod etcdctl_matrix;
+mod json_gateway;
+mod kv_client;
+mod lease;
+mod maintenance;
+mod membership;
+mod robustness;
+mod tls;
+mod up;
+mod watch;
