@@ -36,10 +36,6 @@ type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 /// etcd's cancel reason for a client-chosen ID already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
-/// etcd's cancel reason for a watch its caller may not read.
-const PERMISSION_DENIED: &str =
-    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
-
 /// What one stream may hold: its watches are tasks with their keys, so a
 /// client that opens many and never reads costs at most this much.
 #[derive(Clone, Copy)]
@@ -92,19 +88,21 @@ impl StreamState {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> bool {
-        // Watches that ended on their own (compacted history) are gone from
-        // the stream: they no longer hold back progress, and their IDs are
-        // free for the client to choose again.
-        self.watchers.retain(|_, (h, _, _)| !h.is_finished());
         let user = self.user.as_deref();
         let allowed = self
             .node
             .mvcc
             .read(|v| crate::auth::perms::check(v, user, &c.key, &c.range_end, Need::Read));
-        if allowed.is_err() {
-            // etcd: whatever the reason (no user, no role), the gRPC text of
-            // permission denied, under the ID the client sent.
-            return self.refuse(c.watch_id, PERMISSION_DENIED.into()).await;
+        if let Err(e) = allowed {
+            // etcd puts the whole gRPC error text in the cancel reason (no
+            // token: "user name is empty"; no role: "permission denied").
+            let status = Status::from(e);
+            let reason = format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            );
+            return self.refuse(c.watch_id, reason).await;
         }
         let key_bytes = c.key.len() + c.range_end.len();
         if self.watchers.len() >= self.limits.watches
@@ -194,12 +192,14 @@ impl StreamState {
         self.send(r).await
     }
 
-    async fn progress(&mut self) -> bool {
-        self.watchers.retain(|_, (h, _, _)| !h.is_finished());
+    async fn progress(&self) -> bool {
         // The revision every watcher of the stream has been brought up to.
         let rev = self
             .watchers
             .values()
+            // A watch that ended on its own (canceled by compaction) holds
+            // nothing back; its ID stays taken, as in etcd.
+            .filter(|(h, _, _)| !h.is_finished())
             .map(|(_, s, _)| s.delivered.load(Ordering::Acquire))
             .min()
             .unwrap_or_else(|| self.node.mvcc.revision());
