@@ -59,6 +59,8 @@ pub enum EtcdError {
     PeerUrlExists,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("etcdserver: given member URLs are invalid")]
     InvalidPeerUrls,
     #[error("etcdserver: can only promote a learner member")]
@@ -137,7 +139,8 @@ impl EtcdError {
             | Timeout
             | TimeoutDueToConnectionLost
             | Stopped
-            | NotCapable => Code::Unavailable,
+            | NotCapable
+            | Unhealthy => Code::Unavailable,
             Internal(_) => Code::Internal,
         }
     }

@@ -60,16 +60,26 @@ fn write_err(e: RaftError<u64, ClientWriteError<u64, MemberNode>>) -> EtcdError 
 }
 
 /// Voters that count as started, excluding `without`.
-fn started_voters(node: &Node, voters: &BTreeSet<u64>, without: Option<u64>) -> usize {
+/// Voters (except `without`) that have started, i.e. published their
+/// client URLs: etcd's `IsReadyTo{Add,Remove}VotingMember`.
+fn started_voters(node: &Node, voters: &BTreeSet<u64>, without: Option<u64>) -> Vec<u64> {
     let attrs = member_attrs(&node.mvcc);
     voters
         .iter()
-        .filter(|id| Some(**id) != without)
+        .copied()
+        .filter(|id| Some(*id) != without)
         .filter(|id| {
             attrs
                 .iter()
-                .any(|(a, at)| a == *id && !at.client_urls.is_empty())
+                .any(|(a, at)| a == id && !at.client_urls.is_empty())
         })
+        .collect()
+}
+
+/// Of `ids`, how many this member has heard from within the health
+/// interval (itself included): etcd's `isConnected*Since`.
+fn connected(node: &Node, ids: &[u64]) -> usize {
+    ids.iter()
         .filter(|id| **id == node.id || node.pool.reachable(**id, HEALTH_INTERVAL))
         .count()
 }
@@ -144,11 +154,15 @@ async fn change(node: &Node, call: MemberCall) -> Result<u64, EtcdError> {
                     return Err(EtcdError::TooManyLearners);
                 }
             } else {
-                // After the add, a quorum of the larger voter set must be
-                // made of members that are up.
-                let quorum = quorum(voters.len() + 1);
-                if started_voters(node, &voters, None) < quorum {
+                // As etcd's strict reconfig check: a quorum of the larger
+                // voter set must have started, and every voter must be
+                // connected (a dead one makes the cluster "unhealthy").
+                let started = started_voters(node, &voters, None);
+                if started.len() < quorum(voters.len() + 1) {
                     return Err(EtcdError::NotEnoughStartedMembers);
+                }
+                if connected(node, &started) < voters.len() {
+                    return Err(EtcdError::Unhealthy);
                 }
             }
             let member = MemberNode {
@@ -174,9 +188,15 @@ async fn change(node: &Node, call: MemberCall) -> Result<u64, EtcdError> {
                 return Err(EtcdError::MemberNotFound);
             }
             if voters.contains(&id) {
+                // etcd: a quorum of the voters left must have started and
+                // be connected.
                 let quorum = quorum(voters.len() - 1);
-                if started_voters(node, &voters, Some(id)) < quorum {
+                let started = started_voters(node, &voters, Some(id));
+                if started.len() < quorum {
                     return Err(EtcdError::NotEnoughStartedMembers);
+                }
+                if connected(node, &started) < quorum {
+                    return Err(EtcdError::Unhealthy);
                 }
                 let rm = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
                 node.raft
