@@ -446,7 +446,8 @@ async fn etcdctl_command_matrix() {
             let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
             let o = etcdctl(targets, &args, r.stdin);
             if o.success {
-                Ok(o.stdout)
+                // Some commands (endpoint health) print their answer on stderr.
+                Ok(format!("{}{}", o.stdout, o.stderr))
             } else {
                 Err(o.stderr.lines().last().unwrap_or_default().to_string())
             }

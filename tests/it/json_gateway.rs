@@ -623,9 +623,9 @@ async fn a_watcher_that_stops_reading_is_caught_up_from_history(imp: Impl) {
     assert_eq!(created["result"]["created"], json!(true), "{created}");
     // Writes through another member and client while this one reads nothing.
     let writer = c.nodes[1].client().await;
-    let value = vec![b'x'; 4096];
+    let value = vec![b'x'; 20 * 1024];
     let mut revs = Vec::new();
-    for i in 0..3000 {
+    for i in 0..600 {
         let r = writer
             .put(
                 format!("slow/{}", i % 50),
