@@ -85,6 +85,7 @@ struct Gateway {
     proc_: Proc,
     url: String,
     metrics: String,
+    tls_port: u16,
 }
 
 impl Gateway {
@@ -109,6 +110,7 @@ impl Gateway {
             proc_: Proc::spawn(dir, name, &args),
             url: format!("http://127.0.0.1:{http}"),
             metrics: format!("http://127.0.0.1:{metrics}"),
+            tls_port: tls,
         }
     }
 
@@ -746,4 +748,197 @@ async fn plugins_consumers_and_registration_with_the_control_plane() {
         m.contains(r#"cairn_gateway_unsupported_plugins{plugin="no-such-plugin"}"#),
         "{m}"
     );
+}
+
+/// A self-signed certificate and key (PEM) for `names`.
+fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `curl` over TLS to the gateway with `sni` resolved to it; the status
+/// code, or 0 when the handshake failed.
+fn curl_tls(port: u16, sni: &str, ca: &Path) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &format!("{sni}:{port}:127.0.0.1")])
+        .arg(format!("https://{sni}:{port}/get"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_certificates_by_sni_from_ssls() {
+    if !have_tool(&etcdctl_bin()) || !have_tool(Path::new("/usr/bin/curl")) {
+        return;
+    }
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let ep = cluster.endpoints();
+    let (_echo, eport) = echo(&cluster.dir, "echo").await;
+    let gw = Gateway::start(&cluster.dir, "gw", &ep).await;
+    let tls_port = gw.tls_port;
+    put(
+        &ep,
+        "/apisix/routes/1",
+        &json!({"uri": "/get", "upstream": {"nodes": {format!("127.0.0.1:{eport}"): 1}}}),
+    );
+    let (cert, key) = self_signed(&["test.com"]);
+    let (wcert, wkey) = self_signed(&["*.wild.com"]);
+    let ca = cluster.dir.join("test-com.pem");
+    let wca = cluster.dir.join("wild-com.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    std::fs::write(&wca, &wcert).unwrap();
+    put(
+        &ep,
+        "/apisix/ssls/1",
+        &json!({"cert": cert, "key": key, "snis": ["test.com"]}),
+    );
+    put(
+        &ep,
+        "/apisix/ssls/2",
+        &json!({"cert": wcert, "key": wkey, "snis": ["*.wild.com"]}),
+    );
+    let d = cluster.dir.clone();
+    common::wait_until(SLOW, "HTTPS with the exact SNI", || {
+        let ca = ca.clone();
+        async move {
+            tokio::task::spawn_blocking(move || curl_tls(tls_port, "test.com", &ca))
+                .await
+                .unwrap()
+                == 200
+        }
+    })
+    .await;
+    let w = wca.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || curl_tls(tls_port, "a.wild.com", &w))
+            .await
+            .unwrap(),
+        200
+    );
+    // No certificate for this name: the handshake fails.
+    let c = ca.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || curl_tls(tls_port, "other.com", &c))
+            .await
+            .unwrap(),
+        0
+    );
+    // A new certificate is swapped in without a restart.
+    let (cert2, key2) = self_signed(&["test.com"]);
+    let ca2 = d.join("test-com-2.pem");
+    std::fs::write(&ca2, &cert2).unwrap();
+    put(
+        &ep,
+        "/apisix/ssls/1",
+        &json!({"cert": cert2, "key": key2, "snis": ["test.com"]}),
+    );
+    common::wait_until(SLOW, "the new certificate served", || {
+        let ca2 = ca2.clone();
+        async move {
+            tokio::task::spawn_blocking(move || curl_tls(tls_port, "test.com", &ca2))
+                .await
+                .unwrap()
+                == 200
+        }
+    })
+    .await;
+    let c = ca.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || curl_tls(tls_port, "test.com", &c))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// A node that accepts a connection, reads the request, and closes without
+/// answering (the request was sent: a non-idempotent one must not be
+/// re-sent); or, with `hold`, never answers (a read timeout).
+async fn bad_node(hold: bool) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            if hold {
+                held.push(s);
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_timeouts_and_retries_as_nginx() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let ep = cluster.endpoints();
+    let (_echo, eport) = echo(&cluster.dir, "echo").await;
+    let gw = Gateway::start(&cluster.dir, "gw", &ep).await;
+    let closer = bad_node(false).await;
+    let holder = bad_node(true).await;
+
+    // A node that never answers: 504 after the read timeout.
+    put(
+        &ep,
+        "/apisix/routes/slow",
+        &json!({"uri": "/slow", "upstream": {"nodes": {format!("127.0.0.1:{holder}"): 1}, "timeout": {"connect": 1, "send": 1, "read": 1}}}),
+    );
+    let r = gw
+        .wait_for("504 from a silent node", "/slow", &[], |r| r.status != 404)
+        .await;
+    assert_eq!(r.status, 504);
+    assert!(r.body.contains("504 Gateway Time-out"), "{}", r.body);
+
+    // The first node takes the request and drops it; priority makes it first.
+    put(
+        &ep,
+        "/apisix/routes/retry",
+        &json!({"uri": "/retry", "upstream": {"nodes": [
+            {"host": "127.0.0.1", "port": closer, "weight": 1, "priority": 1},
+            {"host": "127.0.0.1", "port": eport, "weight": 1, "priority": 0}]}}),
+    );
+    gw.wait_for("retry route", "/retry", &[], |r| r.status != 404)
+        .await;
+    // GET is idempotent: retried on the next node.
+    assert_eq!(gw.get("/retry", &[]).await.status, 200);
+    // POST reached the first node: never re-sent.
+    let r = request("POST", &format!("{}/retry", gw.url), &[], Some("{}".into()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    // retries: 0 turns retrying off for GET too.
+    put(
+        &ep,
+        "/apisix/routes/retry",
+        &json!({"uri": "/retry", "upstream": {"retries": 0, "nodes": [
+            {"host": "127.0.0.1", "port": closer, "weight": 1, "priority": 1},
+            {"host": "127.0.0.1", "port": eport, "weight": 1, "priority": 0}]}}),
+    );
+    gw.wait_for("no retries", "/retry", &[], |r| r.status == 502)
+        .await;
 }
