@@ -1,6 +1,6 @@
 //! `cairn up`: a three-node store on this machine, as three child processes
-//! of this same binary, and the control plane on port 9000 as a fourth, for a
-//! first try. Ctrl-C stops them all.
+//! of this same binary, the control plane on port 9000, a gateway on 9080
+//! and an echo upstream for it, for a first try. Ctrl-C stops them all.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -33,12 +33,20 @@ pub(crate) const NODES: [(&str, u16, u16); 3] = [
 /// The control plane's port (admin API and console).
 pub(crate) const CONTROL_PORT: u16 = 9000;
 
+/// The gateway's ports: HTTP, HTTPS, metrics; and the echo upstream's.
+const GATEWAY_PORTS: [u16; 3] = [9080, 9443, 9091];
+const ECHO_PORT: u16 = 9088;
+
 pub async fn run(args: UpArgs) -> Result<()> {
     if args.drill {
         return crate::drill::run(&args.data_dir, &args.host).await;
     }
+    let extra: Vec<u16> = [CONTROL_PORT, ECHO_PORT]
+        .into_iter()
+        .chain(GATEWAY_PORTS)
+        .collect();
     for (_, client, peer) in NODES {
-        for port in [client, peer, CONTROL_PORT] {
+        for port in [client, peer].into_iter().chain(extra.iter().copied()) {
             if std::net::TcpListener::bind((args.host.as_str(), port)).is_err() {
                 bail!("port {port} on {} is already in use: stop whatever listens there (another etcd or cairn?)", args.host);
             }
@@ -95,6 +103,30 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .spawn()
         .context("cannot start the control plane")?;
     children.push(control);
+    let [gw_http, gw_tls, gw_metrics] = GATEWAY_PORTS;
+    let gateway_log = std::fs::File::create(args.data_dir.join("gateway.log"))?;
+    let gateway = Command::new(&exe)
+        .arg("gateway")
+        .args(["--endpoints", &endpoints.join(",")])
+        .args(["--listen", &format!("{h}:{gw_http}")])
+        .args(["--listen-tls", &format!("{h}:{gw_tls}")])
+        .args(["--metrics", &format!("{h}:{gw_metrics}")])
+        .stdout(Stdio::null())
+        .stderr(gateway_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the gateway")?;
+    children.push(gateway);
+    let echo_log = std::fs::File::create(args.data_dir.join("echo.log"))?;
+    let echo = Command::new(&exe)
+        .arg("echo")
+        .args(["--listen", &format!("{h}:{ECHO_PORT}")])
+        .stdout(Stdio::null())
+        .stderr(echo_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the echo upstream")?;
+    children.push(echo);
     println!(
         "cairn: three store nodes starting (logs and data under {})",
         args.data_dir.display()
@@ -111,6 +143,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("  console:   http://{h}:{CONTROL_PORT}/ (sign in with the admin key)");
     println!("  admin API: curl -H 'X-API-KEY: {admin_key}' http://{h}:{CONTROL_PORT}/apisix/admin/routes");
     println!("  admin key: {admin_key}");
+    println!("  gateway:   http://{h}:{gw_http} (metrics http://{h}:{gw_metrics}/apisix/prometheus/metrics), echo upstream on {h}:{ECHO_PORT}");
+    println!("  a route:   curl -X PUT -H 'X-API-KEY: {admin_key}' http://{h}:{CONTROL_PORT}/apisix/admin/routes/1 -d '{{\"uri\":\"/get\",\"hosts\":[\"test.com\"],\"upstream\":{{\"nodes\":{{\"{h}:{ECHO_PORT}\":1}}}}}}'");
+    println!("  through:   curl http://{h}:{gw_http}/get -H 'Host: test.com'");
     println!("Press Ctrl-C to stop.");
 
     let exited = async {
@@ -137,15 +172,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
     }
     if let Some((i, status)) = outcome {
-        let name = NODES.get(i).map(|n| n.0).unwrap_or("control");
+        let (what, log) = match i.checked_sub(NODES.len()) {
+            None => (format!("store {}", NODES[i].0), NODES[i].0),
+            Some(0) => ("the control plane".to_string(), "control"),
+            Some(1) => ("the gateway".to_string(), "gateway"),
+            Some(_) => ("the echo upstream".to_string(), "echo"),
+        };
         bail!(
-            "{} exited ({status}); see {}",
-            if i < NODES.len() {
-                format!("store {name}")
-            } else {
-                "the control plane".into()
-            },
-            args.data_dir.join(format!("{name}.log")).display()
+            "{what} exited ({status}); see {}",
+            args.data_dir.join(format!("{log}.log")).display()
         );
     }
     println!("cairn: stopped");

@@ -21,7 +21,7 @@ pub struct EchoArgs {
 pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let l = listener::bind(args.listen, "echo").await?;
     tracing::info!(listen = %args.listen, "cairn echo serving");
-    listener::serve(l, None, |req, peer| async move { answer(req, peer) }).await;
+    listener::serve(l, None, None, |req, peer| async move { answer(req, peer) }).await;
     Ok(())
 }
 

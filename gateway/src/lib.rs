@@ -76,7 +76,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let me = register::Identity::new(&s.cairn_prefix, &s.id, s.listen);
     tokio::spawn(register::run(client.clone(), shared.clone(), me));
     let m = shared.clone();
-    tokio::spawn(listener::serve(metrics_l, None, move |req, _| {
+    tokio::spawn(listener::serve(metrics_l, None, None, move |req, _| {
         let m = m.clone();
         async move { status_api(&m, &req) }
     }));
@@ -84,11 +84,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %s.listen, listen_tls = %s.listen_tls, metrics = %s.metrics, prefix = %s.prefix, id = %s.id, "cairn gateway started");
     let h = shared.clone();
     let acceptor = tls::acceptor(shared.sni.clone());
-    tokio::spawn(listener::serve(https, Some(acceptor), move |req, peer| {
-        server::handle(h.clone(), req, peer)
-    }));
+    let conns = Some(shared.metrics.connections_active.clone());
+    tokio::spawn(listener::serve(
+        https,
+        Some(acceptor),
+        conns.clone(),
+        move |req, peer| server::handle(h.clone(), req, peer),
+    ));
     let h = shared.clone();
-    listener::serve(http, None, move |req, peer| {
+    listener::serve(http, None, conns, move |req, peer| {
         server::handle(h.clone(), req, peer)
     })
     .await;

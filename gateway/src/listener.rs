@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +38,14 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// Serves `listener` forever; `tls` terminates TLS first when given.
-pub async fn serve<H, F>(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, handler: H)
-where
+/// Serves `listener` forever; `tls` terminates TLS first when given; `open`
+/// counts the open connections.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    open: Option<Arc<AtomicI64>>,
+    handler: H,
+) where
     H: Fn(Request<Incoming>, Peer) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -65,7 +71,9 @@ where
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
+        let open = open.clone().map(OpenConn::new);
         tokio::spawn(async move {
+            let _open = open;
             let peer = Peer {
                 remote,
                 local,
@@ -97,6 +105,22 @@ where
                 tracing::debug!(%remote, error = %e, "connection ended");
             }
         });
+    }
+}
+
+/// Counts a connection while it is open.
+struct OpenConn(Arc<AtomicI64>);
+
+impl OpenConn {
+    fn new(c: Arc<AtomicI64>) -> OpenConn {
+        c.fetch_add(1, Ordering::Relaxed);
+        OpenConn(c)
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

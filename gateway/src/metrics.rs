@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// APISIX's default latency buckets (ms).
 const BUCKETS: &[f64] = &[
@@ -29,7 +29,7 @@ struct Histogram {
 pub struct Metrics {
     pub etcd_reachable: AtomicI64,
     pub config_revision: AtomicI64,
-    pub connections_active: AtomicI64,
+    pub connections_active: Arc<AtomicI64>,
     pub requests_total: AtomicU64,
     pub invalid_resources: AtomicU64,
     pub full_reloads: AtomicU64,
