@@ -942,3 +942,87 @@ async fn upstream_timeouts_and_retries_as_nginx() {
     gw.wait_for("no retries", "/retry", &[], |r| r.status == 502)
         .await;
 }
+
+/// Waits until `n` requests in a row answer 200.
+async fn wait_all_ok(gw: &Gateway, path: &str, n: usize, what: &str) {
+    common::wait_until(SLOW, what, || async {
+        for _ in 0..n {
+            if gw.get(path, &[]).await.status != 200 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_checks_take_bad_nodes_out() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let ep = cluster.endpoints();
+    let (_echo, eport) = echo(&cluster.dir, "echo").await;
+    let gw = Gateway::start(&cluster.dir, "gw", &ep).await;
+    let dead = free_port();
+    let closer = bad_node(false).await;
+
+    // Active: the dead node fails its probes and is skipped (no retries, so
+    // before that about half the requests failed).
+    put(
+        &ep,
+        "/apisix/routes/active",
+        &json!({"uri": "/active", "upstream": {"retries": 0, "nodes": {format!("127.0.0.1:{dead}"): 1, format!("127.0.0.1:{eport}"): 1},
+            "checks": {"active": {"http_path": "/get", "healthy": {"interval": 1, "successes": 1}, "unhealthy": {"interval": 1, "tcp_failures": 1}}}}}),
+    );
+    gw.wait_for("active route", "/active", &[], |r| r.status != 404)
+        .await;
+    wait_all_ok(
+        &gw,
+        "/active",
+        10,
+        "the dead node taken out by active checks",
+    )
+    .await;
+
+    // Passive: the node that drops requests is taken out after two failures;
+    // its TCP probes alone would keep it in, so this is the passive check.
+    put(
+        &ep,
+        "/apisix/routes/passive",
+        &json!({"uri": "/passive", "upstream": {"retries": 0, "nodes": {format!("127.0.0.1:{closer}"): 1, format!("127.0.0.1:{eport}"): 1},
+            "checks": {"active": {"type": "tcp", "healthy": {"interval": 300}, "unhealthy": {"interval": 300}},
+                       "passive": {"unhealthy": {"tcp_failures": 2}}}}}),
+    );
+    gw.wait_for("passive route", "/passive", &[], |r| r.status != 404)
+        .await;
+    let mut failed = 0;
+    for _ in 0..20 {
+        if gw.get("/passive", &[]).await.status != 200 {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed >= 1,
+        "the dropping node was tried before it was taken out"
+    );
+    wait_all_ok(
+        &gw,
+        "/passive",
+        10,
+        "the dropping node taken out by passive checks",
+    )
+    .await;
+
+    // Every node unhealthy: all are used again (APISIX's rule), so the
+    // answer is the dead node's 502, not an error about no nodes.
+    put(
+        &ep,
+        "/apisix/routes/all-bad",
+        &json!({"uri": "/all-bad", "upstream": {"retries": 0, "nodes": {format!("127.0.0.1:{dead}"): 1},
+            "checks": {"active": {"healthy": {"interval": 1}, "unhealthy": {"interval": 1, "tcp_failures": 1}}}}}),
+    );
+    gw.wait_for("all-bad route", "/all-bad", &[], |r| r.status == 502)
+        .await;
+}

@@ -6,7 +6,8 @@
 //! - `cidr`, `vars`: addresses and blocks; nginx variables and `vars` expressions.
 //! - `resources`: the APISIX resources as read from the store.
 //! - `router`: `radixtree_host_uri` matching, changed incrementally.
-//! - `connect`, `upstream`: the upstream connector (TCP, TLS) and node choice.
+//! - `connect`, `upstream`, `health`: the upstream connector (TCP, TLS),
+//!   node choice, active and passive health checks.
 //! - `plugins`: the plugin trait, sets and merges, each plugin.
 //! - `state`: the served [`state::Config`] (resources parsed, routes compiled).
 //! - `shared`, `metrics`: what tasks share; Prometheus text.
@@ -24,6 +25,7 @@ pub mod echo;
 mod cidr;
 mod connect;
 mod guarded;
+mod health;
 mod listener;
 mod metrics;
 mod pages;

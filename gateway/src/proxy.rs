@@ -16,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::Response;
 
+use crate::health::Outcome;
 use crate::request::Ctx;
 use crate::upstream::{secs, UpstreamRt};
 use crate::vars;
@@ -241,6 +242,7 @@ pub async fn forward(
         let res = tokio::time::timeout(wait, up.client.request(req)).await;
         let failure = match res {
             Ok(Ok(resp)) => {
+                up.observed(i, Outcome::Status(resp.status().as_u16()));
                 ctx.guards.push(Box::new(guard));
                 return Ok(resp);
             }
@@ -264,6 +266,13 @@ pub async fn forward(
         };
         drop(guard);
         let (f, never_sent) = failure;
+        up.observed(
+            i,
+            match f {
+                Failure::Timeout(_) => Outcome::Timeout,
+                Failure::Error(_) => Outcome::TcpFailure,
+            },
+        );
         tracing::warn!(upstream = %up.key, error = %f.message(), "upstream attempt failed");
         let may_resend = never_sent || idempotent(&ctx.parts.method);
         let in_budget = budget.is_none_or(|b| started.elapsed() < b);

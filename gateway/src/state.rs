@@ -127,10 +127,7 @@ impl Config {
                 )?;
                 let plugins = plugins::build_set(&route.plugins, Scope::Route, un)?;
                 let upstream = match &route.upstream {
-                    Some(u) => Some(Arc::new(UpstreamRt::new(
-                        format!("routes/{id}"),
-                        u.clone(),
-                    )?)),
+                    Some(u) => Some(UpstreamRt::shared(format!("routes/{id}"), u.clone())?),
                     None => None,
                 };
                 let old = self.routes.insert(
@@ -152,10 +149,7 @@ impl Config {
                 service.check()?;
                 let plugins = plugins::build_set(&service.plugins, Scope::Route, un)?;
                 let upstream = match &service.upstream {
-                    Some(u) => Some(Arc::new(UpstreamRt::new(
-                        format!("services/{id}"),
-                        u.clone(),
-                    )?)),
+                    Some(u) => Some(UpstreamRt::shared(format!("services/{id}"), u.clone())?),
                     None => None,
                 };
                 self.services.insert(
@@ -173,7 +167,7 @@ impl Config {
                 u.check()?;
                 self.upstreams.insert(
                     id.clone(),
-                    Arc::new(UpstreamRt::new(format!("upstreams/{id}"), u)?),
+                    UpstreamRt::shared(format!("upstreams/{id}"), u)?,
                 );
             }
             "plugin_configs" => {

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::connect::Connector;
+use crate::health::{self, Checks, NodeHealth, Outcome};
 use crate::resources::{Node, Timeout, Upstream};
 
 pub type HttpClient = Client<Connector, Full<Bytes>>;
@@ -36,6 +37,9 @@ pub struct UpstreamRt {
     active: Vec<AtomicUsize>,
     /// chash ring: (point, node index), sorted.
     ring: Vec<(u64, usize)>,
+    /// `checks`, and each node's health.
+    pub checks: Option<Checks>,
+    pub health: Vec<NodeHealth>,
 }
 
 impl std::fmt::Debug for UpstreamRt {
@@ -59,9 +63,7 @@ const MAX_POINTS: usize = 100_000;
 
 impl UpstreamRt {
     pub fn new(key: String, spec: Upstream) -> Result<UpstreamRt, String> {
-        if spec.checks.is_some() {
-            tracing::warn!(upstream = %key, "health checks are not implemented by cairn gateway yet: every node with weight > 0 is used");
-        }
+        let checks = spec.checks.as_ref().map(Checks::parse).transpose()?;
         let timeout = spec.timeout.unwrap_or_default();
         let connector = Connector::new(secs(timeout.connect));
         let client = Client::builder(TokioExecutor::new())
@@ -89,9 +91,28 @@ impl UpstreamRt {
             rr: Mutex::new(vec![0; spec.nodes.len()]),
             active: spec.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
             ring,
+            health: spec.nodes.iter().map(|_| NodeHealth::default()).collect(),
+            checks,
             spec,
             client,
         })
+    }
+
+    /// A shared upstream with its active health checks running.
+    pub fn shared(key: String, spec: Upstream) -> Result<Arc<UpstreamRt>, String> {
+        let up = Arc::new(UpstreamRt::new(key, spec)?);
+        health::start(&up);
+        Ok(up)
+    }
+
+    /// Passive health check: what an attempt on node `i` showed.
+    pub fn observed(&self, i: usize, o: Outcome) {
+        let Some(p) = self.checks.as_ref().and_then(|c| c.passive.as_ref()) else {
+            return;
+        };
+        if self.health[i].report(o, &p.rules()) {
+            tracing::warn!(upstream = %self.key, node = %self.node(i).addr(), healthy = self.health[i].healthy(), outcome = ?o, "passive health check changed a node's state");
+        }
     }
 
     pub fn timeout(&self, route: Option<Timeout>) -> Timeout {
@@ -111,7 +132,15 @@ impl UpstreamRt {
     /// an untried node with weight > 0; `hash_key` for chash.
     pub fn pick(&self, tried: &[usize], hash_key: Option<&str>) -> Option<usize> {
         let nodes = &self.spec.nodes;
-        let usable = |i: usize| nodes[i].weight > 0 && !tried.contains(&i);
+        // Unhealthy nodes are skipped, unless none is healthy (then all are used).
+        let any_healthy = self
+            .health
+            .iter()
+            .enumerate()
+            .any(|(i, h)| h.healthy() && nodes[i].weight > 0);
+        let usable = |i: usize| {
+            nodes[i].weight > 0 && !tried.contains(&i) && (!any_healthy || self.health[i].healthy())
+        };
         let prio = nodes
             .iter()
             .enumerate()
