@@ -22,7 +22,9 @@
 #
 # Needs: docker with docker-compose (1.29) or `docker compose`, the
 # cairn:local image, etcdctl 3.4 (Debian's etcd-client), curl. Uses host
-# ports 9000, 9001, 12379, 13379, 14379 on 127.0.0.1.
+# ports 9000, 9001, 12379, 13379, 14379 on 127.0.0.1, and the compose file's
+# gateways publish 9080/9081, 9443/9444 and 9091/9092 (the scenarios below do
+# not exercise the gateway tier yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

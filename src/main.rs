@@ -2,6 +2,8 @@
 //!
 //! - `cairn store`: one member of the Raft store (`cairn-store`).
 //! - `cairn control`: admin API and web console (`cairn-control`).
+//! - `cairn gateway`: the APISIX-compatible data plane (`cairn-gateway`).
+//! - `cairn echo`: a tiny upstream answering with the request (`cairn-gateway`).
 //! - `cairn up`: a local three-node cluster for a first try (`up`); with
 //!   `--drill`, the HA drill against local processes (`drill`); the ports
 //!   both use are in `topology`.
@@ -74,6 +76,10 @@ enum Cmd {
     Store(Box<cairn_store::StoreConfig>),
     /// Run the control plane: APISIX-compatible admin API and web console.
     Control(cairn_control::ControlArgs),
+    /// Run a gateway: APISIX-compatible data plane reading routes from the store.
+    Gateway(cairn_gateway::GatewayArgs),
+    /// Run a tiny upstream answering any path with the request as JSON (like httpbin /get).
+    Echo(cairn_gateway::EchoArgs),
     /// Start a local three-node cluster as child processes.
     Up(up::UpArgs),
     /// Snapshots taken with `etcdctl snapshot save` against Cairn.
@@ -119,6 +125,8 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Store(cfg) => cairn_store::run(*cfg).await,
             Cmd::Control(args) => cairn_control::run(args).await,
+            Cmd::Gateway(args) => cairn_gateway::run(args).await,
+            Cmd::Echo(args) => cairn_gateway::run_echo(args).await,
             Cmd::Up(args) => up::run(args).await,
             Cmd::Snapshot(SnapshotCmd::Restore(args)) => {
                 cairn_store::restore::restore(&args).await.map(|r| {

@@ -1,6 +1,6 @@
 //! `cairn up`: a three-node store on this machine, as three child processes
-//! of this same binary, and the control plane on port 9000 as a fourth, for a
-//! first try. Ctrl-C stops them all.
+//! of this same binary, the control plane on port 9000, a gateway on 9080
+//! and an echo upstream for it, for a first try. Ctrl-C stops them all.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::process::{Child, Command};
 
-use crate::topology::{CONTROL_PORT, NODES};
+use crate::topology::{CONTROL_PORT, ECHO_PORT, GATEWAY_PORTS, NODES};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -30,8 +30,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     if args.drill {
         return crate::drill::run(&args.data_dir, &args.host).await;
     }
+    let extra: Vec<u16> = [CONTROL_PORT, ECHO_PORT]
+        .into_iter()
+        .chain(GATEWAY_PORTS)
+        .collect();
     for (_, client, peer) in NODES {
-        for port in [client, peer, CONTROL_PORT] {
+        for port in [client, peer].into_iter().chain(extra.iter().copied()) {
             if std::net::TcpListener::bind((args.host.as_str(), port)).is_err() {
                 bail!("port {port} on {} is already in use: stop whatever listens there (another etcd or cairn?)", args.host);
             }
@@ -88,6 +92,30 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .spawn()
         .context("cannot start the control plane")?;
     children.push(control);
+    let [gw_http, gw_tls, gw_metrics] = GATEWAY_PORTS;
+    let gateway_log = std::fs::File::create(args.data_dir.join("gateway.log"))?;
+    let gateway = Command::new(&exe)
+        .arg("gateway")
+        .args(["--endpoints", &endpoints.join(",")])
+        .args(["--listen", &format!("{h}:{gw_http}")])
+        .args(["--listen-tls", &format!("{h}:{gw_tls}")])
+        .args(["--metrics", &format!("{h}:{gw_metrics}")])
+        .stdout(Stdio::null())
+        .stderr(gateway_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the gateway")?;
+    children.push(gateway);
+    let echo_log = std::fs::File::create(args.data_dir.join("echo.log"))?;
+    let echo = Command::new(&exe)
+        .arg("echo")
+        .args(["--listen", &format!("{h}:{ECHO_PORT}")])
+        .stdout(Stdio::null())
+        .stderr(echo_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the echo upstream")?;
+    children.push(echo);
     println!(
         "cairn: three store nodes starting (logs and data under {})",
         args.data_dir.display()
@@ -104,6 +132,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("  console:   http://{h}:{CONTROL_PORT}/ (sign in with the admin key)");
     println!("  admin API: curl -H 'X-API-KEY: {admin_key}' http://{h}:{CONTROL_PORT}/apisix/admin/routes");
     println!("  admin key: {admin_key}");
+    println!("  gateway:   http://{h}:{gw_http} (metrics http://{h}:{gw_metrics}/apisix/prometheus/metrics), echo upstream on {h}:{ECHO_PORT}");
+    println!("  a route:   curl -X PUT -H 'X-API-KEY: {admin_key}' http://{h}:{CONTROL_PORT}/apisix/admin/routes/1 -d '{{\"uri\":\"/get\",\"hosts\":[\"test.com\"],\"upstream\":{{\"nodes\":{{\"{h}:{ECHO_PORT}\":1}}}}}}'");
+    println!("  through:   curl http://{h}:{gw_http}/get -H 'Host: test.com'");
     println!("Press Ctrl-C to stop.");
 
     let exited = async {
@@ -130,15 +161,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
     }
     if let Some((i, status)) = outcome {
-        let name = NODES.get(i).map(|n| n.0).unwrap_or("control");
+        let (what, log) = match i.checked_sub(NODES.len()) {
+            None => (format!("store {}", NODES[i].0), NODES[i].0),
+            Some(0) => ("the control plane".to_string(), "control"),
+            Some(1) => ("the gateway".to_string(), "gateway"),
+            Some(_) => ("the echo upstream".to_string(), "echo"),
+        };
         bail!(
-            "{} exited ({status}); see {}",
-            if i < NODES.len() {
-                format!("store {name}")
-            } else {
-                "the control plane".into()
-            },
-            args.data_dir.join(format!("{name}.log")).display()
+            "{what} exited ({status}); see {}",
+            args.data_dir.join(format!("{log}.log")).display()
         );
     }
     println!("cairn: stopped");

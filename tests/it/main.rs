@@ -19,6 +19,7 @@ mod data_dir;
 mod durability;
 mod etcdctl_compat;
 mod etcdctl_matrix;
+mod gateway;
 mod json_gateway;
 mod kv_client;
 mod lease;

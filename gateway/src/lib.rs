@@ -1,0 +1,134 @@
+//! `cairn-gateway`: the data plane (`cairn gateway`), an APISIX-compatible
+//! API gateway fed by the store, and `cairn echo`, a tiny upstream.
+//!
+//! Layers, each using only those above it:
+//! - [`config`]: flags, the YAML file, resolved settings.
+//! - `cidr`, `vars`: addresses and blocks; nginx variables and `vars` expressions.
+//! - `resources`: the APISIX resources as read from the store.
+//! - `router`: `radixtree_host_uri` matching, changed incrementally.
+//! - `connect`, `upstream`, `health`: the upstream connector (TCP, TLS),
+//!   node choice, active and passive health checks.
+//! - `plugins`: the plugin trait, sets and merges, each plugin.
+//! - `state`: the served [`state::Config`] (resources parsed, routes compiled).
+//! - `shared`, `metrics`: what tasks share; Prometheus text.
+//! - `sync`: range + watch of the prefix into `state`; `register`: the
+//!   gateway's registration under the control plane's prefix.
+//! - `request`, `proxy`, `pages`, `guarded`: one request's context, the
+//!   upstream call, the gateway's own answers.
+//! - `listener`, `tls`, `server`: accept loops, certificates by SNI, and
+//!   the request pipeline.
+//! - [`echo`]: `cairn echo`.
+
+pub mod config;
+pub mod echo;
+
+mod cidr;
+mod connect;
+mod guarded;
+mod health;
+mod listener;
+mod metrics;
+mod pages;
+mod plugins;
+mod proxy;
+mod register;
+mod request;
+mod resources;
+mod router;
+mod server;
+mod shared;
+mod state;
+mod sync;
+mod tls;
+mod upstream;
+mod vars;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use cairn_client::{Client, ClientOptions};
+use hyper::{Request, Response};
+
+pub use config::GatewayArgs;
+pub use echo::EchoArgs;
+
+use crate::listener::{full, Body};
+use crate::shared::Shared;
+
+/// Runs `cairn gateway` until the process ends.
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let s = config::Settings::resolve(&args)?;
+    let opts = ClientOptions {
+        credentials: s.store_credentials.clone(),
+        tls: s.store_tls.clone(),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(s.endpoints.clone(), opts)
+        .await
+        .context("store endpoints")?;
+    let shared = Arc::new(Shared::new(
+        s.prefix.clone(),
+        s.keyring.clone(),
+        metrics::Metrics::new(config::hostname()),
+    ));
+    let http = listener::bind(s.listen, "--listen").await?;
+    let https = listener::bind(s.listen_tls, "--listen-tls").await?;
+    let metrics_l = listener::bind(s.metrics, "--metrics").await?;
+    tokio::spawn(sync::run(client.clone(), shared.clone()));
+    let me = register::Identity::new(&s.cairn_prefix, &s.id, s.listen);
+    tokio::spawn(register::run(client.clone(), shared.clone(), me));
+    let m = shared.clone();
+    tokio::spawn(listener::serve(metrics_l, None, None, move |req, _| {
+        let m = m.clone();
+        async move { status_api(&m, &req) }
+    }));
+    tracing::info!(plugins = ?plugins::SUPPORTED, "plugins implemented");
+    tracing::info!(listen = %s.listen, listen_tls = %s.listen_tls, metrics = %s.metrics, prefix = %s.prefix, id = %s.id, "cairn gateway started");
+    let h = shared.clone();
+    let acceptor = tls::acceptor(shared.sni.clone());
+    let conns = Some(shared.metrics.connections_active.clone());
+    tokio::spawn(listener::serve(
+        https,
+        Some(acceptor),
+        conns.clone(),
+        move |req, peer| server::handle(h.clone(), req, peer),
+    ));
+    let h = shared.clone();
+    listener::serve(http, None, conns, move |req, peer| {
+        server::handle(h.clone(), req, peer)
+    })
+    .await;
+    Ok(())
+}
+
+/// The metrics listener: Prometheus text and readiness.
+fn status_api<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/apisix/prometheus/metrics" => (200, "text/plain; version=0.0.4", shared.metrics.render()),
+        "/readyz" | "/status/ready" => {
+            if shared.ready() {
+                (200, "application/json", r#"{"status":"ok"}"#.to_string())
+            } else {
+                (
+                    503,
+                    "application/json",
+                    r#"{"status":"error","error":"config not loaded yet"}"#.to_string(),
+                )
+            }
+        }
+        "/healthz" | "/status" => (200, "application/json", r#"{"status":"ok"}"#.to_string()),
+        _ => (404, "text/plain", "not found\n".to_string()),
+    };
+    let mut r = Response::new(full(body));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// Runs `cairn echo`.
+pub async fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
+    echo::run(args).await
+}

@@ -1,0 +1,78 @@
+//! Consumer lookup for the auth plugins: (plugin, credential) → the consumer
+//! and the consumer-side plugin instance (which holds the secret to check).
+//! Credentials come from a consumer's own plugins or from its
+//! `consumers/<name>/credentials/<id>` entries (APISIX 3.7+).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::PluginSet;
+use crate::state::ConsumerRt;
+
+/// A consumer-side credential.
+#[derive(Clone)]
+pub struct Credential {
+    /// What requests present to be found (a key, a user name).
+    pub lookup: String,
+    pub secret: Secret,
+}
+
+/// What is checked once the consumer is found.
+#[derive(Clone)]
+pub enum Secret {
+    /// key-auth: presenting the key is enough.
+    None,
+    /// basic-auth.
+    Password(String),
+    /// jwt-auth.
+    Jwt(Arc<super::jwt::JwtKey>),
+}
+
+#[derive(Clone, Default)]
+pub struct Index {
+    by_cred: HashMap<(Arc<str>, String), (String, Credential)>,
+    /// Owner (a consumer name or a credential id) → what it put in `by_cred`.
+    owned: HashMap<String, Vec<(Arc<str>, String)>>,
+}
+
+impl Index {
+    fn set(&mut self, owner: &str, username: &str, set: &PluginSet) {
+        self.remove_owner(owner);
+        let mut mine = Vec::new();
+        for (name, p) in set.list.iter() {
+            if let Some(cred) = p.credential() {
+                let k = (name.clone(), cred.lookup.clone());
+                self.by_cred.insert(k.clone(), (username.to_string(), cred));
+                mine.push(k);
+            }
+        }
+        self.owned.insert(owner.to_string(), mine);
+    }
+
+    fn remove_owner(&mut self, owner: &str) {
+        for k in self.owned.remove(owner).unwrap_or_default() {
+            self.by_cred.remove(&k);
+        }
+    }
+
+    pub fn set_consumer(&mut self, c: &ConsumerRt) {
+        self.set(&c.username, &c.username, &c.plugins);
+    }
+
+    pub fn remove_consumer(&mut self, username: &str) {
+        self.remove_owner(username);
+    }
+
+    pub fn set_credential(&mut self, cred_id: &str, username: &str, set: &PluginSet) {
+        self.set(cred_id, username, set);
+    }
+
+    pub fn remove_credential(&mut self, cred_id: &str) {
+        self.remove_owner(cred_id);
+    }
+
+    /// The consumer holding `cred` for `plugin`, and the credential.
+    pub fn find(&self, plugin: &str, cred: &str) -> Option<&(String, Credential)> {
+        self.by_cred.get(&(Arc::from(plugin), cred.to_string()))
+    }
+}

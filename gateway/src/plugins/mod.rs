@@ -1,0 +1,245 @@
+//! Plugins: each configured plugin becomes an instance (its conf parsed and
+//! checked once, its counters kept) when the resource holding it is read from
+//! the store. A request runs the instances in APISIX's priority order, phase
+//! by phase: `rewrite`, `access`, then after the upstream answered
+//! `response` (header and body filters), then `log`.
+//!
+//! A plugin the gateway does not implement is reported (log + metric
+//! `cairn_gateway_unsupported_plugins`). Plugins that restrict access (auth,
+//! restrictions, limits) fail closed: the route answers 503 rather than being
+//! served without them. Any other is skipped, as an APISIX gateway skips a
+//! plugin it does not have enabled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use hyper::Response;
+use serde_json::{Map, Value};
+
+use crate::listener::Body;
+use crate::request::Ctx;
+
+/// What a phase decided.
+pub enum Flow {
+    Continue,
+    /// Answer now with this response; later phases and the upstream are skipped.
+    Respond(Response<Body>),
+    /// Wait this long, then go on (limit-req's delay).
+    Delay(Duration),
+}
+
+/// One configured plugin.
+pub trait Plugin: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn priority(&self) -> i32;
+    fn rewrite(&self, _ctx: &mut Ctx<'_>) -> Flow {
+        Flow::Continue
+    }
+    fn access(&self, _ctx: &mut Ctx<'_>) -> Flow {
+        Flow::Continue
+    }
+    /// Header and body filter of the response: may change headers and status,
+    /// and may return a replacement body.
+    fn response(&self, _ctx: &mut Ctx<'_>, _resp: &mut http::response::Parts) -> Option<Bytes> {
+        None
+    }
+    /// Whether `response` needs the whole upstream body (it is then buffered).
+    fn needs_body(&self) -> bool {
+        false
+    }
+    fn log(&self, _ctx: &Ctx<'_>, _status: u16) {}
+    /// On a consumer: the credential an auth plugin looks consumers up by
+    /// (key-auth's `key`, basic-auth's `username`, jwt-auth's `key`) and
+    /// what it then checks.
+    fn credential(&self) -> Option<auth::Credential> {
+        None
+    }
+}
+
+/// A plugin instance under its configured name.
+pub type Named = (Arc<str>, Arc<dyn Plugin>);
+
+/// The plugins of one resource (or a merged set), highest priority first.
+#[derive(Clone, Default)]
+pub struct PluginSet {
+    pub list: Arc<Vec<Named>>,
+    /// Names configured but not implemented that restrict access: requests
+    /// through this set are refused with 503 (fail closed).
+    pub blocked: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for PluginSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+/// Access-restricting plugins: refusing the route is safer than serving it
+/// without them.
+fn restricts_access(name: &str) -> bool {
+    name.ends_with("-auth")
+        || name.ends_with("-restriction")
+        || name.starts_with("limit-")
+        || name.starts_with("authz-")
+        || matches!(
+            name,
+            "uri-blocker"
+                | "opa"
+                | "openid-connect"
+                | "csrf"
+                | "cas-auth"
+                | "wolf-rbac"
+                | "ldap-auth"
+        )
+}
+
+/// Parses one plugin conf. `Ok(None)`: not implemented (reported by the caller).
+pub fn build(name: &str, conf: &Value, scope: Scope) -> Result<Option<Arc<dyn Plugin>>, String> {
+    // `_meta.disable: true` turns a configured plugin off (APISIX 3.x).
+    if conf
+        .get("_meta")
+        .and_then(|m| m.get("disable"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return Ok(None);
+    }
+    registry::build(name, conf, scope)
+}
+
+/// Whether a conf is read as a route's (any holder) or a consumer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Route,
+    Consumer,
+}
+
+/// Builds a set from a `plugins` object; unknown plugins are reported in
+/// `unsupported`. An invalid conf fails the whole resource (kept as before).
+pub fn build_set(
+    plugins: &Map<String, Value>,
+    scope: Scope,
+    unsupported: &mut Vec<String>,
+) -> Result<PluginSet, String> {
+    let mut list: Vec<Named> = Vec::new();
+    let mut blocked = Vec::new();
+    for (name, conf) in plugins {
+        match build(name, conf, scope) {
+            Ok(Some(p)) => list.push((Arc::from(name.as_str()), p)),
+            Ok(None) => {
+                let disabled =
+                    conf.pointer("/_meta/disable").and_then(Value::as_bool) == Some(true);
+                if !disabled {
+                    unsupported.push(name.clone());
+                    if scope == Scope::Route && restricts_access(name) {
+                        blocked.push(name.clone());
+                    }
+                }
+            }
+            Err(e) => return Err(format!("plugin {name}: {e}")),
+        }
+    }
+    sort(&mut list);
+    Ok(PluginSet {
+        list: Arc::new(list),
+        blocked: Arc::new(blocked),
+    })
+}
+
+fn sort(list: &mut [Named]) {
+    list.sort_by(|a, b| b.1.priority().cmp(&a.1.priority()).then(a.0.cmp(&b.0)));
+}
+
+impl PluginSet {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty() && self.blocked.is_empty()
+    }
+
+    /// `over` wins for plugins both have (route over service, consumer over route).
+    pub fn merge(base: &PluginSet, over: &PluginSet) -> PluginSet {
+        if base.is_empty() {
+            return over.clone();
+        }
+        if over.is_empty() {
+            return base.clone();
+        }
+        let mut list: Vec<_> = over.list.iter().cloned().collect();
+        for (n, p) in base.list.iter() {
+            if !list.iter().any(|(m, _)| m == n) && !over.blocked.contains(&n.to_string()) {
+                list.push((n.clone(), p.clone()));
+            }
+        }
+        sort(&mut list);
+        let mut blocked: Vec<String> = over.blocked.iter().cloned().collect();
+        for b in base.blocked.iter() {
+            if !blocked.contains(b) && !over.list.iter().any(|(m, _)| &**m == b) {
+                blocked.push(b.clone());
+            }
+        }
+        PluginSet {
+            list: Arc::new(list),
+            blocked: Arc::new(blocked),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
+        self.list.iter().find(|(n, _)| &**n == name).map(|(_, p)| p)
+    }
+}
+
+/// A JSON body with APISIX's shape: `{"message": ...}` for plugin refusals.
+pub fn message(status: u16, msg: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({ "message": msg }))
+}
+
+pub fn json_response(status: u16, v: &Value) -> Response<Body> {
+    let mut body = v.to_string();
+    body.push('\n');
+    let mut r = Response::new(crate::listener::full(body));
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A plain (or empty) body with a status.
+pub fn plain(status: u16, body: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(crate::listener::full(body.unwrap_or("").to_string()));
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Header name/value from config strings, with a readable error.
+pub fn header_pair(k: &str, v: &str) -> Result<(HeaderName, HeaderValue), String> {
+    Ok((
+        HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name {k}"))?,
+        HeaderValue::from_str(v).map_err(|_| format!("bad value of header {k}"))?,
+    ))
+}
+
+/// Reads a plugin conf into its typed form with a readable error.
+pub fn conf<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
+pub mod auth;
+mod auth_plugins;
+mod cors;
+pub mod jwt;
+mod limits;
+mod registry;
+mod rewrite;
+mod small;
+pub use registry::SUPPORTED;

@@ -1,0 +1,277 @@
+//! Upstreams at run time: node choice (weighted round robin, consistent
+//! hash, least connections; `priority` groups, lower ones only once every
+//! node of the higher ones was tried), and the keep-alive connection pool
+//! (hyper-util's client, one per upstream, so its timeouts are the
+//! upstream's).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::connect::Connector;
+use crate::health::{self, Checks, NodeHealth, Outcome};
+use crate::resources::{Node, Timeout, Upstream};
+
+pub type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Idle upstream connections are closed after this (nginx keepalive_timeout 60 s).
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// APISIX's keepalive_pool.size default.
+const POOL_SIZE: usize = 320;
+
+pub struct UpstreamRt {
+    /// `upstreams/1`, or `routes/1` for an inline upstream: for logs and metrics.
+    pub key: String,
+    pub spec: Upstream,
+    pub client: HttpClient,
+    /// Smooth weighted round robin state (nginx's): current weights per node.
+    rr: Mutex<Vec<i64>>,
+    /// In-flight requests per node (least_conn).
+    active: Vec<AtomicUsize>,
+    /// chash ring: (point, node index), sorted.
+    ring: Vec<(u64, usize)>,
+    /// `checks`, and each node's health.
+    pub checks: Option<Checks>,
+    pub health: Vec<NodeHealth>,
+}
+
+impl std::fmt::Debug for UpstreamRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRt")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+fn hash_of(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// Virtual points per weight unit on the chash ring.
+const POINTS_PER_WEIGHT: usize = 40;
+/// Bounds the ring for huge weights.
+const MAX_POINTS: usize = 100_000;
+
+impl UpstreamRt {
+    pub fn new(key: String, spec: Upstream) -> Result<UpstreamRt, String> {
+        let checks = spec.checks.as_ref().map(Checks::parse).transpose()?;
+        let timeout = spec.timeout.unwrap_or_default();
+        let connector = Connector::new(secs(timeout.connect));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_SIZE)
+            .set_host(false)
+            .build(connector);
+        let mut ring = Vec::new();
+        if spec.kind == "chash" {
+            let total: usize = spec.nodes.iter().map(|n| n.weight as usize).sum();
+            let per = if total * POINTS_PER_WEIGHT > MAX_POINTS {
+                (MAX_POINTS / total.max(1)).max(1)
+            } else {
+                POINTS_PER_WEIGHT
+            };
+            for (i, n) in spec.nodes.iter().enumerate() {
+                for p in 0..(n.weight as usize * per) {
+                    ring.push((hash_of(&format!("{}#{p}", n.addr())), i));
+                }
+            }
+            ring.sort_unstable();
+        }
+        Ok(UpstreamRt {
+            key,
+            rr: Mutex::new(vec![0; spec.nodes.len()]),
+            active: spec.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            ring,
+            health: spec.nodes.iter().map(|_| NodeHealth::default()).collect(),
+            checks,
+            spec,
+            client,
+        })
+    }
+
+    /// A shared upstream with its active health checks running.
+    pub fn shared(key: String, spec: Upstream) -> Result<Arc<UpstreamRt>, String> {
+        let up = Arc::new(UpstreamRt::new(key, spec)?);
+        health::start(&up);
+        Ok(up)
+    }
+
+    /// Passive health check: what an attempt on node `i` showed.
+    pub fn observed(&self, i: usize, o: Outcome) {
+        let Some(p) = self.checks.as_ref().and_then(|c| c.passive.as_ref()) else {
+            return;
+        };
+        if self.health[i].report(o, &p.rules()) {
+            tracing::warn!(upstream = %self.key, node = %self.node(i).addr(), healthy = self.health[i].healthy(), outcome = ?o, "passive health check changed a node's state");
+        }
+    }
+
+    pub fn timeout(&self, route: Option<Timeout>) -> Timeout {
+        route.or(self.spec.timeout).unwrap_or_default()
+    }
+
+    /// How many more nodes to try after a failure: `retries`, or every other
+    /// node when unset (APISIX's default).
+    pub fn retries(&self) -> usize {
+        match self.spec.retries {
+            Some(r) => r as usize,
+            None => self.spec.nodes.len().saturating_sub(1),
+        }
+    }
+
+    /// Picks a node not in `tried`: the highest priority group that still has
+    /// an untried node with weight > 0; `hash_key` for chash.
+    pub fn pick(&self, tried: &[usize], hash_key: Option<&str>) -> Option<usize> {
+        let nodes = &self.spec.nodes;
+        // Unhealthy nodes are skipped, unless none is healthy (then all are used).
+        let any_healthy = self
+            .health
+            .iter()
+            .enumerate()
+            .any(|(i, h)| h.healthy() && nodes[i].weight > 0);
+        let usable = |i: usize| {
+            nodes[i].weight > 0 && !tried.contains(&i) && (!any_healthy || self.health[i].healthy())
+        };
+        let prio = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| usable(*i))
+            .map(|(_, n)| n.priority)
+            .max()?;
+        let cand = |i: usize| usable(i) && nodes[i].priority == prio;
+        match self.spec.kind.as_str() {
+            "chash" if !self.ring.is_empty() => {
+                let h = hash_of(hash_key.unwrap_or(""));
+                let start = self.ring.partition_point(|(p, _)| *p < h);
+                (0..self.ring.len())
+                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                    .find(|i| cand(*i))
+            }
+            "least_conn" | "ewma" => (0..nodes.len()).filter(|i| cand(*i)).min_by(|a, b| {
+                // Fewest in-flight per weight: (active+1)/weight, compared crosswise.
+                let ca =
+                    (self.active[*a].load(Ordering::Relaxed) as u64 + 1) * nodes[*b].weight as u64;
+                let cb =
+                    (self.active[*b].load(Ordering::Relaxed) as u64 + 1) * nodes[*a].weight as u64;
+                ca.cmp(&cb)
+            }),
+            _ => {
+                let mut cw = self.rr.lock().unwrap_or_else(|p| p.into_inner());
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for i in 0..nodes.len() {
+                    if !cand(i) {
+                        continue;
+                    }
+                    let w = nodes[i].weight as i64;
+                    cw[i] += w;
+                    total += w;
+                    if best.is_none_or(|b| cw[i] > cw[b]) {
+                        best = Some(i);
+                    }
+                }
+                if let Some(b) = best {
+                    cw[b] -= total;
+                }
+                best
+            }
+        }
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.spec.nodes[i]
+    }
+
+    /// Counts a request on node `i` until the guard drops (least_conn).
+    pub fn enter(self: &Arc<Self>, i: usize) -> ActiveGuard {
+        self.active[i].fetch_add(1, Ordering::Relaxed);
+        ActiveGuard {
+            up: self.clone(),
+            i,
+        }
+    }
+}
+
+pub struct ActiveGuard {
+    up: Arc<UpstreamRt>,
+    i: usize,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.up.active[self.i].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Seconds (APISIX's unit, fractions allowed) as a bounded Duration.
+pub fn secs(s: f64) -> Duration {
+    if s.is_finite() && s > 0.0 {
+        Duration::from_secs_f64(s.min(86_400.0))
+    } else {
+        Duration::from_secs(60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn up(v: serde_json::Value) -> UpstreamRt {
+        UpstreamRt::new("t".into(), serde_json::from_value(v).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn weighted_round_robin_is_smooth() {
+        let u = up(json!({"nodes":{"a:1":5,"b:1":1,"c:1":1}}));
+        let picks: Vec<usize> = (0..7).map(|_| u.pick(&[], None).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|i| **i == 0).count(), 5);
+        // nginx's smooth order spreads the heavy node: a a b a c a a.
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
+        // A tried node is skipped.
+        assert_ne!(u.pick(&[0], None), Some(0));
+        assert_eq!(u.pick(&[0, 1, 2], None), None);
+    }
+
+    #[tokio::test]
+    async fn priority_groups_and_zero_weight() {
+        let u = up(json!({"nodes":[
+            {"host":"a","port":1,"weight":1,"priority":1},
+            {"host":"b","port":1,"weight":1,"priority":0},
+            {"host":"c","port":1,"weight":0,"priority":5}]}));
+        assert_eq!(u.pick(&[], None), Some(0));
+        assert_eq!(u.pick(&[0], None), Some(1));
+        assert_eq!(u.retries(), 2);
+    }
+
+    #[tokio::test]
+    async fn chash_is_stable_and_least_conn_balances() {
+        let u = up(json!({"type":"chash","key":"remote_addr","nodes":{"a:1":1,"b:1":1,"c:1":1}}));
+        let first = u.pick(&[], Some("10.0.0.1")).unwrap();
+        for _ in 0..10 {
+            assert_eq!(u.pick(&[], Some("10.0.0.1")), Some(first));
+        }
+        let spread: std::collections::HashSet<usize> = (0..100)
+            .filter_map(|i| u.pick(&[], Some(&format!("k{i}"))))
+            .collect();
+        assert_eq!(spread.len(), 3);
+        // Retrying moves to another node.
+        assert_ne!(u.pick(&[first], Some("10.0.0.1")), Some(first));
+
+        let u = Arc::new(up(json!({"type":"least_conn","nodes":{"a:1":1,"b:1":1}})));
+        let g = u.enter(0);
+        assert_eq!(u.pick(&[], None), Some(1));
+        drop(g);
+        let _g = u.enter(1);
+        assert_eq!(u.pick(&[], None), Some(0));
+    }
+}
