@@ -87,6 +87,8 @@ pub mod raft;
 pub mod restore;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod watch;
 
 pub use config::StoreConfig;

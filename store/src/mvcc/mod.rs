@@ -23,6 +23,8 @@ pub mod tree;
 pub mod view;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::RwLock;

@@ -197,6 +197,86 @@ impl PartialEq for Tree {
 mod tests {
     use super::*;
 
+    /// Random inserts, replaces, removes, retains and bounded ranges against
+    /// a `BTreeMap`: keys of 0–11 bytes over {0, 1, 'a', 0xff} (so many share
+    /// their first eight bytes, the record's head), values of 0–40 bytes.
+    #[test]
+    fn random_edits_match_a_btreemap() {
+        use std::collections::BTreeMap;
+        let mut g = crate::testing::Rng::new(7);
+        let mut next = move |n: u64| g.below(n);
+        let key = |next: &mut dyn FnMut(u64) -> u64| -> Vec<u8> {
+            let len = next(12) as usize;
+            (0..len)
+                .map(|_| [0u8, 1, b'a', 0xff][next(4) as usize])
+                .collect()
+        };
+        let bound = |next: &mut dyn FnMut(u64) -> u64, k: Vec<u8>| match next(3) {
+            0 => Bound::Unbounded,
+            1 => Bound::Included(k),
+            _ => Bound::Excluded(k),
+        };
+        for round in 0..200 {
+            let mut t = Tree::new();
+            let mut m: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for step in 0..200 {
+                let at = format!("round {round} step {step}");
+                let k = key(&mut next);
+                match next(8) {
+                    0..=2 => {
+                        let v: Vec<u8> = (0..next(41)).map(|i| i as u8).collect();
+                        let old = m.insert(k.clone(), v.clone()).map(|o| o.len());
+                        assert_eq!(t.insert(&k, &v), old, "{at}: insert");
+                    }
+                    3 | 4 => {
+                        let old = m.remove(&k).map(|o| o.len());
+                        assert_eq!(t.remove(&k), old, "{at}: remove");
+                    }
+                    5 => {
+                        let cut = next(256) as u8;
+                        t.retain(|k, v| k.len() + v.len() != cut as usize % 20);
+                        m.retain(|k, v| k.len() + v.len() != cut as usize % 20);
+                    }
+                    6 => {
+                        let lo = bound(&mut next, k.clone());
+                        let k2 = key(&mut next);
+                        let hi = bound(&mut next, k2);
+                        fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+                            match b {
+                                Bound::Included(k) => Bound::Included(k.as_slice()),
+                                Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+                                Bound::Unbounded => Bound::Unbounded,
+                            }
+                        }
+                        let got: Vec<_> = t
+                            .range(as_ref(&lo), as_ref(&hi))
+                            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                            .collect();
+                        let want: Vec<_> = if ordered(as_ref(&lo), as_ref(&hi)) {
+                            m.range::<[u8], _>((as_ref(&lo), as_ref(&hi)))
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
+                        assert_eq!(got, want, "{at}: range {lo:?}..{hi:?}");
+                    }
+                    _ => {
+                        assert_eq!(t.get(&k), m.get(&k).map(Vec::as_slice), "{at}: get");
+                        let got: Vec<_> = t.prefix(&k).map(|(k, _)| k.to_vec()).collect();
+                        let want: Vec<_> =
+                            m.keys().filter(|x| x.starts_with(&k)).cloned().collect();
+                        assert_eq!(got, want, "{at}: prefix");
+                    }
+                }
+                assert_eq!(t.len(), m.len(), "{at}: len");
+            }
+            let all: Vec<_> = t.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            let want: Vec<_> = m.into_iter().collect();
+            assert_eq!(all, want, "round {round}: contents");
+        }
+    }
+
     #[test]
     fn ordered_by_key_with_replace_and_remove() {
         let mut t = Tree::new();
