@@ -209,6 +209,34 @@ mod tests {
         );
     }
 
+    /// Damaged streams in random chunks: messages come out whole and within
+    /// the limit, or an error ends the stream; never a panic, never more
+    /// than the limit buffered for an open message.
+    #[test]
+    fn any_input_in_any_chunks() {
+        let valid =
+            br#"{"create_request":{"key":"YQ==","range_end":"Yg=="}} {"progress_request":{}}
+{"cancel_request":{"watch_id":"3"}}"#;
+        let mut g = crate::testing::Rng::new(9);
+        for input in crate::testing::mutations(valid, 20_000, 17) {
+            let mut f = Framer::new(64);
+            let mut rest = &input[..];
+            'feed: while !rest.is_empty() {
+                let n = (g.below(9) as usize + 1).min(rest.len());
+                f.push(&rest[..n]);
+                rest = &rest[n..];
+                loop {
+                    match f.next_message() {
+                        Ok(Some(m)) => assert!(m.len() <= 64 + n, "{m:?}"),
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                assert!(f.buf.len() <= 64 + 9, "buffered past the limit");
+            }
+        }
+    }
+
     #[test]
     fn whitespace_between_messages_is_not_kept() {
         let mut f = Framer::new(8);

@@ -138,3 +138,43 @@ impl Peer for PeerService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::etcdserverpb::PutRequest;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::command::{Command, Proposal, Proto};
+
+    /// Peer messages from the network: any bytes decode to a message or an
+    /// error, never a panic (bincode reads from the slice, so a length prefix
+    /// larger than what arrived fails instead of allocating).
+    #[test]
+    fn peer_messages_decode_any_input_without_panicking() {
+        let entry = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), i),
+            payload: EntryPayload::Normal(Proposal::new(
+                None,
+                Command::Put(Proto(PutRequest {
+                    key: format!("k{i}").into_bytes(),
+                    value: vec![b'v'; 30],
+                    ..Default::default()
+                })),
+            )),
+        };
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 4)),
+            entries: (5..8).map(entry).collect(),
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(2, 1), 4)),
+        };
+        let valid = bincode::serialize(&append).unwrap();
+        for input in crate::testing::mutations(&valid, 20_000, 5) {
+            let _ = de::<AppendEntriesRequest<TypeConfig>>(&input);
+            let _ = de::<VoteRequest<u64>>(&input);
+            let _ = de::<ForwardReply>(&input);
+            let _ = de::<command::Proposal>(&input);
+        }
+    }
+}

@@ -145,3 +145,23 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Option<(SnapshotMeta, Vec<u8>)
     buf.drain(..20 + n);
     Ok(Some((meta, buf)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot file's records, damaged any way: decoded or refused with
+    /// an error, never a panic, and never a field read past the input.
+    #[test]
+    fn tree_decoding_survives_any_input() {
+        let mut tree = Tree::new();
+        for i in 0..20u8 {
+            tree.insert(&[b'k', i], &vec![i; i as usize]);
+        }
+        let valid = encode_tree(&tree);
+        assert_eq!(decode_tree(&valid).unwrap(), tree);
+        for input in crate::testing::mutations(&valid, 20_000, 3) {
+            let _ = decode_tree(&input);
+        }
+    }
+}
