@@ -148,6 +148,14 @@ where
 pub fn free_port() -> u16 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
+    use std::os::fd::AsRawFd;
+    // Each test runs in its own process (nextest); a port is claimed by an
+    // flock on a file named after it, held until this process exits (the
+    // kernel drops it even on a crash), so two tests running at once never
+    // get the same port, even before either has bound it.
+    static CLAIMED: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("cairn-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
     for _ in 0..1000 {
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
@@ -156,7 +164,15 @@ pub fn free_port() -> u16 {
         if port == 22379 || port == 22380 {
             continue;
         }
+        let Ok(lock) = File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
             return port;
         }
     }
@@ -812,9 +828,15 @@ pub async fn http(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
+    let exchange = async {
+        s.write_all(req.as_bytes()).await?;
+        s.read_to_end(&mut raw).await
+    };
+    tokio::time::timeout(SLOW, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {base}{path}: no answer within {SLOW:?}"))
+        .unwrap();
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").expect("http response");
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
