@@ -748,6 +748,19 @@ async fn plugins_consumers_and_registration_with_the_control_plane() {
         m.contains(r#"cairn_gateway_unsupported_plugins{plugin="no-such-plugin"}"#),
         "{m}"
     );
+    // The same for a global rule: every route refuses rather than run without it.
+    put(
+        &ep,
+        "/apisix/global_rules/2",
+        &json!({"plugins": {"openid-connect": {"client_id": "a"}}}),
+    );
+    gw.wait_for(
+        "global rule with an unimplemented auth plugin",
+        "/unknown",
+        &[],
+        |r| r.status == 503,
+    )
+    .await;
 }
 
 /// A self-signed certificate and key (PEM) for `names`.
