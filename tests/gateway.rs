@@ -874,6 +874,43 @@ async fn tls_certificates_by_sni_from_ssls() {
         }
     })
     .await;
+    // HTTP/2: by ALPN over TLS, and h2c (prior knowledge) on the plain port.
+    let (c2, gurl) = (ca2.clone(), gw.url.clone());
+    let versions = tokio::task::spawn_blocking(move || {
+        let v = |args: Vec<String>| {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_version} %{http_code}",
+                    "--max-time",
+                    "10",
+                ])
+                .args(args)
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        (
+            v(vec![
+                "--http2".into(),
+                "--cacert".into(),
+                c2.display().to_string(),
+                "--resolve".into(),
+                format!("test.com:{tls_port}:127.0.0.1"),
+                format!("https://test.com:{tls_port}/get"),
+            ]),
+            v(vec![
+                "--http2-prior-knowledge".into(),
+                format!("{gurl}/get"),
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(versions, ("2 200".to_string(), "2 200".to_string()));
     let c = ca.clone();
     assert_eq!(
         tokio::task::spawn_blocking(move || curl_tls(tls_port, "test.com", &c))
