@@ -1035,6 +1035,15 @@ async fn health_checks_take_bad_nodes_out() {
         "the dead node taken out by active checks",
     )
     .await;
+    let m = gw.metrics_text().await;
+    let line = format!(
+        r#"apisix_upstream_status{{name="/apisix/routes/active",ip="127.0.0.1",port="{dead}"}} 0"#
+    );
+    assert!(m.contains(&line), "{line} in\n{m}");
+    let line = format!(
+        r#"apisix_upstream_status{{name="/apisix/routes/active",ip="127.0.0.1",port="{eport}"}} 1"#
+    );
+    assert!(m.contains(&line), "{line} in\n{m}");
 
     // Passive: the node that drops requests is taken out after two failures;
     // its TCP probes alone would keep it in, so this is the passive check.

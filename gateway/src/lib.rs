@@ -175,7 +175,15 @@ fn serve_worker(
 /// The metrics listener: Prometheus text and readiness.
 fn status_api<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
-        "/apisix/prometheus/metrics" => (200, "text/plain; version=0.0.4", shared.metrics.render()),
+        "/apisix/prometheus/metrics" => {
+            let mut text = shared.metrics.render();
+            text.push_str(
+                &shared
+                    .metrics
+                    .upstream_status(&shared.config(), &shared.prefix),
+            );
+            (200, "text/plain; version=0.0.4", text)
+        }
         "/readyz" | "/status/ready" => {
             if shared.ready() {
                 (200, "application/json", r#"{"status":"ok"}"#.to_string())
