@@ -71,7 +71,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         s.keyring.clone(),
         metrics::Metrics::new(config::hostname()),
     ));
+    // Fails early with a clear error when the port is taken; the serving
+    // threads then bind it again with SO_REUSEPORT.
     let http = listener::bind(s.listen, "--listen").await?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    upstream::set_workers(workers);
     let https = listener::bind(s.listen_tls, "--listen-tls").await?;
     let metrics_l = listener::bind(s.metrics, "--metrics").await?;
     tokio::spawn(sync::run(client.clone(), shared.clone()));
@@ -93,18 +97,93 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         conns.clone(),
         move |req, peer| server::handle(h.clone(), req, peer),
     ));
-    let h = shared.clone();
-    listener::serve(http, None, conns, move |req, peer| {
-        server::handle(h.clone(), req, peer)
-    })
-    .await;
+    // The plain listener runs on one thread per core, each with its own
+    // current-thread runtime and SO_REUSEPORT socket (the kernel spreads
+    // connections), so a request and its upstream connection stay on one
+    // thread: the multi-threaded scheduler's wake-ups across threads were
+    // most of the proxying cost.
+    drop(http);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    for w in 0..workers {
+        let shared = shared.clone();
+        let conns = conns.clone();
+        let ready = ready_tx.clone();
+        let addr = s.listen;
+        std::thread::Builder::new()
+            .name(format!("gateway-{w}"))
+            .spawn(move || serve_worker(w, addr, shared, conns, ready))
+            .context("cannot start a serving thread")?;
+    }
+    drop(ready_tx);
+    for _ in 0..workers {
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("a serving thread ended before it was listening"))??;
+    }
+    futures::future::pending::<()>().await;
     Ok(())
+}
+
+/// One serving thread: a current-thread runtime with its own listener.
+fn serve_worker(
+    w: usize,
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    conns: Option<Arc<std::sync::atomic::AtomicI64>>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
+) {
+    upstream::enter_worker(w);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!("serving thread {w}: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let bound = (|| {
+            let sock = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            sock.set_reuseport(true)?;
+            sock.bind(addr)?;
+            sock.listen(1024)
+        })();
+        let l = match bound {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(anyhow::anyhow!(
+                    "cannot listen on {addr} (--listen): {e}"
+                )));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        listener::serve(l, None, conns, move |req, peer| {
+            server::handle(shared.clone(), req, peer)
+        })
+        .await;
+    });
 }
 
 /// The metrics listener: Prometheus text and readiness.
 fn status_api<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
-        "/apisix/prometheus/metrics" => (200, "text/plain; version=0.0.4", shared.metrics.render()),
+        "/apisix/prometheus/metrics" => {
+            let mut text = shared.metrics.render();
+            text.push_str(
+                &shared
+                    .metrics
+                    .upstream_status(&shared.config(), &shared.prefix),
+            );
+            (200, "text/plain; version=0.0.4", text)
+        }
         "/readyz" | "/status/ready" => {
             if shared.ready() {
                 (200, "application/json", r#"{"status":"ok"}"#.to_string())

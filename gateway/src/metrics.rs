@@ -138,6 +138,33 @@ impl Metrics {
         });
     }
 
+    /// `apisix_upstream_status`: 1 healthy, 0 unhealthy, for every node of
+    /// every upstream with health checks (inline ones named by their route
+    /// or service key, as APISIX does).
+    pub fn upstream_status(&self, cfg: &crate::state::Config, prefix: &str) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# HELP apisix_upstream_status Upstream status from health check\n# TYPE apisix_upstream_status gauge");
+        let ups = cfg
+            .upstreams
+            .values()
+            .chain(cfg.routes.values().filter_map(|r| r.upstream.as_ref()))
+            .chain(cfg.services.values().filter_map(|s| s.upstream.as_ref()));
+        for up in ups.filter(|u| u.checks.is_some()) {
+            for (i, n) in up.spec.nodes.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "apisix_upstream_status{{name=\"{}/{}\",ip=\"{}\",port=\"{}\"}} {}",
+                    esc(prefix),
+                    esc(&up.key),
+                    esc(&n.host),
+                    n.port,
+                    u8::from(up.health[i].healthy())
+                );
+            }
+        }
+        o
+    }
+
     pub fn render(&self) -> String {
         let mut o = String::new();
         let g = |o: &mut String, name: &str, help: &str, ty: &str| {

@@ -239,7 +239,7 @@ pub async fn forward(
             req.headers_mut().insert(header::HOST, h);
         }
         let guard = up.enter(i);
-        let res = tokio::time::timeout(wait, up.client.request(req)).await;
+        let res = tokio::time::timeout(wait, up.client().request(req)).await;
         let failure = match res {
             Ok(Ok(resp)) => {
                 up.observed(i, Outcome::Status(resp.status().as_u16()));

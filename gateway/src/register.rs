@@ -69,6 +69,7 @@ impl Identity {
 pub async fn run(client: Client, shared: Arc<Shared>, me: Identity) {
     let mut lease = 0i64;
     loop {
+        let seen = shared.generation.load(std::sync::atomic::Ordering::Relaxed);
         // Registered only once a config is applied: a gateway still loading
         // has nothing to report.
         if shared.ready() {
@@ -78,9 +79,15 @@ pub async fn run(client: Client, shared: Arc<Shared>, me: Identity) {
                 continue;
             }
         }
+        // A revision applied while writing is written at once.
+        let applied = shared.applied.notified();
+        if shared.generation.load(std::sync::atomic::Ordering::Relaxed) != seen {
+            tokio::time::sleep(DEBOUNCE).await;
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
-            _ = shared.applied.notified() => tokio::time::sleep(DEBOUNCE).await,
+            _ = applied => tokio::time::sleep(DEBOUNCE).await,
         }
     }
 }

@@ -116,11 +116,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         guards: Vec::new(),
         node: None,
     };
-    if !route.plugins.blocked.is_empty() {
-        tracing::error!(route = %route.id, plugins = ?route.plugins.blocked, "route needs plugins this gateway does not implement; refused");
+    let globals: Vec<PluginSet> = cfg.global_rules.values().cloned().collect();
+    if let Some(set) = [&route.plugins]
+        .into_iter()
+        .chain(&globals)
+        .find(|s| !s.blocked.is_empty())
+    {
+        tracing::error!(route = %route.id, plugins = ?set.blocked, "the route or a global rule needs plugins this gateway does not implement; refused");
         return finish(pages::error_page(503));
     }
-    let globals: Vec<PluginSet> = cfg.global_rules.values().cloned().collect();
     let global_refs: Vec<&PluginSet> = globals.iter().collect();
     let mut plugins = route.plugins.clone();
     let mut upstream_ms = None;

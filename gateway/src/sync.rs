@@ -5,12 +5,17 @@
 //! in revisions (restored / restarted empty), means a full reload. On store
 //! errors the watch resumes on another member from the last revision, with a
 //! backoff; meanwhile the last applied config keeps being served.
+//!
+//! A reader task hands watch responses over a channel; everything waiting
+//! there is applied as one batch and published once, so a burst of writes
+//! (a bulk import) costs one publish, not one per revision.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::{mvccpb, Client, GetOptions, WatchOptions};
+use cairn_client::pb::WatchResponse;
+use cairn_client::{mvccpb, Client, GetOptions, ResumingWatcher, WatchOptions};
 use serde_json::Value;
 
 use crate::shared::Shared;
@@ -18,6 +23,44 @@ use crate::state::Config;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Watch responses queued between the reader and the applier; at most this
+/// many are applied as one batch.
+const QUEUE: usize = 4096;
+
+/// Reads the watch until it is cancelled or the applier is gone; an error
+/// is handed over, then the watch resumes (from its last revision) after a
+/// backoff.
+async fn read_watch(
+    mut w: ResumingWatcher,
+    tx: tokio::sync::mpsc::Sender<cairn_client::Result<WatchResponse>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let r = w.next().await;
+        let (failed, cancelled) = match &r {
+            Ok(r) => (false, r.canceled),
+            Err(_) => (true, false),
+        };
+        if tx.send(r).await.is_err() || cancelled {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        } else {
+            backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+/// The revision a watch response brings the config to: its last event's,
+/// or for a progress notification its header's.
+fn revision_of(r: &WatchResponse) -> i64 {
+    match r.events.last().and_then(|e| e.kv.as_ref()) {
+        Some(kv) => kv.mod_revision,
+        None => r.header.as_ref().map_or(0, |h| h.revision),
+    }
+}
 
 /// Reads a value: `None` for placeholders; errors for invalid JSON.
 fn decode(shared: &Shared, rel: &str, raw: &[u8]) -> Result<Option<Value>, String> {
@@ -114,7 +157,7 @@ pub async fn run(client: Client, shared: Arc<Shared>) {
             progress_notify: true,
             ..WatchOptions::prefix()
         };
-        let mut w = loop {
+        let w = loop {
             match client.watch_resuming(prefix.clone(), opts.clone()).await {
                 Ok(w) => break Some(w),
                 Err(e) => {
@@ -127,45 +170,58 @@ pub async fn run(client: Client, shared: Arc<Shared>) {
                 }
             }
         };
-        let Some(watcher) = w.as_mut() else { continue };
-        loop {
-            let resp = match watcher.next().await {
-                Ok(r) => r,
-                Err(e) => {
-                    // The watcher resumes from its last revision on the next call.
-                    shared.sync_error(format!("watch {prefix}: {e}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
+        let Some(watcher) = w else { continue };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(QUEUE);
+        let reader = tokio::spawn(read_watch(watcher, tx));
+        'watch: while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < QUEUE {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
-            };
-            backoff = BACKOFF_MIN;
-            if resp.canceled {
-                tracing::warn!(
-                    compact_revision = resp.compact_revision,
-                    reason = %resp.cancel_reason,
-                    "watch cancelled; reading everything again"
-                );
-                break;
             }
-            let header_rev = resp.header.as_ref().map_or(0, |h| h.revision);
-            if header_rev > 0 && header_rev < cfg.revision {
-                // As APISIX: "etcd may be restarted" (a store rolled back).
-                tracing::warn!(
-                    header_rev,
-                    applied = cfg.revision,
-                    "store revision went back; reading everything again"
-                );
-                break;
+            let mut applied = false;
+            for r in batch {
+                let resp = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The reader resumes from the last revision after a backoff.
+                        shared.sync_error(format!("watch {prefix}: {e}"));
+                        continue;
+                    }
+                };
+                if resp.canceled {
+                    tracing::warn!(
+                        compact_revision = resp.compact_revision,
+                        reason = %resp.cancel_reason,
+                        "watch cancelled; reading everything again"
+                    );
+                    break 'watch;
+                }
+                let header_rev = resp.header.as_ref().map_or(0, |h| h.revision);
+                if header_rev > 0 && header_rev < cfg.revision {
+                    // As APISIX: "etcd may be restarted" (a store rolled back).
+                    tracing::warn!(
+                        header_rev,
+                        applied = cfg.revision,
+                        "store revision went back; reading everything again"
+                    );
+                    break 'watch;
+                }
+                for ev in &resp.events {
+                    let Some(kv) = &ev.kv else { continue };
+                    let delete = ev.r#type == mvccpb::event::EventType::Delete as i32;
+                    apply_kv(&shared, &mut cfg, &prefix, kv, delete);
+                }
+                cfg.revision = cfg.revision.max(revision_of(&resp));
+                applied = true;
             }
-            for ev in &resp.events {
-                let Some(kv) = &ev.kv else { continue };
-                let delete = ev.r#type == mvccpb::event::EventType::Delete as i32;
-                apply_kv(&shared, &mut cfg, &prefix, kv, delete);
+            if applied {
+                shared.publish(&cfg);
+                shared.sync_ok();
             }
-            cfg.revision = cfg.revision.max(watcher.next_revision() - 1);
-            shared.publish(&cfg);
-            shared.sync_ok();
         }
+        reader.abort();
     }
 }

@@ -1,7 +1,9 @@
 //! Upstreams at run time: node choice (weighted round robin, consistent
 //! hash, least connections; `priority` groups, lower ones only once every
 //! node of the higher ones was tried), and the keep-alive connection pool
-//! (hyper-util's client, one per upstream, so its timeouts are the
+//! (hyper-util's client, one per upstream and serving thread, so its
+//! timeouts are the upstream's and a pooled connection is driven by the
+//! thread that uses it; was: one per upstream, so its timeouts are the
 //! upstream's).
 
 use std::collections::hash_map::DefaultHasher;
@@ -26,11 +28,31 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// APISIX's keepalive_pool.size default.
 const POOL_SIZE: usize = 320;
 
+/// How many serving threads (each with its own current-thread runtime) the
+/// gateway runs; set once at start, before any upstream is built.
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This serving thread's index; `None` on the main runtime.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+pub fn set_workers(n: usize) {
+    WORKERS.store(n, Ordering::Relaxed);
+}
+
+/// Marks the calling thread as serving thread `i`.
+pub fn enter_worker(i: usize) {
+    WORKER.with(|w| w.set(Some(i)));
+}
+
 pub struct UpstreamRt {
     /// `upstreams/1`, or `routes/1` for an inline upstream: for logs and metrics.
     pub key: String,
     pub spec: Upstream,
-    pub client: HttpClient,
+    /// One pool per serving thread (see [`set_workers`]), and one for the
+    /// main runtime.
+    clients: Vec<HttpClient>,
     /// Smooth weighted round robin state (nginx's): current weights per node.
     rr: Mutex<Vec<i64>>,
     /// In-flight requests per node (least_conn).
@@ -65,12 +87,15 @@ impl UpstreamRt {
     pub fn new(key: String, spec: Upstream) -> Result<UpstreamRt, String> {
         let checks = spec.checks.as_ref().map(Checks::parse).transpose()?;
         let timeout = spec.timeout.unwrap_or_default();
-        let connector = Connector::new(secs(timeout.connect));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_SIZE)
-            .set_host(false)
-            .build(connector);
+        let clients = (0..=WORKERS.load(Ordering::Relaxed))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .pool_max_idle_per_host(POOL_SIZE)
+                    .set_host(false)
+                    .build(Connector::new(secs(timeout.connect)))
+            })
+            .collect();
         let mut ring = Vec::new();
         if spec.kind == "chash" {
             let total: usize = spec.nodes.iter().map(|n| n.weight as usize).sum();
@@ -94,8 +119,18 @@ impl UpstreamRt {
             health: spec.nodes.iter().map(|_| NodeHealth::default()).collect(),
             checks,
             spec,
-            client,
+            clients,
         })
+    }
+
+    /// The pool of the calling thread.
+    pub fn client(&self) -> &HttpClient {
+        let last = self.clients.len() - 1;
+        let i = WORKER
+            .with(|w| w.get())
+            .filter(|i| *i < last)
+            .unwrap_or(last);
+        &self.clients[i]
     }
 
     /// A shared upstream with its active health checks running.

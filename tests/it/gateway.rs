@@ -748,6 +748,19 @@ async fn plugins_consumers_and_registration_with_the_control_plane() {
         m.contains(r#"cairn_gateway_unsupported_plugins{plugin="no-such-plugin"}"#),
         "{m}"
     );
+    // The same for a global rule: every route refuses rather than run without it.
+    put(
+        &ep,
+        "/apisix/global_rules/2",
+        &json!({"plugins": {"openid-connect": {"client_id": "a"}}}),
+    );
+    gw.wait_for(
+        "global rule with an unimplemented auth plugin",
+        "/unknown",
+        &[],
+        |r| r.status == 503,
+    )
+    .await;
 }
 
 /// A self-signed certificate and key (PEM) for `names`.
@@ -861,6 +874,43 @@ async fn tls_certificates_by_sni_from_ssls() {
         }
     })
     .await;
+    // HTTP/2: by ALPN over TLS, and h2c (prior knowledge) on the plain port.
+    let (c2, gurl) = (ca2.clone(), gw.url.clone());
+    let versions = tokio::task::spawn_blocking(move || {
+        let v = |args: Vec<String>| {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_version} %{http_code}",
+                    "--max-time",
+                    "10",
+                ])
+                .args(args)
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        (
+            v(vec![
+                "--http2".into(),
+                "--cacert".into(),
+                c2.display().to_string(),
+                "--resolve".into(),
+                format!("test.com:{tls_port}:127.0.0.1"),
+                format!("https://test.com:{tls_port}/get"),
+            ]),
+            v(vec![
+                "--http2-prior-knowledge".into(),
+                format!("{gurl}/get"),
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(versions, ("2 200".to_string(), "2 200".to_string()));
     let c = ca.clone();
     assert_eq!(
         tokio::task::spawn_blocking(move || curl_tls(tls_port, "test.com", &c))
@@ -985,6 +1035,15 @@ async fn health_checks_take_bad_nodes_out() {
         "the dead node taken out by active checks",
     )
     .await;
+    let m = gw.metrics_text().await;
+    let line = format!(
+        r#"apisix_upstream_status{{name="/apisix/routes/active",ip="127.0.0.1",port="{dead}"}} 0"#
+    );
+    assert!(m.contains(&line), "{line} in\n{m}");
+    let line = format!(
+        r#"apisix_upstream_status{{name="/apisix/routes/active",ip="127.0.0.1",port="{eport}"}} 1"#
+    );
+    assert!(m.contains(&line), "{line} in\n{m}");
 
     // Passive: the node that drops requests is taken out after two failures;
     // its TCP probes alone would keep it in, so this is the passive check.
