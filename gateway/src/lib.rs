@@ -6,15 +6,18 @@
 //! - `cidr`, `vars`: addresses and blocks; nginx variables and `vars` expressions.
 //! - `resources`: the APISIX resources as read from the store.
 //! - `router`: `radixtree_host_uri` matching, changed incrementally.
-//! - `connect`, `upstream`, `health`: the upstream connector (TCP, TLS),
-//!   node choice, active and passive health checks.
+//! - `connect`, `health`, `upstream`, `probes`: the upstream connector
+//!   (TCP, TLS), health-check rules (active and passive), node choice, and
+//!   the task that probes an upstream's nodes.
+//! - `pages`: the gateway's own answers (the 404 JSON, nginx's error pages,
+//!   JSON bodies).
 //! - `plugins`: the plugin trait, sets and merges, each plugin.
 //! - `state`: the served [`state::Config`] (resources parsed, routes compiled).
 //! - `shared`, `metrics`: what tasks share; Prometheus text.
 //! - `sync`: range + watch of the prefix into `state`; `register`: the
 //!   gateway's registration under the control plane's prefix.
-//! - `request`, `proxy`, `pages`, `guarded`: one request's context, the
-//!   upstream call, the gateway's own answers.
+//! - `request`, `proxy`, `guarded`: one request's context, the upstream
+//!   call, panics turned into 500s.
 //! - `listener`, `tls`, `server`: accept loops, certificates by SNI, and
 //!   the request pipeline.
 //! - [`echo`]: `cairn echo`.
@@ -30,6 +33,7 @@ mod listener;
 mod metrics;
 mod pages;
 mod plugins;
+mod probes;
 mod proxy;
 mod register;
 mod request;

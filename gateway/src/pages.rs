@@ -9,7 +9,7 @@ use crate::listener::{full, Body};
 
 /// APISIX's answer when no route matches.
 pub fn not_found() -> Response<Body> {
-    crate::plugins::json_response(
+    json_response(
         404,
         &serde_json::json!({"error_msg": "404 Route Not Found"}),
     )
@@ -40,4 +40,18 @@ pub fn error_page(status: u16) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     resp
+}
+
+/// A JSON body (with a trailing newline, as APISIX) and its status.
+pub fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
+    let mut body = v.to_string();
+    body.push('\n');
+    let mut r = Response::new(crate::listener::full(body));
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }

@@ -127,7 +127,7 @@ impl Config {
                 )?;
                 let plugins = plugins::build_set(&route.plugins, Scope::Route, un)?;
                 let upstream = match &route.upstream {
-                    Some(u) => Some(UpstreamRt::shared(format!("routes/{id}"), u.clone())?),
+                    Some(u) => Some(crate::probes::shared(format!("routes/{id}"), u.clone())?),
                     None => None,
                 };
                 let old = self.routes.insert(
@@ -149,7 +149,7 @@ impl Config {
                 service.check()?;
                 let plugins = plugins::build_set(&service.plugins, Scope::Route, un)?;
                 let upstream = match &service.upstream {
-                    Some(u) => Some(UpstreamRt::shared(format!("services/{id}"), u.clone())?),
+                    Some(u) => Some(crate::probes::shared(format!("services/{id}"), u.clone())?),
                     None => None,
                 };
                 self.services.insert(
@@ -167,7 +167,7 @@ impl Config {
                 u.check()?;
                 self.upstreams.insert(
                     id.clone(),
-                    UpstreamRt::shared(format!("upstreams/{id}"), u)?,
+                    crate::probes::shared(format!("upstreams/{id}"), u)?,
                 );
             }
             "plugin_configs" => {

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::connect::Connector;
-use crate::health::{self, Checks, NodeHealth, Outcome};
+use crate::health::{Checks, NodeHealth, Outcome};
 use crate::resources::{Node, Timeout, Upstream};
 
 pub type HttpClient = Client<Connector, Full<Bytes>>;
@@ -131,13 +131,6 @@ impl UpstreamRt {
             .filter(|i| *i < last)
             .unwrap_or(last);
         &self.clients[i]
-    }
-
-    /// A shared upstream with its active health checks running.
-    pub fn shared(key: String, spec: Upstream) -> Result<Arc<UpstreamRt>, String> {
-        let up = Arc::new(UpstreamRt::new(key, spec)?);
-        health::start(&up);
-        Ok(up)
     }
 
     /// Passive health check: what an attempt on node `i` showed.

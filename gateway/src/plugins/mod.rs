@@ -196,18 +196,7 @@ pub fn message(status: u16, msg: &str) -> Response<Body> {
     json_response(status, &serde_json::json!({ "message": msg }))
 }
 
-pub fn json_response(status: u16, v: &Value) -> Response<Body> {
-    let mut body = v.to_string();
-    body.push('\n');
-    let mut r = Response::new(crate::listener::full(body));
-    *r.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
+pub use crate::pages::json_response;
 
 /// A plain (or empty) body with a status.
 pub fn plain(status: u16, body: Option<&str>) -> Response<Body> {
