@@ -435,6 +435,46 @@ mod tests {
     use crate::resources::find;
     use serde_json::json;
 
+    /// Admin API bodies damaged any way (bytes flipped, cut, spliced): a JSON
+    /// error or a validation message for every resource, never a panic.
+    #[test]
+    fn damaged_bodies_get_an_answer_not_a_panic() {
+        let valid = json!({
+            "uri": "/a", "uris": ["/b"], "hosts": ["*.x.test"], "methods": ["GET"],
+            "priority": 1, "vars": [["arg_a", "==", "1"]], "status": 1,
+            "plugins": {"key-auth": {}, "limit-count": {"count": 2, "time_window": 60}},
+            "upstream": {"type": "chash", "hash_on": "header", "key": "h",
+                "nodes": [{"host": "127.0.0.1", "port": 80, "weight": 1}],
+                "timeout": {"connect": 1, "send": 1, "read": 1}},
+            "username": "u", "snis": ["a.test"], "cert": "x", "key": "y"
+        })
+        .to_string()
+        .into_bytes();
+        let mut x: u32 = 7;
+        for case in 0..20_000u32 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let mut body = valid.clone();
+            let at = (x >> 8) as usize % body.len();
+            match case % 3 {
+                0 => {
+                    let bytes = b"{}[]\",:0-e\"x";
+                    body[at] = bytes[(x >> 24) as usize % bytes.len()];
+                }
+                1 => body.truncate(at),
+                _ => {
+                    let tail = body[at..].to_vec();
+                    body.splice(at..at, tail);
+                }
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                continue;
+            };
+            for r in RESOURCES {
+                let _ = check(r, "1", &[], &v);
+            }
+        }
+    }
+
     #[test]
     fn every_builtin_schema_compiles() {
         let c = compiled();

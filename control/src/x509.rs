@@ -182,6 +182,38 @@ pub fn public_key_of(pem: &str) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
+    /// A certificate or key damaged any way (bytes flipped, cut, lengths
+    /// changed) inside a well-formed PEM: parsed or refused, never a panic.
+    #[test]
+    fn damaged_pem_is_refused_not_a_panic() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let pem = |label: &str, der: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+        };
+        let cert = a.cert.der().to_vec();
+        let key = a.key_pair.serialize_der();
+        let mut x: u32 = 1;
+        for case in 0..20_000u32 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let (label, src) = if case % 2 == 0 {
+                ("CERTIFICATE", &cert)
+            } else {
+                ("PRIVATE KEY", &key)
+            };
+            let mut der = src.clone();
+            let at = (x >> 8) as usize % der.len();
+            match case % 4 {
+                0 | 1 => der[at] ^= (x >> 24) as u8 | 1,
+                2 => der.truncate(at),
+                _ => der[at] = [0x00, 0x7f, 0x80, 0x84, 0xff][(x >> 24) as usize % 5],
+            }
+            let text = pem(label, &der);
+            let _ = parse_cert(&text);
+            let _ = public_key_of(&text);
+        }
+    }
+
     #[test]
     fn cert_facts_and_key_match() {
         let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
