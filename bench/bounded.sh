@@ -9,7 +9,10 @@
 #     growth during the pages;
 #  3. 10,000 watches on one stream (the JSON gateway's /v3/watch) whose
 #     client never reads, while 2,000 puts of 1 KiB land in what they watch:
-#     the member's RSS growth.
+#     the member's RSS growth;
+#  4. linearizable gets (8 clients) alone, and while two clients without a
+#     token send 1.4 MiB txns of 20,000 ops and 5 MiB bodies to the JSON
+#     gateway in a loop: p50/p99 of the gets.
 #
 #   bench/bounded.sh
 #
@@ -124,6 +127,40 @@ row "10,000 never-read watches on one stream + 2,000 puts of 1 KiB: RSS growth (
     "$(( (after - before) / 1024 ))"
 kill "$reader" 2>/dev/null || true
 wait "$reader" 2>/dev/null || true
+
+stop_cluster cairn
+
+# --- 4. normal requests beside a hostile client ---------------------------------
+fresh_cluster cairn
+etcdctl --endpoints="$EPS" put k v >/dev/null
+gets() { bench_json --conns 2 --clients 8 --duration 8s range k --consistency l; }
+row "linearizable get p50 / p99 (ms), quiet" "$(gets | lat)"
+hostile=()
+for kind in txn big; do
+    python3 - "$EP0" "$kind" <<'EOF' &
+import base64, json, sys, time, urllib.request, urllib.error
+ep, kind = sys.argv[1], sys.argv[2]
+if kind == "txn":
+    ops = [{"request_put": {"key": base64.b64encode(b"h%d" % i).decode(), "value": ""}}
+           for i in range(20000)]
+    body = json.dumps({"success": ops}).encode()
+    path = "/v3/kv/txn"
+else:
+    body = json.dumps({"key": "aA==", "value": "a" * (5 << 20)}).encode()
+    path = "/v3/kv/put"
+end = time.time() + 60
+while time.time() < end:
+    try:
+        urllib.request.urlopen(urllib.request.Request(ep + path, body), timeout=10).read()
+    except (urllib.error.URLError, OSError):
+        pass
+EOF
+    hostile+=($!)
+done
+sleep 1
+row "linearizable get p50 / p99 (ms), beside 2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)" "$(gets | lat)"
+kill "${hostile[@]}" 2>/dev/null || true
+wait "${hostile[@]}" 2>/dev/null || true
 
 echo "| measure | Cairn |"
 echo "|---|---|"
