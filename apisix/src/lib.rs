@@ -5,6 +5,8 @@
 //! - [`encryption`]: APISIX's `data_encryption` (AES-CBC with a keyring,
 //!   base64), [`Keyring::from_config`], [`Keyring::encrypt_field`],
 //!   [`Keyring::decrypt_field`].
+//! - [`prefixes`]: the resources' key prefix and Cairn's own, as every
+//!   program that reads or writes them normalises and checks them.
 //! - [`secrets`]: which fields of which resource hold secrets (plugin
 //!   `encrypt_fields`, private keys, secret managers' tokens), a walker over
 //!   them, and [`encrypt_secrets`] / [`decrypt_secrets`] for a whole resource.
@@ -23,6 +25,7 @@
 //! ```
 
 pub mod encryption;
+pub mod prefixes;
 pub mod secrets;
 
 pub use encryption::{

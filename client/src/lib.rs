@@ -43,7 +43,8 @@ pub use error::{Error, Result};
 pub use kv::prefix_end;
 pub use lease::LeaseKeepAlive;
 pub use options::{
-    ClientOptions, Credentials, DeleteOptions, GetOptions, KeyRange, PutOptions, TlsOptions,
+    store_access, ClientOptions, Credentials, DeleteOptions, GetOptions, KeyRange, PutOptions,
+    TlsOptions,
 };
 pub use tonic::Code;
 pub use watch::{ResumingWatcher, WatchOptions, Watcher};

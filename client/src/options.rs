@@ -206,3 +206,30 @@ pub struct DeleteOptions {
 }
 
 range_constructors!(DeleteOptions);
+
+/// How a program reaches the store from its flags or config file, with the
+/// rules `cairn control` and `cairn gateway` share: `--user` and
+/// `--password` go together; `--cert`/`--key` need `--cacert`.
+pub fn store_access(
+    user: Option<String>,
+    password: Option<String>,
+    cacert: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> std::result::Result<(Option<Credentials>, Option<TlsOptions>), String> {
+    let credentials = match (user, password) {
+        (Some(user), Some(password)) => Some(Credentials { user, password }),
+        (None, None) => None,
+        _ => return Err("--user and --password (store auth) go together".into()),
+    };
+    let tls = match cacert {
+        Some(ca) => Some(
+            TlsOptions::from_files(ca, cert, key).map_err(|e| format!("store TLS files: {e}"))?,
+        ),
+        None if cert.is_some() || key.is_some() => {
+            return Err("--cert/--key need --cacert (the CA of the store's certificates)".into())
+        }
+        None => None,
+    };
+    Ok((credentials, tls))
+}

@@ -190,12 +190,11 @@ impl Settings {
         } else {
             vec!["http://127.0.0.1:2379".to_string()]
         };
-        let prefix = normalize_prefix(args.prefix.clone().or(file.prefix), "/apisix")?;
-        let cairn_prefix =
-            normalize_prefix(args.cairn_prefix.clone().or(file.cairn_prefix), "/cairn")?;
-        if cairn_prefix.starts_with(&format!("{prefix}/")) || cairn_prefix == prefix {
-            bail!("--cairn-prefix {cairn_prefix} must lie outside --prefix {prefix}: data planes watch that prefix");
-        }
+        let (prefix, cairn_prefix) = cairn_apisix::prefixes::resolve(
+            args.prefix.clone().or(file.prefix),
+            args.cairn_prefix.clone().or(file.cairn_prefix),
+        )
+        .map_err(anyhow::Error::msg)?;
         for u in &file.users {
             if u.username.is_empty()
                 || !u
@@ -212,27 +211,14 @@ impl Settings {
                 )
             })?;
         }
-        let store_credentials = match (
+        let (store_credentials, store_tls) = cairn_client::store_access(
             args.user.clone().or(file.store_user),
             args.password.clone().or(file.store_password),
-        ) {
-            (Some(user), Some(password)) => Some(cairn_client::Credentials { user, password }),
-            (None, None) => None,
-            _ => bail!("--user and --password (store auth) go together"),
-        };
-        let cacert = args.cacert.clone().or(file.cacert);
-        let cert = args.cert.clone().or(file.cert);
-        let key = args.key.clone().or(file.key);
-        let store_tls = match cacert {
-            Some(ca) => Some(
-                cairn_client::TlsOptions::from_files(&ca, cert.as_deref(), key.as_deref())
-                    .context("store TLS files")?,
-            ),
-            None if cert.is_some() || key.is_some() => {
-                bail!("--cert/--key need --cacert (the CA of the store's certificates)")
-            }
-            None => None,
-        };
+            args.cacert.clone().or(file.cacert).as_deref(),
+            args.cert.clone().or(file.cert).as_deref(),
+            args.key.clone().or(file.key).as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
         let admin_key = args
             .admin_key
             .clone()
@@ -285,14 +271,4 @@ impl Settings {
             users: file.users,
         })
     }
-}
-
-/// `/apisix/` and `apisix` both mean `/apisix`.
-fn normalize_prefix(p: Option<String>, default: &str) -> Result<String> {
-    let p = p.unwrap_or_else(|| default.to_string());
-    let p = format!("/{}", p.trim_matches('/'));
-    if p == "/" {
-        bail!("a key prefix may not be empty");
-    }
-    Ok(p)
 }

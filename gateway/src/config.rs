@@ -111,33 +111,19 @@ impl Settings {
         } else {
             vec!["http://127.0.0.1:2379".to_string()]
         };
-        let prefix = normalize_prefix(args.prefix.clone().or(file.prefix), "/apisix")?;
-        let cairn_prefix =
-            normalize_prefix(args.cairn_prefix.clone().or(file.cairn_prefix), "/cairn")?;
-        if cairn_prefix.starts_with(&format!("{prefix}/")) || cairn_prefix == prefix {
-            bail!("--cairn-prefix {cairn_prefix} must lie outside --prefix {prefix}");
-        }
-        let store_credentials = match (
+        let (prefix, cairn_prefix) = cairn_apisix::prefixes::resolve(
+            args.prefix.clone().or(file.prefix),
+            args.cairn_prefix.clone().or(file.cairn_prefix),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let (store_credentials, store_tls) = cairn_client::store_access(
             args.user.clone().or(file.store_user),
             args.password.clone().or(file.store_password),
-        ) {
-            (Some(user), Some(password)) => Some(cairn_client::Credentials { user, password }),
-            (None, None) => None,
-            _ => bail!("--user and --password (store auth) go together"),
-        };
-        let cacert = args.cacert.clone().or(file.cacert);
-        let cert = args.cert.clone().or(file.cert);
-        let key = args.key.clone().or(file.key);
-        let store_tls = match cacert {
-            Some(ca) => Some(
-                cairn_client::TlsOptions::from_files(&ca, cert.as_deref(), key.as_deref())
-                    .context("store TLS files")?,
-            ),
-            None if cert.is_some() || key.is_some() => {
-                bail!("--cert/--key need --cacert (the CA of the store's certificates)")
-            }
-            None => None,
-        };
+            args.cacert.clone().or(file.cacert).as_deref(),
+            args.cert.clone().or(file.cert).as_deref(),
+            args.key.clone().or(file.key).as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
         let keyring = match &file.data_encryption {
             Some(d) => cairn_apisix::Keyring::from_config(d).context("data_encryption")?,
             None => cairn_apisix::Keyring::apisix_default(),
@@ -182,16 +168,6 @@ pub fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "gateway".to_string())
-}
-
-/// `/x/y/` → `/x/y`; must start with `/`.
-fn normalize_prefix(p: Option<String>, default: &str) -> Result<String> {
-    let p = p.unwrap_or_else(|| default.to_string());
-    let p = p.trim_end_matches('/').to_string();
-    if !p.starts_with('/') {
-        bail!("prefix {p:?} must start with '/'");
-    }
-    Ok(p)
 }
 
 #[cfg(test)]
