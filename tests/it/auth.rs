@@ -360,6 +360,24 @@ async fn post_as(
     http(ep, "POST", path, &[("Authorization", token)], Some(body)).await
 }
 
+/// The response that cancels a watch the server refuses (the created one,
+/// or the one right after it).
+async fn refused_watch(
+    c: &Client,
+    key: &str,
+    opts: WatchOptions,
+) -> cairn_client::pb::WatchResponse {
+    let mut w = c.watch(key, opts).await.unwrap();
+    let created = w.created().clone();
+    let r = if created.canceled {
+        created
+    } else {
+        w.next().await.unwrap()
+    };
+    assert!(r.canceled, "{r:?}");
+    r
+}
+
 fn creds(user: &str, password: &str) -> ClientOptions {
     ClientOptions {
         credentials: Some(Credentials {
@@ -434,17 +452,7 @@ async fn client_credentials_and_watch_permissions(imp: Impl) {
         "etcdserver: authentication failed, invalid user ID or password"
     );
 
-    let mut w = alice
-        .watch("/other", WatchOptions::default())
-        .await
-        .unwrap();
-    let created = w.created().clone();
-    let cancelled = if created.canceled {
-        created
-    } else {
-        w.next().await.unwrap()
-    };
-    assert!(cancelled.canceled, "{cancelled:?}");
+    let cancelled = refused_watch(&alice, "/other", WatchOptions::default()).await;
     assert!(
         cancelled
             .cancel_reason
@@ -455,17 +463,7 @@ async fn client_credentials_and_watch_permissions(imp: Impl) {
     let anonymous = Client::connect(eps.clone(), common::test_client_options())
         .await
         .unwrap();
-    let mut w = anonymous
-        .watch("/app/", WatchOptions::prefix())
-        .await
-        .unwrap();
-    let created = w.created().clone();
-    let refused = if created.canceled {
-        created
-    } else {
-        w.next().await.unwrap()
-    };
-    assert!(refused.canceled, "{refused:?}");
+    let refused = refused_watch(&anonymous, "/app/", WatchOptions::prefix()).await;
     assert_eq!(
         refused.cancel_reason,
         "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
