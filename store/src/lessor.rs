@@ -154,13 +154,10 @@ impl Lessor {
         out
     }
 
-    /// How many leases have a deadline.
-    pub fn len(&self) -> usize {
+    /// How many leases have a deadline (tests only).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().leases.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
