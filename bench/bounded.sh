@@ -16,7 +16,8 @@
 #
 #   bench/bounded.sh
 #
-# Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR.
+# Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR,
+# BOUNDED_SECTIONS (which of the sections above to run; default "1 2 3 4").
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -53,10 +54,12 @@ bench_json() { "$CAIRN_BIN" --log-level error bench --endpoints "$EPS" --json "$
 # p50 and p99 (ms) of a bench JSON result.
 lat() { python3 -c 'import json,sys; l=json.load(sys.stdin)["latency"]; print("%.2f / %.2f" % (l["p50_ms"], l["p99_ms"]))'; }
 
+want() { [[ " ${BOUNDED_SECTIONS:-1 2 3 4} " == *" $1 "* ]]; }
 ROWS=()
 row() { ROWS+=("| $1 | $2 |"); }
 
 # --- 1. leases ----------------------------------------------------------------
+if want 1; then
 for held in 1000 100000; do
     fresh_cluster cairn
     log "lease keep-alive with $held leases held"
@@ -74,8 +77,10 @@ for held in 1000 100000; do
     fi
     stop_cluster cairn
 done
+fi
 
 # --- 2. paged list ------------------------------------------------------------
+if want 2; then
 for keys in 1000 100000; do
     fresh_cluster cairn
     log "loading $keys keys of 1 KiB"
@@ -91,8 +96,10 @@ for keys in 1000 100000; do
         "$(( ($(hwm_kib "$pid") - base) / 1024 ))"
     stop_cluster cairn
 done
+fi
 
 # --- 3. watches that are never read -------------------------------------------
+if want 3; then
 fresh_cluster cairn
 pid=$(PID0)
 before=$(rss_kib "$pid")
@@ -129,8 +136,10 @@ kill "$reader" 2>/dev/null || true
 wait "$reader" 2>/dev/null || true
 
 stop_cluster cairn
+fi
 
 # --- 4. normal requests beside a hostile client ---------------------------------
+if want 4; then
 fresh_cluster cairn
 etcdctl --endpoints="$EPS" put k v >/dev/null
 gets() { bench_json --conns 2 --clients 8 --duration 8s range k --consistency l; }
@@ -161,6 +170,7 @@ sleep 1
 row "linearizable get p50 / p99 (ms), beside 2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)" "$(gets | lat)"
 kill "${hostile[@]}" 2>/dev/null || true
 wait "${hostile[@]}" 2>/dev/null || true
+fi
 
 echo "| measure | Cairn |"
 echo "|---|---|"

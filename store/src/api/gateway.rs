@@ -50,7 +50,12 @@ pub struct Services {
     /// The largest JSON body of a unary call, and of each message of a
     /// stream: answered with etcd's `ResourceExhausted` beyond it.
     pub body_limit: usize,
+    /// Large bodies are decoded one at a time (see [`decode_large`]).
+    pub large_decodes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bodies from this size on are decoded off the request workers.
+const LARGE_BODY: usize = 64 << 10;
 
 /// etcd's HTTP status for a gRPC code (grpc-gateway v1's mapping).
 fn http_status(code: Code) -> StatusCode {
@@ -94,6 +99,29 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Decodes a body; one of [`LARGE_BODY`] or more is decoded on the blocking
+/// pool while holding one of `permits`. A 1.4 MiB JSON txn takes
+/// milliseconds to parse: on a request worker it would stall every small
+/// request queued behind it, and any client (no token needed: auth looks at
+/// the request only once it is decoded) can send them back to back. Off the
+/// workers and one at a time, such bodies share the CPU with everything else
+/// instead of taking it.
+async fn decode_large<T>(body: Bytes, permits: &tokio::sync::Semaphore) -> Result<T, Status>
+where
+    T: DeserializeOwned + Default + Send + 'static,
+{
+    if body.len() < LARGE_BODY {
+        return decode(&body);
+    }
+    let _permit = permits
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("server is shutting down"))?;
+    tokio::task::spawn_blocking(move || decode(&body))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+}
+
 /// Carries the raw `Authorization` header (etcd's token) as gRPC metadata.
 fn grpc_request<T>(msg: T, headers: &HeaderMap) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -112,18 +140,18 @@ fn metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
     grpc_request((), headers).metadata().clone()
 }
 
-async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Body, limit: usize, call: F) -> Response
+async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Body, s: &Services, call: F) -> Response
 where
-    Req: DeserializeOwned + Default,
+    Req: DeserializeOwned + Default + Send + 'static,
     Resp: Serialize,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let body = match read_body(body, limit).await {
+    let body = match read_body(body, s.body_limit).await {
         Ok(b) => b,
         Err(s) => return error_response(s),
     };
-    let req = match decode::<Req>(&body) {
+    let req = match decode_large::<Req>(body, &s.large_decodes).await {
         Ok(r) => r,
         Err(s) => return error_response(s),
     };
@@ -135,35 +163,38 @@ where
 
 /// The JSON messages of a client-streaming call, one after another in the
 /// body, each at most `limit` bytes (see [`Framer`]).
-fn json_messages<T: DeserializeOwned + Send + 'static>(
+fn json_messages<T: DeserializeOwned + Default + Send + 'static>(
     body: Body,
-    limit: usize,
+    s: &Services,
 ) -> impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static {
     let chunks = body.into_data_stream();
+    let permits = s.large_decodes.clone();
     let stream = futures::stream::unfold(
-        (chunks, Framer::new(limit), false),
-        |(mut chunks, mut framer, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                match framer.next_message() {
-                    Ok(Some(msg)) => {
-                        let item = serde_json::from_slice::<T>(&msg)
-                            .map_err(|e| Status::invalid_argument(e.to_string()));
-                        let failed = item.is_err();
-                        return Some((item, (chunks, framer, failed)));
-                    }
-                    Ok(None) => {}
-                    Err(s) => return Some((Err(s), (chunks, framer, true))),
+        (chunks, Framer::new(s.body_limit), false),
+        move |(mut chunks, mut framer, done)| {
+            let permits = permits.clone();
+            async move {
+                if done {
+                    return None;
                 }
-                match chunks.next().await {
-                    Some(Ok(b)) => framer.push(&b),
-                    Some(Err(_)) | None if framer.is_partial() => {
-                        let eof = Status::invalid_argument("unexpected EOF");
-                        return Some((Err(eof), (chunks, framer, true)));
+                loop {
+                    match framer.next_message() {
+                        Ok(Some(msg)) => {
+                            let item = decode_large::<T>(msg.into(), &permits).await;
+                            let failed = item.is_err();
+                            return Some((item, (chunks, framer, failed)));
+                        }
+                        Ok(None) => {}
+                        Err(s) => return Some((Err(s), (chunks, framer, true))),
                     }
-                    Some(Err(_)) | None => return None,
+                    match chunks.next().await {
+                        Some(Ok(b)) => framer.push(&b),
+                        Some(Err(_)) | None if framer.is_partial() => {
+                            let eof = Status::invalid_argument("unexpected EOF");
+                            return Some((Err(eof), (chunks, framer, true)));
+                        }
+                        Some(Err(_)) | None => return None,
+                    }
                 }
             }
         },
@@ -200,14 +231,8 @@ macro_rules! unary_route {
     ($svc:ident . $method:ident) => {
         post(
             |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
-                let limit = s.body_limit;
-                unary(
-                    headers,
-                    body,
-                    limit,
-                    |r| async move { s.$svc.$method(r).await },
-                )
-                .await
+                let svc = s.$svc.clone();
+                unary(headers, body, &s, |r| async move { svc.$method(r).await }).await
             },
         )
     };
@@ -259,18 +284,17 @@ pub fn router(services: Services) -> Router {
         .route(
             "/lease/keepalive",
             post(|State(s): State<Services>, body: Body| async move {
-                json_lines(s.lease.keep_alive_stream(json_messages(body, s.body_limit)))
+                json_lines(s.lease.keep_alive_stream(json_messages(body, &s)))
             }),
         )
         .route(
             "/watch",
             post(
                 |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
-                    match s.watch.open(
-                        json_messages(body, s.body_limit),
-                        false,
-                        &metadata(&headers),
-                    ) {
+                    match s
+                        .watch
+                        .open(json_messages(body, &s), false, &metadata(&headers))
+                    {
                         Ok(stream) => json_lines(stream),
                         Err(st) => error_response(st),
                     }

@@ -60,6 +60,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
         }),
         // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
         body_limit: max * 2,
+        large_decodes: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     // Replies are bounded by the request limit of what was written; streamed
     // ones (watch, snapshot) are split by the services themselves.

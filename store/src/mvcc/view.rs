@@ -382,7 +382,7 @@ impl View<'_> {
             lo.as_ref().map(Vec::as_slice),
             hi.as_ref().map(Vec::as_slice),
         );
-        let count = self.tree.range(bounds.0, bounds.1).count() as i64;
+        let count = self.tree.count(bounds.0, bounds.1) as i64;
         if r.count_only {
             return Ok(Some(RangeResponse {
                 count,
