@@ -358,6 +358,13 @@ impl Cluster {
         }
     }
 
+    /// `etcdctl move-leader` sent to member `from` (the leader), naming `to`.
+    pub async fn move_leader(&mut self, from: usize, to: usize) -> Result<()> {
+        self.learn_ids().await;
+        let id = format!("{:x}", self.members[to].id);
+        etcdctl(&self.members[from].client_url, &["move-leader", &id]).map(|_| ())
+    }
+
     /// Removes member `i` from the cluster (through another member), wipes
     /// its data, adds it back under a fresh ID and starts it joining.
     pub async fn replace_member(&mut self, i: usize) -> Result<()> {

@@ -28,6 +28,8 @@ pub enum Fault {
     SnapshotCatchup,
     /// SIGTERM and restart each member in turn.
     RollingRestart,
+    /// `etcdctl move-leader` to a follower, three times in a row.
+    MoveLeader,
     /// The leader loses what it had not fsynced, then restarts (Cairn only).
     PowerLossLeader,
     /// Every member loses what it had not fsynced (Cairn only).
@@ -44,6 +46,7 @@ pub const ALL: &[Fault] = &[
     Fault::ReplaceMember,
     Fault::SnapshotCatchup,
     Fault::RollingRestart,
+    Fault::MoveLeader,
     Fault::PowerLossLeader,
     Fault::PowerLossAll,
 ];
@@ -60,6 +63,7 @@ impl Fault {
             Fault::ReplaceMember => "replace-member",
             Fault::SnapshotCatchup => "snapshot-catchup",
             Fault::RollingRestart => "rolling-restart",
+            Fault::MoveLeader => "move-leader",
             Fault::PowerLossLeader => "power-loss-leader",
             Fault::PowerLossAll => "power-loss-all",
         }
@@ -203,6 +207,19 @@ pub async fn inject(
                 c.restart(i)?;
                 c.wait_leader(Duration::from_secs(30)).await?;
                 log.note(clock, format!("m{i} back"));
+            }
+        }
+        Fault::MoveLeader => {
+            for _ in 0..3 {
+                let l = c.wait_leader(Duration::from_secs(30)).await?;
+                let to = follower(c, rng).await;
+                match c.move_leader(l, to).await {
+                    Ok(()) => log.note(clock, format!("move-leader m{l} -> m{to}")),
+                    // Refused or timed out: no harm done, and the checkers
+                    // judge the history either way.
+                    Err(e) => log.note(clock, format!("move-leader m{l} -> m{to}: {e:#}")),
+                }
+                tokio::time::sleep(ms(rng, 200, 1000)).await;
             }
         }
         Fault::PowerLossLeader => {

@@ -11,10 +11,11 @@
 //! Each request of a batch is applied in order as if it had its own entry
 //! (its own revision, its own response), so batching changes no semantics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, RwLock};
 
 use crate::command::{ApplyResult, Command, Proposal};
 use crate::error::EtcdError;
@@ -43,9 +44,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(raft: Raft, timeout: Duration) -> Batcher {
+    /// `leading` is held for reading while a batch is proposed: whoever holds
+    /// it for writing (a leadership transfer) knows nothing this member
+    /// proposed is still travelling, and that nothing more will be until it
+    /// lets go. Requests keep queueing meanwhile and are proposed (or, if
+    /// leadership moved, sent on to the new leader) afterwards.
+    pub fn start(raft: Raft, timeout: Duration, leading: Arc<RwLock<()>>) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, timeout));
+        tokio::spawn(run(raft, rx, timeout, leading));
         Batcher { tx }
     }
 
@@ -58,8 +64,14 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Waiter>, timeout: Duration) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Waiter>,
+    timeout: Duration,
+    leading: Arc<RwLock<()>>,
+) {
     while let Some(first) = rx.recv().await {
+        let _leading = leading.read().await;
         let mut bytes = first.0.command().approx_size();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {

@@ -101,6 +101,13 @@ pub enum EtcdError {
     InvalidAuthToken,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    // Appended: peers exchange these by variant index (bincode).
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
 }
 
 impl EtcdError {
@@ -126,7 +133,9 @@ impl EtcdError {
             | RoleNotFound
             | RoleNotGranted
             | PermissionNotGranted
-            | AuthNotEnabled => Code::FailedPrecondition,
+            | AuthNotEnabled
+            | NotLeader
+            | BadLeaderTransferee => Code::FailedPrecondition,
             InvalidPeerUrls | UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt => {
                 Code::InvalidArgument
             }
@@ -140,7 +149,8 @@ impl EtcdError {
             | TimeoutDueToConnectionLost
             | Stopped
             | NotCapable
-            | Unhealthy => Code::Unavailable,
+            | Unhealthy
+            | TimeoutLeaderTransfer => Code::Unavailable,
             Internal(_) => Code::Internal,
         }
     }

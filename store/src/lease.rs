@@ -70,6 +70,10 @@ pub async fn call(node: &Node, call: LeaseCall) -> Result<LeaseAnswer, EtcdError
 /// module doc for the order: expired leases first, then a leadership
 /// confirmation, then the renewal).
 pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
+    // Not while leadership is being handed over: the transferee may take
+    // over before the leader lease that the round below relies on runs out
+    // (see `crate::transfer`). After a transfer this member no longer leads.
+    let _leading = node.leading().await;
     if node.leader() != Some(node.id) {
         return LeaseAnswer::NotLeader;
     }

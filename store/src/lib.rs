@@ -89,6 +89,7 @@ pub mod server;
 pub mod storage;
 #[cfg(test)]
 mod testing;
+pub mod transfer;
 pub mod watch;
 
 pub use config::StoreConfig;

@@ -54,6 +54,8 @@ pub struct Node {
     read_tx: mpsc::UnboundedSender<ReadWaiter>,
     lead_tx: mpsc::UnboundedSender<ReadWaiter>,
     batcher: crate::batcher::Batcher,
+    /// See [`Node::leading`].
+    leading: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// What a member is started with: its identity and the limits its flags set.
@@ -98,7 +100,9 @@ impl Node {
         } = cfg;
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let (lead_tx, lead_rx) = mpsc::unbounded_channel();
-        let batcher = crate::batcher::Batcher::start(raft.clone(), request_timeout);
+        let leading = Arc::new(tokio::sync::RwLock::new(()));
+        let batcher =
+            crate::batcher::Batcher::start(raft.clone(), request_timeout, leading.clone());
         let node = Arc::new(Node {
             id,
             cluster_id,
@@ -117,6 +121,7 @@ impl Node {
             quota_bytes,
             auth_token_ttl,
             batcher,
+            leading,
 
             lessor: Lessor::default(),
             stopping: Default::default(),
@@ -185,6 +190,19 @@ impl Node {
         if h.raft_term == 0 {
             h.raft_term = self.term();
         }
+    }
+
+    /// Held for reading by whatever acts as leader and must not overlap a
+    /// leadership transfer: proposing a batch, answering a lease call. The
+    /// guard of [`Node::pause_leading`] waits for those in flight and holds
+    /// off new ones.
+    pub async fn leading(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.leading.read().await
+    }
+
+    /// See [`Node::leading`] and [`crate::transfer`].
+    pub async fn pause_leading(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.leading.write().await
     }
 
     /// Waits until some member is known as leader, or the deadline passes.

@@ -198,6 +198,10 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
 
     shutdown_signal().await;
     info!("shutting down");
+    // Before anything stops: a leader hands over, so writes never wait out
+    // an election timeout because this member restarted.
+    let hand_over = Duration::from_millis(2 * cfg.election_timeout + 1000);
+    crate::transfer::hand_over_before_stop(&node, hand_over).await;
     node.stopping
         .store(true, std::sync::atomic::Ordering::SeqCst);
     snapshot_before_exit(&raft).await;

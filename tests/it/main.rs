@@ -22,6 +22,7 @@ mod etcdctl_matrix;
 mod gateway;
 mod json_gateway;
 mod kv_client;
+mod leadership;
 mod lease;
 mod maintenance;
 mod membership;

@@ -1,6 +1,5 @@
-//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Snapshot and
-//! Defragment are served; MoveLeader (openraft 0.9 cannot transfer
-//! leadership) answers an explicit Unimplemented.
+//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Snapshot,
+//! Defragment and MoveLeader (see [`crate::transfer`]).
 //!
 //! - Alarm lists, raises and clears the replicated alarms (NOSPACE comes from
 //!   `--quota-backend-bytes`, see `node::quota_loop`).
@@ -228,10 +227,10 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         super::auth::require_admin(&self.node, req.metadata())?;
-        // openraft 0.9 cannot hand leadership over (0.10 can): say so
-        // rather than pretend.
-        Err(Status::unimplemented(
-            "etcdserver: move-leader is not supported: openraft 0.9.25 has no leadership transfer",
-        ))
+        let to = req.get_ref().target_id;
+        crate::transfer::move_leader(&self.node, to, self.node.request_timeout).await?;
+        let mut header = None;
+        self.node.fill_header(&mut header);
+        Ok(Response::new(MoveLeaderResponse { header }))
     }
 }

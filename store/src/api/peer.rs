@@ -114,6 +114,17 @@ impl Peer for PeerService {
         encode(&crate::membership::change_as_leader(&self.node, call).await)
     }
 
+    async fn transfer(&self, req: Request<RaftMessage>) -> RpcResult {
+        let call: crate::peer::messages::TransferCall = decode(req.get_ref())?;
+        self.node
+            .raft
+            .trigger()
+            .allow_transfer(call.leader_vote, call.to)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(RaftMessage { data: Vec::new() }))
+    }
+
     async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let n = &self.node;
         let metrics = n.raft.metrics().borrow().clone();

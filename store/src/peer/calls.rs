@@ -1,13 +1,15 @@
 //! The etcd-level calls one member makes to another over the cached
 //! channels of [`crate::net::peers`]: forwarding a write to the leader,
-//! asking it for a read index, lease calls, membership changes, and the
-//! join handshake (`hello`). The server side is `crate::api::peer`.
+//! asking it for a read index, lease calls, membership changes, a
+//! leadership transfer, and the join handshake (`hello`). The server side is `crate::api::peer`.
 
 use std::time::Duration;
 
 use cairn_proto::peer::{HelloReply, HelloRequest, RaftMessage, ReadIndexRequest};
 
-use super::messages::{ForwardReply, LeaseAnswer, LeaseCall, MemberAnswer, MemberCall};
+use super::messages::{
+    ForwardReply, LeaseAnswer, LeaseCall, MemberAnswer, MemberCall, TransferCall,
+};
 use crate::command::Proposal;
 use crate::error::EtcdError;
 use crate::net::peers::{never_sent, PeerPool};
@@ -44,6 +46,20 @@ impl PeerPool {
         r.set_timeout(timeout);
         let reply = c.membership(r).await.map_err(|e| e.to_string())?;
         bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+
+    /// Tells `member` of a leadership transfer.
+    pub async fn transfer(
+        &self,
+        member: &MemberNode,
+        call: &TransferCall,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let mut c = self.client(url_of(member)?)?;
+        let data = bincode::serialize(call).map_err(|e| e.to_string())?;
+        let mut r = tonic::Request::new(RaftMessage { data });
+        r.set_timeout(timeout);
+        c.transfer(r).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     pub async fn hello(

@@ -1,6 +1,7 @@
 //! What members ask each other beyond openraft's RPCs, as bincode in a
 //! `RaftMessage`: a forwarded write and the leader's reply, lease calls and
-//! membership changes (which only the leader answers).
+//! membership changes (which only the leader answers), and the leader's
+//! word in a leadership transfer.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,4 +68,12 @@ pub enum MemberAnswer {
     },
     NotLeader,
     Failed(EtcdError),
+}
+
+/// The leader holding `leader_vote` hands leadership to `to` (see
+/// `crate::transfer`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TransferCall {
+    pub leader_vote: openraft::Vote<u64>,
+    pub to: u64,
 }

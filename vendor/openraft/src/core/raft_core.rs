@@ -1232,6 +1232,12 @@ where
                     ExternalCommand::PurgeLog { upto } => {
                         self.engine.trigger_purge_log(upto);
                     }
+                    // Cairn: leadership transfer.
+                    ExternalCommand::AllowTransfer { leader_vote, to } => {
+                        if self.engine.allow_transfer(&leader_vote, to) {
+                            self.engine.elect();
+                        }
+                    }
                 }
             }
         };

@@ -92,6 +92,11 @@ where C: RaftTypeConfig
 
     /// Output entry for the runtime.
     pub(crate) output: EngineOutput<C>,
+
+    /// Cairn: the member the current leader hands leadership to, and until
+    /// when its vote request may pass this member's leader lease (see
+    /// `Trigger::allow_transfer`).
+    pub(crate) transfer_to: Option<(C::NodeId, <C::AsyncRuntime as AsyncRuntime>::Instant)>,
 }
 
 impl<C> Engine<C>
@@ -108,6 +113,7 @@ where C: RaftTypeConfig
             leader: None,
             candidate: None,
             output: EngineOutput::new(4096),
+            transfer_to: None,
         }
     }
 
@@ -295,6 +301,24 @@ where C: RaftTypeConfig
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
+    /// Cairn: see `Trigger::allow_transfer`. Returns whether this member
+    /// should campaign now (it is `to`, a voter, following that leader).
+    pub(crate) fn allow_transfer(&mut self, leader_vote: &Vote<C::NodeId>, to: C::NodeId) -> bool {
+        if self.state.vote_ref() != leader_vote || !leader_vote.is_committed() {
+            tracing::info!(
+                my_vote = display(self.state.vote_ref().summary()),
+                "ignore leadership transfer from {}: not the vote this member holds",
+                leader_vote
+            );
+            return false;
+        }
+        let until = C::now() + self.config.timer_config.election_timeout;
+        self.transfer_to = Some((to.clone(), until));
+        to == self.config.id
+            && self.leader.is_none()
+            && self.state.membership_state.effective().is_voter(&self.config.id)
+    }
+
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
         let now = C::now();
         let lease = self.config.timer_config.leader_lease;
@@ -318,7 +342,13 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
-        if vote.is_committed() {
+        // Cairn: a candidate the leader handed leadership to passes the lease.
+        let transfer = match &self.transfer_to {
+            Some((to, until)) => now <= *until && req.vote.leader_id().voted_for().as_ref() == Some(to),
+            None => false,
+        };
+
+        if vote.is_committed() && !transfer {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {
                 tracing::info!(

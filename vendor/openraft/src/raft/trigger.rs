@@ -4,6 +4,7 @@ use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::Fatal;
 use crate::raft::RaftInner;
 use crate::RaftTypeConfig;
+use crate::Vote;
 
 /// Trigger is an interface to trigger an action to RaftCore by external caller.
 ///
@@ -44,6 +45,18 @@ where C: RaftTypeConfig
     /// It is not affected by `Raft::enable_elect(false)`.
     pub async fn elect(&self) -> Result<(), Fatal<C::NodeId>> {
         self.raft_inner.send_external_command(ExternalCommand::Elect, "trigger_elect").await
+    }
+
+    /// Cairn: leadership transfer. Sent by the leader holding `leader_vote`
+    /// to every voter (itself included) once `to` has its whole log: a
+    /// member whose vote is still `leader_vote` grants `to`'s next vote
+    /// request even though its leader lease has not expired, for one
+    /// election timeout; `to` campaigns at once. Raft's rules for granting a
+    /// vote (a greater term, a log at least as long) still apply.
+    pub async fn allow_transfer(&self, leader_vote: Vote<C::NodeId>, to: C::NodeId) -> Result<(), Fatal<C::NodeId>> {
+        self.raft_inner
+            .send_external_command(ExternalCommand::AllowTransfer { leader_vote, to }, "allow_transfer")
+            .await
     }
 
     /// Trigger a heartbeat at once and return at once.

@@ -5,6 +5,7 @@ use std::fmt;
 use crate::core::raft_msg::ResultSender;
 use crate::RaftTypeConfig;
 use crate::Snapshot;
+use crate::Vote;
 
 /// Application-triggered Raft actions for testing and administration.
 ///
@@ -31,6 +32,11 @@ pub(crate) enum ExternalCommand<C: RaftTypeConfig> {
     ///
     /// [`max_in_snapshot_log_to_keep`]: `crate::Config::max_in_snapshot_log_to_keep`
     PurgeLog { upto: u64 },
+
+    /// Cairn: the leader holding `leader_vote` hands leadership to `to`. A
+    /// member that still follows that leader lets `to`'s next vote request
+    /// pass its leader lease; `to` itself campaigns at once.
+    AllowTransfer { leader_vote: Vote<C::NodeId>, to: C::NodeId },
 }
 
 impl<C> fmt::Debug for ExternalCommand<C>
@@ -60,6 +66,9 @@ where C: RaftTypeConfig
             }
             ExternalCommand::PurgeLog { upto } => {
                 write!(f, "PurgeLog[..={}]", upto)
+            }
+            ExternalCommand::AllowTransfer { leader_vote, to } => {
+                write!(f, "AllowTransfer[{} -> {}]", leader_vote, to)
             }
         }
     }
