@@ -26,6 +26,7 @@ mod leadership;
 mod lease;
 mod maintenance;
 mod membership;
+mod migration;
 mod robustness;
 mod tls;
 mod up;
