@@ -16,6 +16,7 @@
 //! log after it are (see `raft::state_machine`).
 
 pub mod apply;
+mod counts;
 pub mod hash;
 pub mod keys;
 mod thin;
