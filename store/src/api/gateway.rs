@@ -31,6 +31,7 @@ use serde::Serialize;
 use tonic::{Code, Status};
 
 use super::auth::AuthService;
+use super::bulk::Bulk;
 use super::cluster::ClusterService;
 use super::json_frames::{read_body, Framer};
 use super::kv::KvService;
@@ -50,8 +51,8 @@ pub struct Services {
     /// The largest JSON body of a unary call, and of each message of a
     /// stream: answered with etcd's `ResourceExhausted` beyond it.
     pub body_limit: usize,
-    /// Large bodies are decoded one at a time (see [`decode_large`]).
-    pub large_decodes: Arc<tokio::sync::Semaphore>,
+    /// Where large bodies are decoded (see [`decode_large`]).
+    pub bulk: Bulk,
 }
 
 /// Bodies from this size on are decoded off the request workers.
@@ -99,27 +100,20 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Decodes a body; one of [`LARGE_BODY`] or more is decoded on the blocking
-/// pool while holding one of `permits`. A 1.4 MiB JSON txn takes
-/// milliseconds to parse: on a request worker it would stall every small
-/// request queued behind it, and any client (no token needed: auth looks at
-/// the request only once it is decoded) can send them back to back. Off the
-/// workers and one at a time, such bodies share the CPU with everything else
-/// instead of taking it.
-async fn decode_large<T>(body: Bytes, permits: &tokio::sync::Semaphore) -> Result<T, Status>
+/// Decodes a body; one of [`LARGE_BODY`] or more on the low-priority
+/// thread of [`super::bulk`], so parsing it does not hold up small requests.
+async fn decode_large<T>(body: Bytes, bulk: &Bulk) -> Result<T, Status>
 where
     T: DeserializeOwned + Default + Send + 'static,
 {
     if body.len() < LARGE_BODY {
         return decode(&body);
     }
-    let _permit = permits
-        .acquire()
-        .await
-        .map_err(|_| Status::unavailable("server is shutting down"))?;
-    tokio::task::spawn_blocking(move || decode(&body))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
+    let shared = body.clone();
+    match bulk.run(move || decode(&shared)).await {
+        Some(r) => r,
+        None => decode(&body),
+    }
 }
 
 /// Carries the raw `Authorization` header (etcd's token) as gRPC metadata.
@@ -151,7 +145,7 @@ where
         Ok(b) => b,
         Err(s) => return error_response(s),
     };
-    let req = match decode_large::<Req>(body, &s.large_decodes).await {
+    let req = match decode_large::<Req>(body, &s.bulk).await {
         Ok(r) => r,
         Err(s) => return error_response(s),
     };
@@ -168,11 +162,11 @@ fn json_messages<T: DeserializeOwned + Default + Send + 'static>(
     s: &Services,
 ) -> impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static {
     let chunks = body.into_data_stream();
-    let permits = s.large_decodes.clone();
+    let bulk = s.bulk.clone();
     let stream = futures::stream::unfold(
         (chunks, Framer::new(s.body_limit), false),
         move |(mut chunks, mut framer, done)| {
-            let permits = permits.clone();
+            let bulk = bulk.clone();
             async move {
                 if done {
                     return None;
@@ -180,7 +174,7 @@ fn json_messages<T: DeserializeOwned + Default + Send + 'static>(
                 loop {
                     match framer.next_message() {
                         Ok(Some(msg)) => {
-                            let item = decode_large::<T>(msg.into(), &permits).await;
+                            let item = decode_large::<T>(msg.into(), &bulk).await;
                             let failed = item.is_err();
                             return Some((item, (chunks, framer, failed)));
                         }

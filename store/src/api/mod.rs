@@ -1,10 +1,12 @@
 //! The client-facing etcd v3 API, one file per gRPC service.
 //!
 //! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`;
-//!   `json_frames` reads its bodies within the request limit.
+//!   `json_frames` reads its bodies within the request limit, and `bulk`
+//!   parses the large ones on a low-priority thread.
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
-//! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, Defragment.
+//! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, Defragment,
+//!   MoveLeader.
 //! - [`cluster`]: MemberList, MemberAdd/Remove/Update/Promote.
 //! - [`auth`]: the Auth service, and the caller behind a request's token.
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
@@ -12,6 +14,7 @@
 //! - [`peer`]: the peer protocol's server side (openraft's RPCs, forwarded writes, read index, lease and membership calls).
 
 pub mod auth;
+mod bulk;
 pub mod cluster;
 pub mod gateway;
 mod json_frames;
@@ -60,7 +63,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
         }),
         // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
         body_limit: max * 2,
-        large_decodes: Arc::new(tokio::sync::Semaphore::new(1)),
+        bulk: bulk::Bulk::start(),
     };
     // Replies are bounded by the request limit of what was written; streamed
     // ones (watch, snapshot) are split by the services themselves.
