@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # The HA drill: brings compose/docker-compose.yaml up from nothing on this
-# machine and checks, with etcdctl and the admin API, what the reference
-# deployment guide checks by hand, and more:
+# machine, puts a real load balancer (haproxy, a host process) in front of
+# the two gateways and the two control planes, and checks, with etcdctl, the
+# admin API and curl, what the reference deployment guide checks by hand,
+# and more. From scenario G2 on, steady traffic (GET /get, Host: test.com,
+# ~25 req/s) runs through the gateways' load balancer, and each scenario
+# prints how many of its requests failed: any failed request is a FAIL.
 #
+#   G1. a route written through the control planes' load balancer is served
+#       through the gateways' load balancer (the guide's smoke test); prints
+#       the time until each gateway serves it
+#   G2. stop gateway1 (the guide's first check): traffic keeps flowing; it
+#       comes back, serves, and the load balancer sends it traffic again
 #   1. stop control1: the admin API through control2 still reads and writes
 #   2. stop store1: reads and writes through both control planes and etcdctl
 #      still work; then stop the store leader too: with 1 of 3 left, writes
-#      fail with a clear error within a bound, serializable reads answer
+#      fail with a clear error within a bound, serializable reads answer, and
+#      both gateways still serve every route they had
 #   3. start them again (store1 on a NEW address): they rejoin, every member
 #      has the same HashKV at the same revision, no acknowledged write is lost
 #   4. docker kill (SIGKILL) the leader under a write load: acknowledged
@@ -14,17 +24,22 @@
 #   5. rolling restart of the three stores under load (etcdctl puts, and
 #      admin-API route writes through both control planes): no request fails
 #      beyond one retry; prints each election's duration
+#   G3. stop and start the whole stack (a full outage: no traffic is sent
+#       while it is down): every route is served again, and a NEW route
+#       reaches both gateways
 #
 # Prints PASS/FAIL per scenario, exits non-zero on any FAIL, and removes its
-# containers, network and volumes on every exit.
+# containers, network and volumes and stops haproxy on every exit.
 #
 #   compose/build-image.sh && compose/ha-drill.sh
 #
 # Needs: docker with docker-compose (1.29) or `docker compose`, the
-# cairn:local image, etcdctl 3.4 (Debian's etcd-client), curl. Uses host
-# ports 9000, 9001, 12379, 13379, 14379 on 127.0.0.1, and the compose file's
-# gateways publish 9080/9081, 9443/9444 and 9091/9092 (the scenarios below do
-# not exercise the gateway tier yet).
+# cairn:local image, etcdctl 3.4 (Debian's etcd-client), curl, and haproxy
+# (Debian's 2.6; installed with apt-get when missing and running as root).
+# Uses host ports on 127.0.0.1: 9000, 9001 (control planes), 12379, 13379,
+# 14379 (stores), 9080/9081, 9443/9444, 9091/9092 (gateways: HTTP, HTTPS,
+# metrics and /readyz), and the load balancer's 19080 (gateways), 19000
+# (control planes) and 19404 (its stats page).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +53,15 @@ WORK=$(mktemp -d /tmp/cairn-drill.XXXXXX)
 declare -A PORT=([store1]=12379 [store2]=13379 [store3]=14379)
 ALL_EPS=127.0.0.1:12379,127.0.0.1:13379,127.0.0.1:14379
 CONTROL_URLS=(http://127.0.0.1:9000 http://127.0.0.1:9001)
+GATEWAY_URLS=(http://127.0.0.1:9080 http://127.0.0.1:9081)
+# The load balancer's listeners (haproxy on the host).
+GATEWAY_LB=http://127.0.0.1:19080
+CONTROL_LB=http://127.0.0.1:19000
+LB_STATS=http://127.0.0.1:19404/stats
+HAPROXY_PID=""
+TRAFFIC_PID=""
+# "id uri" of each route written for the gateways: all must stay served.
+GATEWAY_ROUTES=()
 RESULTS=()
 FAILED=0
 LOAD_PID=""
@@ -60,8 +84,11 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 cleanup() {
   local rc=$?
-  [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null && wait "$LOAD_PID" 2>/dev/null
-  [ -n "$ADMIN_LOAD_PID" ] && kill "$ADMIN_LOAD_PID" 2>/dev/null && wait "$ADMIN_LOAD_PID" 2>/dev/null
+  set +e # a killed child's status must not end the cleanup
+  local pid
+  for pid in "$LOAD_PID" "$ADMIN_LOAD_PID" "$TRAFFIC_PID" "$HAPROXY_PID"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
   if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
     echo "---- last log lines of each service"
     compose logs --no-color --tail 25 2>/dev/null || true
@@ -101,7 +128,12 @@ wait_for() {
     sleep 0.2
   done
 }
-is_healthy() { [ "$(health "$1")" = healthy ]; }
+# "running" is what a service without a health check (echo) reports.
+is_healthy() {
+  local h
+  h=$(health "$1")
+  [ "$h" = healthy ] || [ "$h" = running ]
+}
 wait_healthy() {
   local s
   for s in "$@"; do wait_for 90 "$s to be healthy" is_healthy "$s" || return 1; done
@@ -315,16 +347,217 @@ all_same_revision() {
   [ -n "$a" ] && [ "$a" = "$b" ] && [ "$b" = "$c" ]
 }
 
+# ---- the gateway tier: load balancer, routes, traffic ----------------------
+
+# haproxy on the host, in front of both tiers. Backends are health-checked
+# every 200 ms (down after 2 failures, up after 2 successes): a gateway on
+# its metrics port's /readyz (ready once its first config load is applied,
+# and it stays ready without the stores), a control plane on /readyz (ready
+# while the stores have a quorum). A request whose connection failed, or
+# that got no answer at all (a gateway stopped mid-request), is re-sent to
+# the other server: that is what a load balancer in front of stateless
+# gateways is for. A status a gateway answers (its 502, 503) is never
+# retried, so it reaches the traffic loop and counts as a failure. The
+# control planes' backend retries failed connections only (PUTs are not
+# idempotent).
+lb_start() {
+  local cfg="$WORK/haproxy.cfg"
+  cat >"$cfg" <<CFG
+global
+  log stdout format raw local0
+  maxconn 1000
+
+defaults
+  mode http
+  log global
+  option log-health-checks
+  # accept time, backend/server, status, retries (+ when redispatched),
+  # total ms, termination state, queue/connect/response ms
+  log-format "%Ts.%ms %b/%s %ST %rc %Tt %tsc %Tw/%Tc/%Tr"
+  timeout connect 1s
+  timeout check 1s
+  timeout client 30s
+  # Longer than the drill's admin API bound (ADMIN_TIMEOUT).
+  timeout server 30s
+  retries 3
+  option redispatch 1
+  default-server inter 200ms fall 2 rise 2
+
+frontend gateways_in
+  bind ${GATEWAY_LB#http://}
+  default_backend gateways
+
+backend gateways
+  retry-on conn-failure empty-response
+  option httpchk GET /readyz
+  http-check expect status 200
+  server gateway1 ${GATEWAY_URLS[0]#http://} check port 9091
+  server gateway2 ${GATEWAY_URLS[1]#http://} check port 9092
+
+frontend controls_in
+  bind ${CONTROL_LB#http://}
+  default_backend controls
+
+backend controls
+  option httpchk GET /readyz
+  http-check expect status 200
+  server control1 ${CONTROL_URLS[0]#http://} check
+  server control2 ${CONTROL_URLS[1]#http://} check
+
+listen stats
+  bind ${LB_STATS#http://}
+  mode http
+  stats enable
+  stats uri /${LB_STATS##*/}
+CFG
+  haproxy -c -q -f "$cfg" || return 1
+  haproxy -db -f "$cfg" >"$WORK/haproxy.log" 2>&1 &
+  HAPROXY_PID=$!
+}
+# lb_status BACKEND SERVER: UP, DOWN, ... as haproxy sees it (stats CSV,
+# column 18).
+lb_status() {
+  curl -s -m 2 "$LB_STATS;csv" | awk -F, -v b="$1" -v s="$2" '$1 == b && $2 == s {print $18}'
+}
+lb_up() { [ "$(lb_status "$1" "$2")" = UP ]; }
+
+# A route for the gateways: Host test.com, URI $2, upstream the echo
+# container; written through the control planes' load balancer.
+gateway_route_put() { # id uri -> prints "CODE BODY"
+  admin PUT "$CONTROL_LB" "/apisix/admin/routes/$1" \
+    "{\"uri\":\"$2\",\"hosts\":[\"test.com\"],\"upstream\":{\"type\":\"roundrobin\",\"nodes\":{\"echo:8080\":1}}}"
+}
+# serves BASE_URL URI: the guide's smoke test, answered by echo.
+serves() {
+  local body
+  body=$(curl -s -m 2 -f -H 'Host: test.com' "$1$2") && [[ $body == *"test.com$2"* ]]
+}
+# Every route in GATEWAY_ROUTES is served by each gateway, asked directly.
+gateways_serve_all() {
+  local g r missing=0
+  for g in "${GATEWAY_URLS[@]}"; do
+    for r in "${GATEWAY_ROUTES[@]}"; do
+      serves "$g" "${r#* }" || { log "$g does not serve route ${r%% *} (${r#* })"; missing=$((missing + 1)); }
+    done
+  done
+  log "${#GATEWAY_ROUTES[@]} routes checked on each of ${#GATEWAY_URLS[@]} gateways, $missing not served"
+  [ "$missing" -eq 0 ]
+}
+
+# Writes route $1 (URI $2) through the control planes' load balancer while
+# each gateway is polled directly (one curl after another, a few ms each:
+# the resolution); prints how long after the PUT was sent each one served it,
+# and sets PROPAGATION to that text. Fails when the PUT fails or a gateway
+# does not serve the route within 30 s.
+propagate() {
+  local id=$1 uri=$2 i out sent_ms put_ms t pids=() took=() rc=0
+  for i in "${!GATEWAY_URLS[@]}"; do
+    rm -f "$WORK/served.$i"
+    (
+      deadline=$(($(now_ms) + 30000))
+      while [ "$(now_ms)" -lt "$deadline" ]; do
+        if serves "${GATEWAY_URLS[$i]}" "$uri"; then
+          now_ms >"$WORK/served.$i"
+          exit 0
+        fi
+      done
+    ) &
+    pids+=($!)
+  done
+  sent_ms=$(now_ms)
+  out=$(gateway_route_put "$id" "$uri")
+  put_ms=$(($(now_ms) - sent_ms))
+  if [[ ${out%% *} != 20[01] ]]; then
+    log "PUT route $id through $CONTROL_LB: $out"
+    PROPAGATION="route $id: PUT failed (HTTP ${out%% *})"
+    kill "${pids[@]}" 2>/dev/null
+    wait "${pids[@]}" 2>/dev/null
+    return 1
+  fi
+  GATEWAY_ROUTES+=("$id $uri")
+  wait "${pids[@]}" || true
+  for i in "${!GATEWAY_URLS[@]}"; do
+    if [ -s "$WORK/served.$i" ]; then
+      t=$(($(cat "$WORK/served.$i") - sent_ms))
+      took+=("gateway$((i + 1)) after ${t} ms")
+    else
+      took+=("gateway$((i + 1)) not within 30 s")
+      rc=1
+    fi
+  done
+  PROPAGATION=$(printf '%s, ' "${took[@]}")
+  PROPAGATION="route $id served by ${PROPAGATION%, } (the PUT answered in ${put_ms} ms)"
+  log "$PROPAGATION"
+  return "$rc"
+}
+
+# Steady traffic through the gateways' load balancer: GET /get with Host
+# test.com, one request at a time (curl -m 2) with a 20 ms pause, ~25 req/s;
+# a line "ms status" per request goes to $WORK/traffic.$1, the start of each
+# failed answer to $WORK/traffic.$1.err. Stops at traffic_stop or after
+# $2 seconds (default 600).
+traffic_start() {
+  local name=$1 max=${2:-600}
+  TRAFFIC_NAME=$name
+  TRAFFIC_FILE="$WORK/traffic.$name"
+  TRAFFIC_LB_FROM=$(wc -l <"$WORK/haproxy.log")
+  rm -f "$WORK/traffic.stop"
+  : >"$TRAFFIC_FILE"
+  (
+    set +e
+    deadline=$(($(now_ms) + max * 1000))
+    while [ ! -e "$WORK/traffic.stop" ] && [ "$(now_ms)" -lt "$deadline" ]; do
+      code=$(curl -s -m 2 -o "$WORK/traffic.body" -w '%{http_code}' -H 'Host: test.com' "$GATEWAY_LB/get")
+      echo "$(now_ms) $code" >>"$TRAFFIC_FILE"
+      [ "$code" = 200 ] || echo "$(date +%H:%M:%S.%3N) HTTP $code $(head -c 200 "$WORK/traffic.body" 2>/dev/null)" >>"$TRAFFIC_FILE.err"
+      sleep 0.02
+    done
+  ) &
+  TRAFFIC_PID=$!
+}
+# Stops the traffic; sets TRAFFIC (requests, failures, what the load
+# balancer retried, which gateway served how many) and fails when any
+# request failed.
+traffic_stop() {
+  local total failed by
+  touch "$WORK/traffic.stop"
+  wait "$TRAFFIC_PID" || true
+  TRAFFIC_PID=""
+  total=$(grep -c . "$TRAFFIC_FILE" || true)
+  failed=$(grep -vc ' 200$' "$TRAFFIC_FILE" || true)
+  # The load balancer's request lines (they start with a time; its health
+  # check lines do not) for this stretch: per server, and retried.
+  tail -n +"$((TRAFFIC_LB_FROM + 1))" "$WORK/haproxy.log" |
+    grep -E '^[0-9]+\.[0-9]+ gateways/' >"$TRAFFIC_FILE.lb" || true
+  # shellcheck disable=SC2016 # awk's own $2, not the shell's
+  by=$(awk '{ n[substr($2, 10)]++; if ($4 != "0") r++ }
+    END { for (s in n) printf "%s %d, ", s, n[s]; printf "%d retried by the LB", r }' "$TRAFFIC_FILE.lb")
+  TRAFFIC="traffic: $total requests, $failed failed ($by)"
+  log "$TRAFFIC_NAME $TRAFFIC"
+  # shellcheck disable=SC2016 # awk's own $4, not the shell's
+  awk '$4 != "0"' "$TRAFFIC_FILE.lb" | head -3 | sed 's/^/  retried by the LB: /'
+  if [ "$failed" -ne 0 ]; then
+    head -5 "$TRAFFIC_FILE.err"
+    return 1
+  fi
+  [ "$total" -gt 0 ]
+}
+
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- up from nothing -------------------------------------------------------
 
-for tool in etcdctl curl timeout; do
+# The load balancer is part of what the drill brings up, as a host package.
+if ! command -v haproxy >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "== installing haproxy (the drill's load balancer)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+fi
+for tool in etcdctl curl timeout haproxy; do
   command -v "$tool" >/dev/null || { echo "ha-drill: $tool is not installed" >&2; exit 2; }
 done
 docker image inspect "$CAIRN_IMAGE" >/dev/null 2>&1 ||
   { echo "ha-drill: image $CAIRN_IMAGE not found; run compose/build-image.sh" >&2; exit 2; }
-for p in 9000 9001 12379 13379 14379; do
+for p in 9000 9001 12379 13379 14379 9080 9081 9443 9444 9091 9092 19080 19000 19404; do
   if port_busy "$p"; then echo "ha-drill: port $p on 127.0.0.1 is in use" >&2; exit 2; fi
 done
 
@@ -332,7 +565,7 @@ done
 # before it existed cannot run this drill.
 docker run --rm "$CAIRN_IMAGE" control --help >/dev/null 2>&1 ||
   { echo "ha-drill: $CAIRN_IMAGE has no 'control' subcommand; rebuild it with compose/build-image.sh" >&2; exit 2; }
-SERVICES=(store1 store2 store3 control1 control2)
+SERVICES=(store1 store2 store3 control1 control2 gateway1 gateway2 echo)
 
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?')), project $PROJECT"
 t0=$(now_ms)
@@ -342,10 +575,59 @@ log "stack healthy in $(($(now_ms) - t0)) ms"
 ectl endpoint status -w table
 ectl member list -w table
 put_acked /drill/setup/1 v1
+# haproxy on the host, in front of both tiers (its systemd service, if any,
+# is left alone: this one runs from the work directory).
+lb_start || { echo "ha-drill: haproxy did not start" >&2; exit 2; }
+wait_for 20 "the load balancer to see every gateway and control plane up" \
+  eval 'lb_up gateways gateway1 && lb_up gateways gateway2 && lb_up controls control1 && lb_up controls control2'
+log "haproxy (pid $HAPROXY_PID): gateways on $GATEWAY_LB, control planes on $CONTROL_LB, stats on $LB_STATS"
+
+# ---- G1: a route through the control planes' LB, served through the gateways' LB
+
+ok=ok
+propagate test-get /get || ok=fail
+props=("$PROPAGATION")
+serves "$GATEWAY_LB" /get || { log "the gateways' load balancer does not serve /get"; ok=fail; }
+log "smoke test: curl $GATEWAY_LB/get -H 'Host: test.com': $(curl -s -m 2 -H 'Host: test.com' "$GATEWAY_LB/get" | tr -d '\n ' | cut -c1-160)"
+# Two more routes, so "every route they had" below means more than one.
+for r in "test-a /a" "test-b /b/c"; do
+  propagate "${r% *}" "${r#* }" || ok=fail
+  props+=("$PROPAGATION")
+done
+detail=$(printf '%s; ' "${props[@]}")
+result "G1 a route written through the control planes' LB is served through the gateways' LB" "$ok" "${detail%; }"
+
+# ---- G2: stop gateway1 under traffic ---------------------------------------
+
+ok=ok
+traffic_start g2
+sleep 2 # steady traffic through both gateways first
+# docker stop sends SIGTERM: the gateway says it is not ready and serves on
+# for its drain period (2 s), so the load balancer takes it out first.
+t=$(now_ms)
+compose stop -t 5 gateway1 &
+stop_pid=$!
+wait_for 10 "the load balancer to see gateway1 down" eval '! lb_up gateways gateway1' || ok=fail
+down=$(($(now_ms) - t))
+wait "$stop_pid" || ok=fail
+log "gateway1 stopped in $(($(now_ms) - t)) ms; the load balancer marked it down after ${down} ms"
+sleep 3 # traffic through gateway2 alone
+compose start gateway1
+wait_healthy gateway1 || ok=fail
+serves "${GATEWAY_URLS[0]}" /get || { log "gateway1 does not serve /get after its restart"; ok=fail; }
+wait_for 10 "the load balancer to see gateway1 up" lb_up gateways gateway1 || ok=fail
+from=$(wc -l <"$WORK/haproxy.log")
+sleep 2 # traffic through both again
+back=$(tail -n +"$((from + 1))" "$WORK/haproxy.log" | grep -c '^[0-9.]* gateways/gateway1 200 ' || true)
+[ "$back" -gt 0 ] || { log "the load balancer sent gateway1 no request after it came back"; ok=fail; }
+traffic_stop || ok=fail
+result "G2 stop gateway1: traffic through the LB keeps flowing, gateway1 comes back" "$ok" \
+  "$TRAFFIC; out of the LB ${down} ms after the stop began; $back requests to gateway1 in the 2 s after it came back"
 
 # ---- 1: stop control1 ------------------------------------------------------
 
 ok=ok
+traffic_start s1
 route_rw "${CONTROL_URLS[0]}" s1-before || ok=fail
 compose stop -t 5 control1
 t=$(now_ms)
@@ -357,11 +639,13 @@ took=$(($(now_ms) - t))
 compose start control1
 wait_healthy control1 || ok=fail
 route_rw "${CONTROL_URLS[0]}" s1-after || ok=fail
-result "1 stop control1: admin API via control2 reads and writes" "$ok" "control2 answered in ${took} ms"
+traffic_stop || ok=fail
+result "1 stop control1: admin API via control2 reads and writes" "$ok" "control2 answered in ${took} ms; $TRAFFIC"
 
 # ---- 2: stop store1, then the leader ---------------------------------------
 
 ok=ok
+traffic_start s2a
 # Scenario 3 checks that store1 comes back on another address; Docker forgets
 # a stopped container's address, so note it now.
 store1_ip=$(ip_of store1)
@@ -377,11 +661,15 @@ done
 [ "$(ectl get /drill/s2/etcdctl-3 --print-value-only)" = v3 ] || { log "etcdctl get failed"; ok=fail; }
 route_rw "${CONTROL_URLS[0]}" s2-control1 || ok=fail
 route_rw "${CONTROL_URLS[1]}" s2-control2 || ok=fail
-result "2a stop store1: etcdctl and both control planes read and write" "$ok"
+gateways_serve_all || ok=fail
+traffic_stop || ok=fail
+result "2a stop store1: etcdctl and both control planes read and write, the gateways serve" "$ok" "$TRAFFIC"
 
 ok=ok
+traffic_start s2b
 leader=$(leader_service store2 store3) || { log "no leader among store2, store3"; leader=""; }
 if [ -z "$leader" ]; then
+  traffic_stop || true
   result "2b stop the leader too: 1 of 3 left" fail "no leader found"
 else
   survivor=store2
@@ -421,13 +709,17 @@ else
       *) log "a write through $base was not refused (HTTP $code)"; ok=fail ;;
     esac
   done
-  result "2b stop the leader too: etcdctl and admin API writes refused, serializable reads answer" "$ok" \
-    "etcdctl refused in ${took} ms; admin API via ${admin_took[*]}"
+  # The gateways keep serving the last config they have.
+  gateways_serve_all || ok=fail
+  traffic_stop || ok=fail
+  result "2b stop the leader too: etcdctl and admin API writes refused, serializable reads answer, the gateways serve" "$ok" \
+    "etcdctl refused in ${took} ms; admin API via ${admin_took[*]}; $TRAFFIC"
 fi
 
 # ---- 3: restart the stopped stores -----------------------------------------
 
 ok=ok
+traffic_start s3
 # store1's address is free while it is stopped (Docker drops it); a
 # placeholder container takes an address first, so store1 comes back on a
 # different one and its peers can only find it by resolving its name again.
@@ -449,13 +741,17 @@ fi
 put_acked /drill/s3/after-rejoin v1 || ok=fail
 same_hashkv || { log "HashKV differs"; ok=fail; }
 check_acked each || ok=fail
-result "3 restart: members rejoin, same HashKV at the same revision, no acknowledged write lost" "$ok"
+gateways_serve_all || ok=fail
+traffic_stop || ok=fail
+result "3 restart: members rejoin, same HashKV at the same revision, no acknowledged write lost" "$ok" "$TRAFFIC"
 
 # ---- 4: SIGKILL the leader under load --------------------------------------
 
 ok=ok
+traffic_start s4
 leader=$(leader_service store1 store2 store3) || leader=""
 if [ -z "$leader" ]; then
+  traffic_stop || true
   result "4 kill -9 the leader under load" fail "no leader"
 else
   start_load /drill/s4 "$WORK/load4" "$WORK/stop4" 60
@@ -479,13 +775,15 @@ else
   check_acked || ok=fail
   same_hashkv || ok=fail
   n=$(grep -c . "$WORK/load4" || true)
+  traffic_stop || ok=fail
   result "4 kill -9 the leader under load: acknowledged writes survive" "$ok" \
-    "writes again after ${recover:-?} ms; $n writes in the load"
+    "writes again after ${recover:-?} ms; $n writes in the load; $TRAFFIC"
 fi
 
 # ---- 5: rolling restart under load -----------------------------------------
 
 ok=ok
+traffic_start s5
 elections=()
 start_load /drill/s5 "$WORK/load5" "$WORK/stop5" 240
 start_admin_load "$WORK/admin5" "$WORK/stopadmin5" 240
@@ -540,8 +838,28 @@ log "rolling restart: $atotal admin API route writes, $aretries needed a retry, 
 check_acked || ok=fail
 same_hashkv || ok=fail
 for e in "${elections[@]}"; do log "election: $e"; done
+traffic_stop || ok=fail
 result "5 rolling restart under load: no request failed beyond one retry" "$ok" \
-  "$total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; elections: ${elections[*]:-none}"
+  "$total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; elections: ${elections[*]:-none}; $TRAFFIC"
+
+# ---- G3: stop and start everything -----------------------------------------
+
+ok=ok
+# A full outage, on purpose: no traffic while everything is down.
+compose stop -t 5
+log "every service stopped; starting them all again"
+t=$(now_ms)
+compose start
+wait_healthy "${SERVICES[@]}" || ok=fail
+wait_for 20 "the load balancer to see every gateway and control plane up" \
+  eval 'lb_up gateways gateway1 && lb_up gateways gateway2 && lb_up controls control1 && lb_up controls control2' || ok=fail
+log "stack healthy again $(($(now_ms) - t)) ms after the start"
+traffic_start g3
+gateways_serve_all || ok=fail
+propagate test-after-restart /after-restart || ok=fail
+sleep 2
+traffic_stop || ok=fail
+result "G3 restart everything: every route served again, a new route reaches both gateways" "$ok" "$PROPAGATION; $TRAFFIC"
 
 echo
 echo "==== HA drill summary"

@@ -100,6 +100,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .args(["--listen", &format!("{h}:{gw_http}")])
         .args(["--listen-tls", &format!("{h}:{gw_tls}")])
         .args(["--metrics", &format!("{h}:{gw_metrics}")])
+        // No load balancer to leave here: Ctrl-C stops it at once.
+        .args(["--drain", "0"])
         .stdout(Stdio::null())
         .stderr(gateway_log)
         .kill_on_drop(true)

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -33,6 +34,11 @@ pub struct GatewayArgs {
     /// Instance id in the registration [default: hostname-listen-port].
     #[arg(long)]
     pub id: Option<String>,
+    /// Seconds between SIGTERM and the exit, during which `/readyz` answers
+    /// 503 and requests are still served, so a load balancer takes this
+    /// gateway out first [default: 2].
+    #[arg(long)]
+    pub drain: Option<f64>,
     /// YAML file with the same keys (store_user/store_password for the store login).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -65,6 +71,7 @@ pub struct FileConfig {
     pub listen_tls: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub id: Option<String>,
+    pub drain: Option<f64>,
     pub store_user: Option<String>,
     pub store_password: Option<String>,
     pub cacert: Option<PathBuf>,
@@ -85,6 +92,7 @@ pub struct Settings {
     pub listen_tls: SocketAddr,
     pub metrics: SocketAddr,
     pub id: String,
+    pub drain: Duration,
     pub store_credentials: Option<cairn_client::Credentials>,
     pub store_tls: Option<cairn_client::TlsOptions>,
     pub keyring: cairn_apisix::Keyring,
@@ -139,6 +147,10 @@ impl Settings {
         if id.is_empty() || id.len() > 128 || id.contains('/') {
             bail!("--id {id:?}: 1-128 characters, no '/'");
         }
+        let drain = args.drain.or(file.drain).unwrap_or(2.0);
+        if !(0.0..=600.0).contains(&drain) {
+            bail!("--drain {drain}: 0 to 600 seconds");
+        }
         Ok(Settings {
             endpoints,
             prefix,
@@ -153,6 +165,7 @@ impl Settings {
                 .or(file.metrics)
                 .unwrap_or_else(|| default_addr("0.0.0.0:9091")),
             id,
+            drain: Duration::from_secs_f64(drain),
             store_credentials,
             store_tls,
             keyring,

@@ -19,7 +19,7 @@
 //! - `request`, `proxy`, `guarded`: one request's context, the upstream
 //!   call, panics turned into 500s.
 //! - `listener`, `tls`, `server`: accept loops, certificates by SNI, and
-//!   the request pipeline.
+//!   the request pipeline; `drain`: the clean stop on SIGTERM.
 //! - [`echo`]: `cairn echo`.
 
 pub mod config;
@@ -27,6 +27,7 @@ pub mod echo;
 
 mod cidr;
 mod connect;
+mod drain;
 mod guarded;
 mod health;
 mod listener;
@@ -99,7 +100,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         https,
         Some(acceptor),
         conns.clone(),
-        move |req, peer| server::handle(h.clone(), req, peer),
+        move |req, peer| serve_one(h.clone(), req, peer),
     ));
     // The plain listener runs on one thread per core, each with its own
     // current-thread runtime and SO_REUSEPORT socket (the kernel spreads
@@ -124,8 +125,21 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .recv()
             .map_err(|_| anyhow::anyhow!("a serving thread ended before it was listening"))??;
     }
-    futures::future::pending::<()>().await;
+    drain::signalled().await;
+    drain::drain(&shared, s.drain).await;
     Ok(())
+}
+
+/// One request on a client listener.
+async fn serve_one(
+    shared: Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+    peer: listener::Peer,
+) -> Response<Body> {
+    let version = req.version();
+    let mut r = server::handle(shared.clone(), req, peer).await;
+    drain::close_if_draining(&shared, version, &mut r);
+    r
 }
 
 /// One serving thread: a current-thread runtime with its own listener.
@@ -170,7 +184,7 @@ fn serve_worker(
         };
         let _ = ready.send(Ok(()));
         listener::serve(l, None, conns, move |req, peer| {
-            server::handle(shared.clone(), req, peer)
+            serve_one(shared.clone(), req, peer)
         })
         .await;
     });
@@ -189,7 +203,13 @@ fn status_api<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
             (200, "text/plain; version=0.0.4", text)
         }
         "/readyz" | "/status/ready" => {
-            if shared.ready() {
+            if shared.draining() {
+                (
+                    503,
+                    "application/json",
+                    r#"{"status":"error","error":"shutting down"}"#.to_string(),
+                )
+            } else if shared.ready() {
                 (200, "application/json", r#"{"status":"ok"}"#.to_string())
             } else {
                 (
@@ -213,5 +233,9 @@ fn status_api<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
 
 /// Runs `cairn echo`.
 pub async fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
-    echo::run(args).await
+    // A test upstream has nothing to drain: it stops at once.
+    tokio::select! {
+        r = echo::run(args) => r,
+        _ = drain::signalled() => Ok(()),
+    }
 }

@@ -1,5 +1,6 @@
 //! What the sync task, the request handlers, the registration and the
-//! metrics share: the published config, readiness, the last sync error.
+//! metrics share: the published config, readiness (and draining), the last
+//! sync error.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,6 +16,8 @@ pub struct Shared {
     pub metrics: Metrics,
     current: RwLock<Arc<Config>>,
     ready: AtomicBool,
+    /// Set on SIGTERM: `/readyz` says not ready while requests are still served.
+    draining: AtomicBool,
     last_error: Mutex<Option<String>>,
     /// Bumped on every publish; `applied` wakes the registration.
     pub generation: AtomicU64,
@@ -31,6 +34,7 @@ impl Shared {
             metrics,
             current: RwLock::new(Arc::new(Config::default())),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             last_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             applied: Notify::new(),
@@ -61,6 +65,15 @@ impl Shared {
     /// Whether the first full load was applied.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway is stopping (see `drain`).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn sync_error(&self, e: String) {

@@ -1,7 +1,8 @@
 //! `cairn gateway` and `cairn echo` as real processes against a real store:
 //! routes written with etcdctl (as any APISIX tool would) are served; the
 //! router's precedence; APISIX's 404/502 answers; 503 until the first load;
-//! changes propagate; the last config keeps being served without a store.
+//! changes propagate; the last config keeps being served without a store;
+//! SIGTERM drains, then exits.
 
 use crate::common;
 
@@ -40,6 +41,23 @@ impl Proc {
 
     fn err_log(&self) -> String {
         tail(&self.log.with_extension("err"), 40)
+    }
+
+    fn sigterm(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on our own child, not reaped yet (its PID cannot
+        // have been reused).
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits (up to SLOW) for the process to end on its own; its status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        common::wait_for(SLOW, "the process to exit", || {
+            let st = c.try_wait().expect("try_wait");
+            async move { st }
+        })
+        .await
     }
 }
 
@@ -480,6 +498,62 @@ async fn answers_503_until_loaded_and_keeps_serving_without_the_store() {
         |r| r.status == 200,
     )
     .await;
+}
+
+/// SIGTERM (`docker stop`): not ready at once, still serving (answers close
+/// their connection) for the drain period, then a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drains_on_sigterm_then_exits() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let ep = cluster.endpoints();
+    let (_echo, eport) = echo(&cluster.dir, "echo").await;
+    put(
+        &ep,
+        "/apisix/routes/1",
+        &json!({"uri": "/get", "upstream": {"nodes": {format!("127.0.0.1:{eport}"): 1}}}),
+    );
+    // A drain long enough for the checks below; the exit is awaited anyway.
+    let mut gw = Gateway::spawn(&cluster.dir, "gw", &ep, &["--drain", "5"]);
+    gw.wait_ready().await;
+    let r = gw.get("/get", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("connection").is_none(), "{:?}", r.headers);
+
+    gw.proc_.sigterm();
+    let m = gw.metrics.clone();
+    let not_ready = common::wait_for(SLOW, "/readyz to say not ready", || {
+        let m = m.clone();
+        async move {
+            let r = request("GET", &format!("{m}/readyz"), &[], None)
+                .await
+                .ok()?;
+            (r.status == 503).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        not_ready.body.contains("shutting down"),
+        "{}",
+        not_ready.body
+    );
+    let r = gw.get("/get", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{:?}",
+        r.headers
+    );
+    let st = gw.proc_.exited().await;
+    assert!(st.success(), "{st:?}\n{}", gw.proc_.err_log());
+    assert!(
+        gw.proc_.err_log().contains("drain period over"),
+        "{}",
+        gw.proc_.err_log()
+    );
 }
 
 const ADMIN: &str = "test-admin-key-0123456789";
