@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use crate::plugins::auth::ConsumerRt;
 use crate::plugins::{self, PluginSet, Scope};
 use crate::resources::{Consumer, PluginHolder, Route, Service, Ssl, Upstream};
 use crate::router::{Conditions, RouteSpec, Router};
@@ -32,12 +33,6 @@ pub struct ServiceRt {
     pub service: Service,
     pub plugins: PluginSet,
     pub upstream: Option<Arc<UpstreamRt>>,
-}
-
-pub struct ConsumerRt {
-    pub username: String,
-    pub plugins: PluginSet,
-    pub group_id: Option<String>,
 }
 
 /// A route ready to serve: merged with its service and plugin config.

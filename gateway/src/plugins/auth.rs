@@ -7,7 +7,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::PluginSet;
-use crate::state::ConsumerRt;
+
+/// A consumer as the auth plugins find it: its name, its own plugins (run
+/// after the route's once it is identified) and its consumer group. It lives
+/// here, not in `crate::state` which builds it, so that plugins never import
+/// the state that imports them.
+pub struct ConsumerRt {
+    pub username: String,
+    pub plugins: PluginSet,
+    pub group_id: Option<String>,
+}
 
 /// A consumer-side credential.
 #[derive(Clone)]

@@ -18,7 +18,7 @@ pub(super) fn consumer_for(
     ctx: &Ctx<'_>,
     plugin: &str,
     cred: &str,
-) -> Option<(Arc<crate::state::ConsumerRt>, Secret)> {
+) -> Option<(Arc<super::auth::ConsumerRt>, Secret)> {
     let (user, c) = ctx.config.auth.find(plugin, cred)?;
     let consumer = ctx.config.consumers.get(user.as_str())?.clone();
     Some((consumer, c.secret.clone()))
