@@ -161,6 +161,9 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         }
     }
 
+    // Client connections, so a stop can let them finish what they carry.
+    let drain = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let mut accept_loops = Vec::new();
     for url in split_urls(&cfg.listen_client_urls) {
         let listener = bind(&url, "client").await?;
         let router = crate::api::client_router(node.clone());
@@ -170,7 +173,12 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
             )),
             false => None,
         };
-        tokio::spawn(serve_clients(listener, router, tls));
+        accept_loops.push(tokio::spawn(serve_clients(
+            listener,
+            router,
+            tls,
+            drain.clone(),
+        )));
         info!("serving client requests on {url}");
     }
 
@@ -202,6 +210,23 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
     // an election timeout because this member restarted.
     let hand_over = Duration::from_millis(2 * cfg.election_timeout + 1000);
     crate::transfer::hand_over_before_stop(&node, hand_over).await;
+    // Then no new connections, and the open ones are asked to close once
+    // their requests are answered (HTTP/2 GOAWAY: a client sends nothing
+    // more on them and retries elsewhere what the GOAWAY says was not taken;
+    // HTTP/1.1 `Connection: close`), while Raft still runs so those requests
+    // can finish. Bounded: watch streams never finish on their own.
+    for a in accept_loops {
+        a.abort();
+        let _ = a.await;
+    }
+    if let Ok(drain) = Arc::try_unwrap(drain) {
+        if tokio::time::timeout(CLIENT_DRAIN, drain.shutdown())
+            .await
+            .is_err()
+        {
+            info!("stopping: client streams still open after {CLIENT_DRAIN:?} are cut");
+        }
+    }
     node.stopping
         .store(true, std::sync::atomic::Ordering::SeqCst);
     snapshot_before_exit(&raft).await;
@@ -280,10 +305,14 @@ fn is_https(url: &str) -> bool {
 /// `https://` (in its own task, so a slow handshake holds up no one), and
 /// [`AuthorityFix`] inside the TLS layer, so that etcdctl's
 /// `:authority: http(s)://host:port` does not get its streams reset.
+/// How long a stopping member waits for its client connections to finish.
+const CLIENT_DRAIN: Duration = Duration::from_secs(2);
+
 async fn serve_clients(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    drain: Arc<hyper_util::server::graceful::GracefulShutdown>,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -296,15 +325,15 @@ async fn serve_clients(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (router, tls) = (router.clone(), tls.clone());
+        let (router, tls, drain) = (router.clone(), tls.clone(), drain.watcher());
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(AuthorityFix::new(tcp), router).await,
+                None => serve_connection(AuthorityFix::new(tcp), router, drain).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                     match handshake.await {
-                        Ok(Ok(s)) => serve_connection(AuthorityFix::new(s), router).await,
+                        Ok(Ok(s)) => serve_connection(AuthorityFix::new(s), router, drain).await,
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -318,15 +347,18 @@ async fn serve_clients(
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/1.1 or HTTP/2 (whichever the client speaks) on one connection.
-async fn serve_connection<I>(io: I, router: axum::Router)
-where
+async fn serve_connection<I>(
+    io: I,
+    router: axum::Router,
+    drain: hyper_util::server::graceful::Watcher,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let svc = hyper_util::service::TowerToHyperService::new(router);
-    let r = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let r = drain.watch(conn).await;
     if let Err(e) = r {
         tracing::debug!("client connection ended: {e}");
     }
