@@ -73,9 +73,25 @@ pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
     // Not while leadership is being handed over: the transferee may take
     // over before the leader lease that the round below relies on runs out
     // (see `crate::transfer`). After a transfer this member no longer leads.
-    let _leading = node.leading().await;
+    let outcome = {
+        let _leading = node.leading().await;
+        answer_while_leading(node, call).await
+    };
+    match outcome {
+        Ok(answer) => answer,
+        // Outside the guard: the revoke goes through the batcher, which a
+        // transfer waiting for the guard holds back (tokio's RwLock lets a
+        // waiting writer go first), so waiting for it inside would stall both.
+        Err(Expired(id)) => await_revoke(node, id, call).await,
+    }
+}
+
+/// A lease whose deadline has passed: its revoke is to be awaited.
+struct Expired(i64);
+
+async fn answer_while_leading(node: &Node, call: &LeaseCall) -> Result<LeaseAnswer, Expired> {
     if node.leader() != Some(node.id) {
-        return LeaseAnswer::NotLeader;
+        return Ok(LeaseAnswer::NotLeader);
     }
     let (id, keys) = match call {
         LeaseCall::KeepAlive(id) => (*id, false),
@@ -87,42 +103,41 @@ pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
     // already expired is not renewed (found by the robustness suite: a new
     // leader renewed a lease whose revoke it applied a moment later).
     if node.leader_barrier().await.is_err() {
-        return LeaseAnswer::NotLeader;
+        return Ok(LeaseAnswer::NotLeader);
     }
     let (leader, term) = node.leader_and_term();
     if leader != Some(node.id) {
-        return LeaseAnswer::NotLeader;
+        return Ok(LeaseAnswer::NotLeader);
     }
     // Perhaps the first lease call of this leadership, before the expiry
     // loop's next tick: the barrier applied everything before the term, so
     // the deadlines can start now.
     if let Err(e) = catch_up(node, term) {
-        return LeaseAnswer::Failed(e);
+        return Ok(LeaseAnswer::Failed(e));
     }
     let granted = match node.mvcc.read(|v| v.lease_ttl(id)) {
         Ok(g) => g,
-        Err(e) => return LeaseAnswer::Failed(e),
+        Err(e) => return Ok(LeaseAnswer::Failed(e)),
     };
     let Some(granted) = granted else {
-        return gone(call);
+        return Ok(gone(call));
     };
     if node.lessor.expired(id) {
-        return await_revoke(node, id, call).await;
+        return Err(Expired(id));
     }
-    match call {
+    Ok(match call {
         LeaseCall::KeepAlive(_) => {
-            if node.lessor.renew(id, granted) {
-                LeaseAnswer::KeepAlive(granted)
-            } else {
+            if !node.lessor.renew(id, granted) {
                 // The deadline passed while leadership was being confirmed.
-                await_revoke(node, id, call).await
+                return Err(Expired(id));
             }
+            LeaseAnswer::KeepAlive(granted)
         }
         LeaseCall::TimeToLive { .. } => {
             let keys = if keys {
                 match node.mvcc.read(|v| v.lease_keys(id)) {
                     Ok(k) => k,
-                    Err(e) => return LeaseAnswer::Failed(e),
+                    Err(e) => return Ok(LeaseAnswer::Failed(e)),
                 }
             } else {
                 Vec::new()
@@ -137,7 +152,7 @@ pub async fn answer_as_leader(node: &Node, call: &LeaseCall) -> LeaseAnswer {
                 keys,
             }
         }
-    }
+    })
 }
 
 /// etcd's answer for a lease that does not exist: keep-alive TTL 0,
