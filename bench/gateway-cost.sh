@@ -140,14 +140,15 @@ measure() { # pid, out file, client args...
 count_syscalls() { # pid, label, client args...
     local pid=$1 label=$2
     shift 2
-    strace -f -c -p "$pid" -o "$WORK/$label.strace" &
+    strace -q -f -c -p "$pid" -o "$WORK/$label.strace" &
     local st=$!
     sleep 1
     client "$@"
     sleep 0.5
     kill -INT "$st"
     wait "$st" 2>/dev/null || true
-    awk -v n="$N" -v l="$label" '/^-+/ {sep++; next} sep==2 && $3 ~ /^[0-9]+$/ {t=$3} END {printf "%s: %.1f syscalls/request\n", l, t/n}' "$WORK/$label.strace"
+    # strace -c's last row: "100.00 secs usecs/call calls [errors] total".
+    awk -v n="$N" -v l="$label" '$NF == "total" {t=$4} END {printf "%s: %.1f syscalls/request\n", l, t/n}' "$WORK/$label.strace"
 }
 
 need_store() {
