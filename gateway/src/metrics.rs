@@ -4,8 +4,10 @@
 //! requests whose plugins include `prometheus` (on the route, its service,
 //! or a global rule), as in APISIX; the gauges always.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,11 +20,110 @@ const BUCKETS: &[f64] = &[
 /// Bounds the label sets kept (a flood of distinct routes/nodes cannot grow memory).
 const MAX_SERIES: usize = 20_000;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Histogram {
     counts: Vec<u64>,
     sum: f64,
     count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if ms <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += ms;
+        self.count += 1;
+    }
+
+    fn add(&mut self, o: &Histogram) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+}
+
+/// The labels of one series of per-request metrics (`apisix_http_status`'s;
+/// latency and bandwidth use a subset and are summed over the rest when
+/// rendered).
+#[derive(Clone, PartialEq, Eq)]
+struct SeriesKey {
+    code: u16,
+    route: String,
+    matched_uri: String,
+    matched_host: String,
+    service: String,
+    consumer: String,
+    node: String,
+}
+
+impl SeriesKey {
+    fn is(&self, l: &RequestLabels<'_>) -> bool {
+        self.code == l.code
+            && self.route == l.route
+            && self.matched_uri == l.matched_uri
+            && self.matched_host == l.matched_host
+            && self.service == l.service
+            && self.consumer == l.consumer
+            && self.node == l.node
+    }
+
+    /// `route=…,service=…,consumer=…,node=…`: latency's and bandwidth's labels.
+    fn base(&self) -> String {
+        format!(
+            "route=\"{}\",service=\"{}\",consumer=\"{}\",node=\"{}\"",
+            esc(&self.route),
+            esc(&self.service),
+            esc(&self.consumer),
+            esc(&self.node)
+        )
+    }
+}
+
+/// What one series counted.
+#[derive(Default)]
+struct Series {
+    requests: u64,
+    /// request, upstream, apisix (the last two only when an upstream answered).
+    latency: [Option<Histogram>; 3],
+    ingress: u64,
+    egress: u64,
+}
+
+const LATENCY_TYPES: [&str; 3] = ["request", "upstream", "apisix"];
+
+/// Per-request series, found by a hash of the borrowed labels so that a
+/// request of a known series neither formats nor allocates (was: five label
+/// strings formatted and escaped, four maps locked, per request).
+#[derive(Default)]
+struct SeriesMap {
+    by_hash: HashMap<u64, Vec<(SeriesKey, Series)>>,
+    len: usize,
+}
+
+fn labels_hash(l: &RequestLabels<'_>) -> u64 {
+    let mut h = DefaultHasher::new();
+    (
+        l.code,
+        l.route,
+        l.matched_uri,
+        l.matched_host,
+        l.service,
+        l.consumer,
+        l.node,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 #[derive(Default)]
@@ -33,9 +134,7 @@ pub struct Metrics {
     pub requests_total: AtomicU64,
     pub invalid_resources: AtomicU64,
     pub full_reloads: AtomicU64,
-    status: Mutex<BTreeMap<String, u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    bandwidth: Mutex<BTreeMap<String, u64>>,
+    series: Mutex<SeriesMap>,
     unsupported: Mutex<BTreeMap<String, u64>>,
     pub hostname: String,
 }
@@ -57,14 +156,6 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn bump<V: Default>(m: &Mutex<BTreeMap<String, V>>, key: String, f: impl FnOnce(&mut V)) {
-    let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-    if !m.contains_key(&key) && m.len() >= MAX_SERIES {
-        return;
-    }
-    f(m.entry(key).or_default());
-}
-
 impl Metrics {
     pub fn new(hostname: String) -> Metrics {
         Metrics {
@@ -74,11 +165,12 @@ impl Metrics {
     }
 
     pub fn unsupported_plugin(&self, name: &str) {
-        bump(
-            &self.unsupported,
-            format!("plugin=\"{}\"", esc(name)),
-            |v| *v += 1,
-        );
+        let mut m = self.unsupported.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!("plugin=\"{}\"", esc(name));
+        if !m.contains_key(&key) && m.len() >= MAX_SERIES {
+            return;
+        }
+        *m.entry(key).or_default() += 1;
     }
 
     /// One request through a route with the prometheus plugin.
@@ -90,52 +182,47 @@ impl Metrics {
         ingress: u64,
         egress: u64,
     ) {
-        let base = format!(
-            "route=\"{}\",service=\"{}\",consumer=\"{}\",node=\"{}\"",
-            esc(l.route),
-            esc(l.service),
-            esc(l.consumer),
-            esc(l.node)
-        );
-        bump(
-            &self.status,
-            format!(
-                "code=\"{}\",route=\"{}\",matched_uri=\"{}\",matched_host=\"{}\",service=\"{}\",consumer=\"{}\",node=\"{}\"",
-                l.code,
-                esc(l.route),
-                esc(l.matched_uri),
-                esc(l.matched_host),
-                esc(l.service),
-                esc(l.consumer),
-                esc(l.node)
-            ),
-            |v| *v += 1,
-        );
-        let obs = |ty: &str, ms: f64| {
-            bump(&self.latency, format!("type=\"{ty}\",{base}"), |h| {
-                if h.counts.is_empty() {
-                    h.counts = vec![0; BUCKETS.len()];
+        let hash = labels_hash(l);
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let SeriesMap { by_hash, len } = &mut *m;
+        let bucket = by_hash.entry(hash).or_default();
+        let i = match bucket.iter().position(|(k, _)| k.is(l)) {
+            Some(i) => i,
+            None => {
+                if *len >= MAX_SERIES {
+                    return;
                 }
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    if ms <= *b {
-                        h.counts[i] += 1;
-                    }
-                }
-                h.sum += ms;
-                h.count += 1;
-            })
+                *len += 1;
+                bucket.push((
+                    SeriesKey {
+                        code: l.code,
+                        route: l.route.to_string(),
+                        matched_uri: l.matched_uri.to_string(),
+                        matched_host: l.matched_host.to_string(),
+                        service: l.service.to_string(),
+                        consumer: l.consumer.to_string(),
+                        node: l.node.to_string(),
+                    },
+                    Series::default(),
+                ));
+                bucket.len() - 1
+            }
         };
-        obs("request", total_ms);
+        let s = &mut bucket[i].1;
+        s.requests += 1;
+        s.latency[0]
+            .get_or_insert_with(Histogram::default)
+            .observe(total_ms);
         if let Some(u) = upstream_ms {
-            obs("upstream", u);
-            obs("apisix", (total_ms - u).max(0.0));
+            s.latency[1]
+                .get_or_insert_with(Histogram::default)
+                .observe(u);
+            s.latency[2]
+                .get_or_insert_with(Histogram::default)
+                .observe((total_ms - u).max(0.0));
         }
-        bump(&self.bandwidth, format!("type=\"ingress\",{base}"), |v| {
-            *v += ingress
-        });
-        bump(&self.bandwidth, format!("type=\"egress\",{base}"), |v| {
-            *v += egress
-        });
+        s.ingress += ingress;
+        s.egress += egress;
     }
 
     /// `apisix_upstream_status`: 1 healthy, 0 unhealthy, for every node of
@@ -226,7 +313,50 @@ impl Metrics {
             "HTTP status codes per service in APISIX",
             "counter",
         );
-        for (k, v) in self.status.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // The series, as the text APISIX renders: status by every label,
+        // latency and bandwidth by route/service/consumer/node (summed over
+        // codes and matched uri/host), each sorted by its label text.
+        let mut status: BTreeMap<String, u64> = BTreeMap::new();
+        let mut latency: BTreeMap<String, Histogram> = BTreeMap::new();
+        let mut bandwidth: BTreeMap<String, u64> = BTreeMap::new();
+        for (k, s) in self
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_hash
+            .values()
+            .flatten()
+        {
+            let base = k.base();
+            status.insert(
+                format!(
+                    "code=\"{}\",route=\"{}\",matched_uri=\"{}\",matched_host=\"{}\",service=\"{}\",consumer=\"{}\",node=\"{}\"",
+                    k.code,
+                    esc(&k.route),
+                    esc(&k.matched_uri),
+                    esc(&k.matched_host),
+                    esc(&k.service),
+                    esc(&k.consumer),
+                    esc(&k.node)
+                ),
+                s.requests,
+            );
+            for (ty, h) in LATENCY_TYPES.iter().zip(&s.latency) {
+                if let Some(h) = h {
+                    latency
+                        .entry(format!("type=\"{ty}\",{base}"))
+                        .or_default()
+                        .add(h);
+                }
+            }
+            *bandwidth
+                .entry(format!("type=\"ingress\",{base}"))
+                .or_default() += s.ingress;
+            *bandwidth
+                .entry(format!("type=\"egress\",{base}"))
+                .or_default() += s.egress;
+        }
+        for (k, v) in &status {
             let _ = writeln!(o, "apisix_http_status{{{k}}} {v}");
         }
         g(
@@ -235,12 +365,7 @@ impl Metrics {
             "HTTP request latency in milliseconds per service in APISIX",
             "histogram",
         );
-        for (k, h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (k, h) in &latency {
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
                     o,
@@ -262,12 +387,7 @@ impl Metrics {
             "Total bandwidth in bytes consumed per service in APISIX",
             "counter",
         );
-        for (k, v) in self
-            .bandwidth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (k, v) in &bandwidth {
             let _ = writeln!(o, "apisix_bandwidth{{{k}}} {v}");
         }
         g(

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -45,18 +46,38 @@ impl Failure {
     }
 }
 
-/// Headers that belong to one connection, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that belong to one connection, never forwarded. Constants, so
+/// removing them neither parses nor lowercases a name per request (statics:
+/// a `HeaderName` holds `Bytes`, not a plain constant).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names (comparisons of known names are cheap) finds
+    // which are there; most heads carry none, an upstream's often only
+    // `Connection: keep-alive`. Only those are removed (hashed lookups).
+    let mut found = [false; 7];
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            found[i] = true;
+        }
+    }
+    if !found.contains(&true) {
+        return;
+    }
     // Names listed in Connection are hop-by-hop too.
     let listed: Vec<String> = h
         .get_all(header::CONNECTION)
@@ -64,8 +85,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for (n, there) in HOP_BY_HOP.iter().zip(found) {
+        if there {
+            h.remove(n);
+        }
     }
     for n in listed {
         h.remove(n.as_str());
@@ -151,33 +174,31 @@ fn upstream_headers(ctx: &Ctx<'_>) -> HeaderMap {
     let mut h = ctx.parts.headers.clone();
     strip_hop_by_hop(&mut h);
     h.remove(header::HOST);
-    let remote = ctx.peer.remote.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {remote}"),
-        None => remote.clone(),
+    let remote = ctx.peer.remote.ip();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {remote}")).ok(),
+        None => None,
     };
-    let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(HeaderName::from_static(k), v);
-        }
-    };
-    set(&mut h, "x-forwarded-for", &xff);
-    set(&mut h, "x-real-ip", &remote);
-    if !h.contains_key("x-forwarded-proto") {
-        set(
-            &mut h,
-            "x-forwarded-proto",
-            if ctx.peer.tls { "https" } else { "http" },
+    let real_ip = HeaderValue::try_from(vars::ip_string(remote)).ok();
+    if let Some(ip) = &real_ip {
+        h.insert(X_FORWARDED_FOR.clone(), xff.unwrap_or_else(|| ip.clone()));
+        h.insert(X_REAL_IP.clone(), ip.clone());
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if ctx.peer.tls { "https" } else { "http" }),
         );
     }
-    if !h.contains_key("x-forwarded-host") {
-        set(&mut h, "x-forwarded-host", &ctx.host);
+    if !h.contains_key(&X_FORWARDED_HOST) {
+        if let Ok(v) = HeaderValue::from_str(&ctx.host) {
+            h.insert(X_FORWARDED_HOST.clone(), v);
+        }
     }
-    if !h.contains_key("x-forwarded-port") {
-        set(
-            &mut h,
-            "x-forwarded-port",
-            &ctx.peer.local.port().to_string(),
+    if !h.contains_key(&X_FORWARDED_PORT) {
+        h.insert(
+            X_FORWARDED_PORT.clone(),
+            HeaderValue::from(ctx.peer.local.port()),
         );
     }
     h
@@ -195,14 +216,19 @@ pub async fn forward(
     }
     let t = up.timeout(ctx.route.route.route.timeout);
     let wait = secs(t.send) + secs(t.read);
-    let path_q = ctx.upstream_uri.clone().unwrap_or_else(|| {
-        ctx.parts
+    // The path goes upstream as the client sent it (already parsed) unless
+    // proxy-rewrite replaced it; scheme and authority are the node's, parsed
+    // once when the upstream was read.
+    let path_q: Result<PathAndQuery, String> = match &ctx.upstream_uri {
+        Some(u) => PathAndQuery::try_from(u.as_str()).map_err(|e| e.to_string()),
+        None => Ok(ctx
+            .parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into())
-    });
-    let headers = upstream_headers(ctx);
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))),
+    };
+    let mut headers = upstream_headers(ctx);
     let key = hash_key(ctx, up);
     let started = Instant::now();
     let budget = (up.spec.retry_timeout > 0.0).then(|| secs(up.spec.retry_timeout));
@@ -224,17 +250,31 @@ pub async fn forward(
             }
         };
         tried.push(i);
-        let node = up.node(i);
-        let addr = node.addr();
+        let addr = up.addr(i).clone();
         ctx.node = Some(addr.clone());
-        let uri: Uri = match format!("{}://{}{}", up.spec.scheme, addr, path_q).parse() {
+        let uri = match (&path_q, up.authority(i)) {
+            (Ok(pq), Ok(a)) => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(up.scheme.clone());
+                parts.authority = Some(a.clone());
+                parts.path_and_query = Some(pq.clone());
+                Uri::from_parts(parts).map_err(|e| e.to_string())
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        };
+        let uri = match uri {
             Ok(u) => u,
             Err(e) => return Err(Failure::Error(format!("bad upstream uri: {e}"))),
         };
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = ctx.parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
+        // The last possible attempt takes the head; earlier ones copy it.
+        *req.headers_mut() = if left == 0 {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         if let Some(h) = upstream_host(ctx, up, i) {
             req.headers_mut().insert(header::HOST, h);
         }
@@ -243,7 +283,9 @@ pub async fn forward(
         let failure = match res {
             Ok(Ok(resp)) => {
                 up.observed(i, Outcome::Status(resp.status().as_u16()));
-                ctx.guards.push(Box::new(guard));
+                if let Some(g) = guard {
+                    ctx.guards.push(Box::new(g));
+                }
                 return Ok(resp);
             }
             Ok(Err(e)) => {

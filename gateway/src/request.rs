@@ -26,7 +26,7 @@ pub struct Ctx<'a> {
     /// Held until the response is finished (limit-conn's slot).
     pub guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
     /// The upstream node the request went to (`host:port`), for logs and metrics.
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
 }
 
 impl<'a> Ctx<'a> {

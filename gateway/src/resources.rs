@@ -89,6 +89,16 @@ impl Route {
         }
     }
 
+    /// The first of [`Self::paths`] (the `matched_uri` metric label), without
+    /// copying them.
+    pub fn first_path(&self) -> &str {
+        match (&self.uris, &self.uri) {
+            (Some(u), _) => u.first().map_or("", String::as_str),
+            (None, Some(u)) => u,
+            (None, None) => "",
+        }
+    }
+
     /// Its own hosts (`hosts` or `host`), before any service's.
     pub fn own_hosts(&self) -> Option<Vec<String>> {
         match (&self.hosts, &self.host) {

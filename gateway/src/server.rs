@@ -77,7 +77,8 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
     if !shared.ready() {
         return finish(pages::error_page(503));
     }
-    let cfg = shared.config();
+    let cfg = shared.config_local();
+    let cfg: &crate::state::Config = &cfg;
     let (parts, body) = req.into_parts();
     let host = host_of(&parts);
     let route = {
@@ -104,7 +105,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         return finish(pages::not_found());
     };
     let mut ctx = Ctx {
-        config: &cfg,
+        config: cfg,
         peer,
         parts,
         host,
@@ -144,18 +145,8 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         if let Some(c) = ctx.consumer.clone() {
             let cp = cfg.consumer_plugins(&c);
             if !cp.is_empty() {
-                let merged = PluginSet::merge(&plugins, &cp);
                 // The consumer's own plugins still run their rewrite phase.
-                let only_new = PluginSet {
-                    list: Arc::new(
-                        cp.list
-                            .iter()
-                            .filter(|(n, _)| plugins.get(n).is_none())
-                            .cloned()
-                            .collect(),
-                    ),
-                    blocked: Arc::default(),
-                };
+                let (merged, only_new) = PluginSet::merge_consumer(&plugins, &cp);
                 plugins = merged;
                 if let Some(r) = run_phase(&[&only_new], &mut ctx, false).await {
                     break 'resp r;
@@ -253,12 +244,11 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let paths = route.route.route.paths();
         shared.metrics.request(
             &RequestLabels {
                 code: status,
                 route: &route.id,
-                matched_uri: paths.first().map(String::as_str).unwrap_or(""),
+                matched_uri: route.route.route.first_path(),
                 matched_host: &ctx.host,
                 service,
                 consumer: ctx

@@ -2,6 +2,7 @@
 //! metrics share: the published config, readiness (and draining), the last
 //! sync error.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -10,7 +11,25 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::state::Config;
 
+thread_local! {
+    /// [`Shared::config_local`]'s cache: (shared id, generation, config).
+    static LOCAL: RefCell<Option<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(None) };
+}
+
+/// A published config as one serving thread holds it (see
+/// [`Shared::config_local`]).
+pub struct Snapshot(Arc<Config>);
+
+impl std::ops::Deref for Snapshot {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
 pub struct Shared {
+    /// Tells instances apart in [`LOCAL`] (tests run several in one thread).
+    id: u64,
     pub prefix: String,
     pub keyring: cairn_apisix::Keyring,
     pub metrics: Metrics,
@@ -28,7 +47,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(prefix: String, keyring: cairn_apisix::Keyring, metrics: Metrics) -> Shared {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             prefix,
             keyring,
             metrics,
@@ -50,6 +71,26 @@ impl Shared {
             .clone()
     }
 
+    /// The config requests are served from, as this thread's own handle:
+    /// while nothing is published, a request writes no memory another
+    /// serving thread reads (no lock word, no shared reference count), only
+    /// a load of `generation`. The outer `Arc` is this thread's alone.
+    pub fn config_local(&self) -> Arc<Snapshot> {
+        let generation = self.generation.load(Ordering::Acquire);
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if let Some((id, g, c)) = &*l {
+                if *id == self.id && *g == generation {
+                    return c.clone();
+                }
+            }
+            // Read after `generation`: at least as new as what it counts.
+            let c = Arc::new(Snapshot(self.config()));
+            *l = Some((self.id, generation, c.clone()));
+            c
+        })
+    }
+
     pub fn publish(&self, cfg: &Config) {
         self.sni.update(cfg);
         let next = Arc::new(cfg.clone());
@@ -58,7 +99,8 @@ impl Shared {
         self.metrics
             .config_revision
             .store(cfg.revision, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        // Release: a thread that sees the new generation sees `current` too.
+        self.generation.fetch_add(1, Ordering::Release);
         self.applied.notify_waiters();
     }
 

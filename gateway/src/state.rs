@@ -360,7 +360,7 @@ impl Config {
             .as_ref()
             .and_then(|g| self.consumer_groups.get(g.as_str()))
         {
-            Some(g) => PluginSet::merge(g, &c.plugins),
+            Some(g) => PluginSet::merge_memo(g, &c.plugins),
             None => c.plugins.clone(),
         }
     }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -59,6 +60,12 @@ pub struct UpstreamRt {
     active: Vec<AtomicUsize>,
     /// chash ring: (point, node index), sorted.
     ring: Vec<(u64, usize)>,
+    /// The URI scheme of requests to the nodes.
+    pub scheme: Scheme,
+    /// Per node: `host:port`, for logs and metrics, and the URI authority
+    /// (or why it does not parse), made once rather than per request.
+    addrs: Vec<Arc<str>>,
+    authorities: Vec<Result<Authority, String>>,
     /// `checks`, and each node's health.
     pub checks: Option<Checks>,
     pub health: Vec<NodeHealth>,
@@ -111,8 +118,20 @@ impl UpstreamRt {
             }
             ring.sort_unstable();
         }
+        let addrs: Vec<Arc<str>> = spec.nodes.iter().map(|n| Arc::from(n.addr())).collect();
+        let authorities = addrs
+            .iter()
+            .map(|a| Authority::try_from(&**a).map_err(|e| e.to_string()))
+            .collect();
         Ok(UpstreamRt {
             key,
+            scheme: if spec.scheme == "https" {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            addrs,
+            authorities,
             rr: Mutex::new(vec![0; spec.nodes.len()]),
             active: spec.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
             ring,
@@ -219,13 +238,27 @@ impl UpstreamRt {
         &self.spec.nodes[i]
     }
 
-    /// Counts a request on node `i` until the guard drops (least_conn).
-    pub fn enter(self: &Arc<Self>, i: usize) -> ActiveGuard {
+    /// Node `i`'s `host:port`.
+    pub fn addr(&self, i: usize) -> &Arc<str> {
+        &self.addrs[i]
+    }
+
+    /// Node `i` as a URI authority.
+    pub fn authority(&self, i: usize) -> Result<&Authority, &String> {
+        self.authorities[i].as_ref()
+    }
+
+    /// Counts a request on node `i` until the guard drops; only least_conn
+    /// reads the counts, so other balancers skip it (and its shared atomics).
+    pub fn enter(self: &Arc<Self>, i: usize) -> Option<ActiveGuard> {
+        if !matches!(self.spec.kind.as_str(), "least_conn" | "ewma") {
+            return None;
+        }
         self.active[i].fetch_add(1, Ordering::Relaxed);
-        ActiveGuard {
+        Some(ActiveGuard {
             up: self.clone(),
             i,
-        }
+        })
     }
 }
 

@@ -46,7 +46,7 @@ pub fn get<'a>(v: &ReqVars<'a>, name: &str) -> Option<Cow<'a, str>> {
     Some(Cow::Borrowed(match name {
         "uri" => v.path,
         "host" => v.host,
-        "remote_addr" => return Some(Cow::Owned(v.remote.to_string())),
+        "remote_addr" => return Some(Cow::Owned(ip_string(v.remote))),
         "request_method" => v.method,
         "scheme" => v.scheme,
         "server_port" => return Some(Cow::Owned(v.server_port.to_string())),
@@ -63,10 +63,42 @@ pub fn get<'a>(v: &ReqVars<'a>, name: &str) -> Option<Cow<'a, str>> {
     }))
 }
 
+/// An address as text, as `to_string` writes it, without the formatting
+/// machinery for IPv4 (every proxied request writes its client's address).
+pub fn ip_string(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    s.push(char::from(b'0' + o / 10 % 10));
+                }
+                s.push(char::from(b'0' + o % 10));
+            }
+            s
+        }
+        IpAddr::V6(_) => ip.to_string(),
+    }
+}
+
 /// `http_x_api_key` → header `x-api-key` (several values joined by `, ` as nginx does).
 pub fn header<'a>(h: &'a HeaderMap, underscored: &str) -> Option<Cow<'a, str>> {
-    let name = underscored.replace('_', "-").to_ascii_lowercase();
-    let mut it = h.get_all(name.as_str()).iter();
+    // Names are usually written as sent (`apikey`): no copy then.
+    let name: Cow<str> = if underscored
+        .bytes()
+        .any(|b| b == b'_' || b.is_ascii_uppercase())
+    {
+        Cow::Owned(underscored.replace('_', "-").to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(underscored)
+    };
+    let mut it = h.get_all(&*name).iter();
     let first = it.next()?.to_str().ok()?;
     let mut out: Option<String> = None;
     for more in it {
@@ -230,6 +262,21 @@ pub fn eval_all(terms: &[Term], v: &ReqVars<'_>) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ip_string_is_to_string() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+    }
 
     fn with<R>(q: &str, h: &[(&str, &str)], f: impl FnOnce(&ReqVars<'_>) -> R) -> R {
         let mut hm = HeaderMap::new();

@@ -39,7 +39,9 @@ pub enum Secret {
 
 #[derive(Clone, Default)]
 pub struct Index {
-    by_cred: HashMap<(Arc<str>, String), (String, Credential)>,
+    /// plugin → credential → (consumer, credential): nested so a lookup
+    /// borrows the request's strings instead of building a key.
+    by_cred: HashMap<Arc<str>, HashMap<String, (String, Credential)>>,
     /// Owner (a consumer name or a credential id) → what it put in `by_cred`.
     owned: HashMap<String, Vec<(Arc<str>, String)>>,
 }
@@ -51,7 +53,10 @@ impl Index {
         for (name, p) in set.list.iter() {
             if let Some(cred) = p.credential() {
                 let k = (name.clone(), cred.lookup.clone());
-                self.by_cred.insert(k.clone(), (username.to_string(), cred));
+                self.by_cred
+                    .entry(k.0.clone())
+                    .or_default()
+                    .insert(k.1.clone(), (username.to_string(), cred));
                 mine.push(k);
             }
         }
@@ -59,8 +64,13 @@ impl Index {
     }
 
     fn remove_owner(&mut self, owner: &str) {
-        for k in self.owned.remove(owner).unwrap_or_default() {
-            self.by_cred.remove(&k);
+        for (plugin, cred) in self.owned.remove(owner).unwrap_or_default() {
+            if let Some(m) = self.by_cred.get_mut(&plugin) {
+                m.remove(&cred);
+                if m.is_empty() {
+                    self.by_cred.remove(&plugin);
+                }
+            }
         }
     }
 
@@ -82,6 +92,6 @@ impl Index {
 
     /// The consumer holding `cred` for `plugin`, and the credential.
     pub fn find(&self, plugin: &str, cred: &str) -> Option<&(String, Credential)> {
-        self.by_cred.get(&(Arc::from(plugin), cred.to_string()))
+        self.by_cred.get(plugin)?.get(cred)
     }
 }

@@ -110,12 +110,12 @@ impl Plugin for KeyAuth {
         let Some(c) = &self.route else {
             return Flow::Continue;
         };
-        let from_header =
-            crate::vars::header(&ctx.parts.headers, &c.header).map(|v| v.into_owned());
+        // Borrowed from the head when it is there (no copy per request).
+        let from_header = crate::vars::header(&ctx.parts.headers, &c.header);
         let (key, in_header) = match from_header {
             Some(k) => (k, true),
             None => match crate::vars::arg(ctx.parts.uri.query().unwrap_or(""), &c.query) {
-                Some(k) => (k, false),
+                Some(k) => (std::borrow::Cow::Owned(k), false),
                 None => return Flow::Respond(message(401, "Missing API key in request")),
             },
         };

@@ -6,6 +6,7 @@
 //! answers `rejected_code` (default 503) with `{"error_msg": rejected_msg}`
 //! when a message is set, else the status's error page.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,17 +68,15 @@ impl KeyConf {
         }
     }
 
-    fn key(&self, ctx: &Ctx<'_>) -> String {
+    fn key<'a>(&'a self, ctx: &'a Ctx<'_>) -> Cow<'a, str> {
         let v = ctx.vars();
         let k = match self.key_type.as_str() {
-            "constant" => self.key.clone(),
-            "var_combination" => crate::proxy::expand(&self.key, &v),
-            _ => crate::vars::get(&v, &self.key)
-                .map(|c| c.into_owned())
-                .unwrap_or_default(),
+            "constant" => Cow::Borrowed(self.key.as_str()),
+            "var_combination" => Cow::Owned(crate::proxy::expand(&self.key, &v)),
+            _ => crate::vars::get(&v, &self.key).unwrap_or_default(),
         };
         if k.is_empty() {
-            v.remote.to_string()
+            Cow::Owned(crate::vars::ip_string(v.remote))
         } else {
             k
         }
@@ -91,19 +90,23 @@ impl KeyConf {
     }
 }
 
-fn bounded_entry<V>(
-    m: &mut HashMap<String, V>,
-    key: String,
+/// The entry of `key`, copying the key only when it is new.
+fn bounded_entry<'m, V>(
+    m: &'m mut HashMap<String, V>,
+    key: &str,
     expired: impl Fn(&V) -> bool,
     fresh: impl FnOnce() -> V,
-) -> &mut V {
-    if !m.contains_key(&key) && m.len() >= MAX_KEYS {
+) -> &'m mut V {
+    if m.contains_key(key) {
+        return m.get_mut(key).expect("just checked");
+    }
+    if m.len() >= MAX_KEYS {
         m.retain(|_, v| !expired(v));
         if m.len() >= MAX_KEYS {
             return m.entry("\u{0}overflow".to_string()).or_insert_with(fresh);
         }
     }
-    m.entry(key).or_insert_with(fresh)
+    m.entry(key.to_string()).or_insert_with(fresh)
 }
 
 // ---- limit-count ----
@@ -155,7 +158,7 @@ impl Plugin for LimitCount {
             let mut m = self.windows.lock().unwrap_or_else(|p| p.into_inner());
             let e = bounded_entry(
                 &mut m,
-                key,
+                &key,
                 |(start, _)| now.duration_since(*start) >= window,
                 || (now, 0),
             );
@@ -239,7 +242,7 @@ impl Plugin for LimitReq {
             let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let drained =
                 |(t, ex): &(Instant, f64)| ex - rate * now.duration_since(*t).as_secs_f64() <= 0.0;
-            let e = bounded_entry(&mut m, key, drained, || (now, 0.0));
+            let e = bounded_entry(&mut m, &key, drained, || (now, 0.0));
             // nginx's leaky bucket: the excess drains at `rate` per second.
             let ex = (e.1 - rate * now.duration_since(e.0).as_secs_f64()).max(0.0) + 1.0;
             if ex - 1.0 > self.c.burst {
@@ -321,13 +324,14 @@ impl Plugin for LimitConn {
         let key = self.c.key.key(ctx);
         let n = {
             let mut m = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            let e = bounded_entry(&mut m, key.clone(), |n| *n == 0, || 0);
+            let e = bounded_entry(&mut m, &key, |n| *n == 0, || 0);
             if *e >= self.c.conn + self.c.burst {
                 return self.c.key.reject();
             }
             *e += 1;
             *e
         };
+        let key = key.into_owned();
         ctx.guards.push(Box::new(Slot {
             active: self.active.clone(),
             key,

@@ -10,6 +10,7 @@
 //! served without them. Any other is skipped, as an APISIX gateway skips a
 //! plugin it does not have enabled.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,7 +170,7 @@ impl PluginSet {
         }
         let mut list: Vec<_> = over.list.iter().cloned().collect();
         for (n, p) in base.list.iter() {
-            if !list.iter().any(|(m, _)| m == n) && !over.blocked.contains(&n.to_string()) {
+            if !list.iter().any(|(m, _)| m == n) && !over.blocked.iter().any(|b| **b == **n) {
                 list.push((n.clone(), p.clone()));
             }
         }
@@ -186,9 +187,78 @@ impl PluginSet {
         }
     }
 
+    /// [`PluginSet::merge`], remembered per serving thread for the pair:
+    /// sets never change once built, and authenticated requests merge the
+    /// same route and consumer sets again and again (was: lists built and
+    /// sorted on every such request).
+    pub fn merge_memo(base: &PluginSet, over: &PluginSet) -> PluginSet {
+        memo(Derived::Merge, base, over, || PluginSet::merge(base, over))
+    }
+
+    /// A consumer's plugins joining a route's: the merged set (the
+    /// consumer's winning) and the consumer's plugins the route lacks (they
+    /// still run their rewrite phase), both remembered as `merge_memo`.
+    pub fn merge_consumer(route: &PluginSet, consumer: &PluginSet) -> (PluginSet, PluginSet) {
+        let only_new = memo(Derived::OnlyNew, route, consumer, || PluginSet {
+            list: Arc::new(
+                consumer
+                    .list
+                    .iter()
+                    .filter(|(n, _)| route.get(n).is_none())
+                    .cloned()
+                    .collect(),
+            ),
+            blocked: Arc::default(),
+        });
+        (PluginSet::merge_memo(route, consumer), only_new)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
         self.list.iter().find(|(n, _)| &**n == name).map(|(_, p)| p)
     }
+}
+
+/// What [`memo`] remembers of a pair of sets.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Derived {
+    Merge,
+    OnlyNew,
+}
+
+/// Bounds the memo (many consumers × routes): cleared when full.
+const MAX_MEMO: usize = 1024;
+
+type MemoKey = (Derived, [usize; 4]);
+
+thread_local! {
+    /// Keyed by the sets' addresses; an entry holds the sets themselves, so
+    /// an address is not reused while it is a key.
+    static MEMO: std::cell::RefCell<HashMap<MemoKey, ([PluginSet; 2], PluginSet)>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// `f()`, derived from sets `a` and `b` only, computed once per pair and thread.
+fn memo(what: Derived, a: &PluginSet, b: &PluginSet, f: impl FnOnce() -> PluginSet) -> PluginSet {
+    let addr = |s: &PluginSet| {
+        [
+            Arc::as_ptr(&s.list) as *const () as usize,
+            Arc::as_ptr(&s.blocked) as *const () as usize,
+        ]
+    };
+    let ([w, x], [y, z]) = (addr(a), addr(b));
+    let key = (what, [w, x, y, z]);
+    if let Some(hit) = MEMO.with(|m| m.borrow().get(&key).map(|(_, out)| out.clone())) {
+        return hit;
+    }
+    let out = f();
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= MAX_MEMO {
+            m.clear();
+        }
+        m.insert(key, ([a.clone(), b.clone()], out.clone()));
+    });
+    out
 }
 
 /// A JSON body with APISIX's shape: `{"message": ...}` for plugin refusals.
