@@ -115,8 +115,14 @@ impl Watch {
 async fn apisix_startup_and_admin_writes(imp: Impl) {
     let c = Cluster::start(imp, 3).await;
     let base = &c.nodes[1].client_url;
-    let (status, v) = http(base, "GET", "/version", None).await;
-    assert_eq!(status, 200);
+    // etcd decides its cluster version a moment after the first election
+    // and answers "not_decided" until then: ask until it has.
+    let v = common::wait_for(common::SLOW, "the cluster version", || async {
+        let (status, v) = http(base, "GET", "/version", None).await;
+        assert_eq!(status, 200);
+        (v["etcdcluster"] != "not_decided").then_some(v)
+    })
+    .await;
     assert!(v["etcdcluster"].as_str().unwrap().starts_with("3.4"), "{v}");
 
     // init_dir placeholders, as the APISIX CLI writes them.
