@@ -171,19 +171,7 @@ routes() { # workload
         return
     fi
     etcdctl --endpoints=$EP put /apisix/consumers/bench '{"username":"bench","plugins":{"key-auth":{"key":"bench-key"}}}' >/dev/null
-    python3 - "$STORE" "$UP_PORT" <<'PY'
-import base64, http.client, json, sys
-host, port = sys.argv[1].split(":")
-c = http.client.HTTPConnection(host, int(port))
-b64 = lambda s: base64.b64encode(s.encode()).decode()
-for i in range(1, 1000):
-    v = json.dumps({"uri": "/r/%d/*" % i, "upstream": {"nodes": {"127.0.0.1:%s" % sys.argv[2]: 1}}})
-    c.request("POST", "/v3/kv/put", json.dumps({"key": b64("/apisix/routes/r%d" % i), "value": b64(v)}))
-    r = c.getresponse()
-    r.read()
-    if r.status != 200:
-        sys.exit("put failed: %d" % r.status)
-PY
+    python3 "$ROOT/bench/put_routes.py" "$STORE" "$UP_PORT" 1 1000
     etcdctl --endpoints=$EP put /apisix/routes/bench "{\"uri\":\"/bench\",\"plugins\":{\"key-auth\":{},\"limit-count\":{\"count\":1000000000,\"time_window\":60},\"prometheus\":{}},\"upstream\":$UPSTREAM}" >/dev/null
 }
 

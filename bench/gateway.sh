@@ -190,19 +190,7 @@ bench_pair plugins "http://127.0.0.1:$GW_PORT/bench" "apikey: bench-key"
 # 10,000 routes: written over one keep-alive connection to the store's JSON
 # gateway, then a fresh gateway is timed from start to ready (/readyz) and to
 # serving the last route; then propagation at that size.
-python3 - "$STORE" "$UP_PORT" <<'PY'
-import base64, http.client, json, sys
-host, port = sys.argv[1].split(":")
-c = http.client.HTTPConnection(host, int(port))
-b64 = lambda s: base64.b64encode(s.encode()).decode()
-for i in range(1000, 10000):
-    v = json.dumps({"uri": "/r/%d/*" % i, "upstream": {"nodes": {"127.0.0.1:%s" % sys.argv[2]: 1}}})
-    c.request("POST", "/v3/kv/put", json.dumps({"key": b64("/apisix/routes/r%d" % i), "value": b64(v)}))
-    r = c.getresponse()
-    r.read()
-    if r.status != 200:
-        sys.exit("put failed: %d" % r.status)
-PY
+python3 "$ROOT/bench/put_routes.py" "$STORE" "$UP_PORT" 1000 10000
 GW2_PORT=42085 GW2_TLS=42086 GW2_METRICS=42087
 t0=$(date +%s%N)
 "$CAIRN_BIN" gateway --endpoints "$EP" --listen 127.0.0.1:$GW2_PORT --listen-tls 127.0.0.1:$GW2_TLS \
