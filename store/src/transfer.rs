@@ -33,6 +33,11 @@ use crate::error::EtcdError;
 use crate::node::Node;
 use crate::peer::messages::TransferCall;
 
+/// How long a voter other than the transferee gets to take the notice: the
+/// transferee can win without one that is down or cut off, so such a voter
+/// must not use up the whole transfer's time.
+const NOTICE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Hands leadership to `to`; returns once `to` leads. From a member that is
 /// not the leader: etcd's `not leader`; to a learner or a stranger: `bad
 /// leader transferee`; to the leader itself: done, as etcd.
@@ -67,7 +72,11 @@ pub async fn move_leader(node: &Node, to: u64, timeout: Duration) -> Result<(), 
         let call = call.clone();
         async move {
             let left = deadline.saturating_duration_since(Instant::now());
-            if let Err(e) = node.pool.transfer(&m, &call, left).await {
+            if let Err(e) = node
+                .pool
+                .transfer(&m, &call, left.min(NOTICE_TIMEOUT))
+                .await
+            {
                 // It may be down: the transferee can win without it.
                 tracing::info!(member = %m.name, "transfer notice not delivered: {e}");
             }
