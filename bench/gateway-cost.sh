@@ -19,6 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=bench/single_store.sh
+. "$ROOT/bench/single_store.sh"
 
 N=2000
 CONNS=8
@@ -153,12 +155,7 @@ count_syscalls() { # pid, label, client args...
 
 need_store() {
     [ -z "${STORE_UP:-}" ] || return 0
-    "$CAIRN_BIN" store --name c1 --data-dir "$WORK/store" \
-        --listen-client-urls "$EP" --advertise-client-urls "$EP" \
-        --listen-peer-urls "http://$PEER" --initial-advertise-peer-urls "http://$PEER" \
-        --initial-cluster "c1=http://$PEER" >"$WORK/store.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 200); do etcdctl --endpoints=$EP put /bench/ready 1 >/dev/null 2>&1 && break; sleep 0.1; done
+    start_single_store c1
     STORE_UP=1
 }
 

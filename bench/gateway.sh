@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=bench/single_store.sh
+. "$ROOT/bench/single_store.sh"
 
 QUICK=0
 RUNS=""
@@ -97,12 +99,7 @@ http {
 CONF
 "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
-"$CAIRN_BIN" store --name b1 --data-dir "$WORK/store" \
-    --listen-client-urls "$EP" --advertise-client-urls "$EP" \
-    --listen-peer-urls "http://$PEER" --initial-advertise-peer-urls "http://$PEER" \
-    --initial-cluster "b1=http://$PEER" >"$WORK/store.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 200); do etcdctl --endpoints=$EP put /bench/ready 1 >/dev/null 2>&1 && break; sleep 0.1; done
+start_single_store b1
 "$CAIRN_BIN" gateway --endpoints "$EP" --listen 127.0.0.1:$GW_PORT --listen-tls 127.0.0.1:$GW_TLS \
     --metrics 127.0.0.1:$GW_METRICS --id bench >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)
