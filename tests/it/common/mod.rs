@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -491,19 +491,8 @@ pub fn test_client_options() -> ClientOptions {
     }
 }
 
-/// Last `lines` lines of a file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-        let mut buf = Vec::new();
-        let _ = f.read_to_end(&mut buf);
-        s = String::from_utf8_lossy(&buf).into_owned();
-    }
-    let all: Vec<&str> = s.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+/// Last `lines` lines of a file (the robustness suite's, shared).
+pub use cairn_robustness::cluster::tail;
 
 /// A running cluster. Dropping it kills every member.
 pub struct Cluster {
