@@ -56,6 +56,8 @@
 //! - [`batcher`], [`lessor`], [`node`]: a running member: proposing through
 //!   the leader, read index and leadership confirmation.
 //! - [`lease`], [`membership`], [`compactor`]: leader duties on top of a node.
+//! - [`bbolt`]: bbolt's file format; [`etcd_db`]: the state tree as etcd 3.4's
+//!   backend in it (the file `etcdctl snapshot save` writes).
 //! - [`restore`]: the snapshot file (`etcdctl snapshot save`) and `cairn snapshot restore`.
 //! - [`api`]: the gRPC services clients and peers call, the JSON gateway.
 //! - [`server`]: start-up (bootstrap / join / restart) and the listeners.
@@ -67,11 +69,13 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod bbolt;
 pub mod codec;
 pub mod command;
 pub mod compactor;
 pub mod config;
 pub mod error;
+pub mod etcd_db;
 pub mod failpoint;
 pub mod identity;
 pub mod ids;

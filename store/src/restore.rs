@@ -1,25 +1,26 @@
 //! The snapshot file of `etcdctl snapshot save` and `cairn snapshot restore`.
 //!
-//! File layout (what `Maintenance.Snapshot` streams):
+//! File layout (what `Maintenance.Snapshot` streams), etcd's own:
 //!
 //! ```text
-//! payload   state tree as raft::state_machine::encode_tree writes it
-//!           (magic + records), then the SNAP_END marker
-//! padding   zeros up to a multiple of 512 bytes
-//! trailer   sha256 of payload + padding (32 bytes)
+//! body      an etcd 3.4 backend database (bbolt), see `etcd_db`
+//! trailer   sha256 of the body (32 bytes)
 //! ```
 //!
-//! etcdctl 3.4's `snapshot save` only accepts a stream whose size is 32 more
-//! than a multiple of 512 (bbolt files are page-sized, and etcd appends the
-//! sha256), hence the padding. The payload is not bbolt: etcdctl's
-//! `snapshot status` / `snapshot restore` cannot read it, `cairn snapshot
-//! restore` does.
+//! etcd's tools read it: `etcdctl snapshot status` (hash, revision, keys),
+//! `etcdctl snapshot restore` and an etcd started on the result. `cairn
+//! snapshot restore` reads it too, whether Cairn or etcd 3.4 saved it, and
+//! still reads the files earlier versions of Cairn wrote (Cairn's own state
+//! tree, zero-padded to a multiple of 512 bytes before the trailer, as
+//! etcdctl requires: it only accepts a stream whose size is 32 more than a
+//! multiple of 512).
 //!
 //! Restore makes a data dir that `cairn store` starts as a NEW cluster, as
 //! etcdctl's restore does: member and cluster IDs come from the flags, the
-//! keys, history, revision, compaction point and leases from the snapshot; the
-//! old Raft position (applied index, membership) and published member
-//! attributes are dropped, because they describe the old cluster.
+//! keys, history, revision, compaction point, leases, users and roles from
+//! the snapshot; the old Raft position (applied index, membership) and
+//! published member attributes are dropped, because they describe the old
+//! cluster.
 
 use std::path::{Path, PathBuf};
 
@@ -30,29 +31,31 @@ use sha2::{Digest, Sha256};
 use crate::config::StoreConfig;
 use crate::identity::{bootstrap_identity, write_identity};
 use crate::mvcc::{keys, Mvcc, Tree};
-use crate::raft::snapshot_file::{self, decode_tree, encode_tree, SNAP_END};
+use crate::raft::snapshot_file::{self, decode_tree, encode_tree, SNAP_MAGIC};
 use crate::raft::SnapshotMeta;
 use crate::storage::Storage;
 
-/// etcdctl checks `size % 512 == 32`.
+/// etcdctl checks `size % 512 == 32`: a bbolt file is whole pages, and
+/// etcd appends the sha256.
 const BLOCK: usize = 512;
 const TRAILER: usize = 32;
 
-/// Turns an `encode_tree` payload into the file body (marker + padding) and
-/// its sha256 trailer, sent as the last chunk.
-pub fn seal(mut payload: Vec<u8>) -> (Vec<u8>, [u8; TRAILER]) {
-    payload.extend_from_slice(&SNAP_END);
-    let padded = payload.len().div_ceil(BLOCK) * BLOCK;
-    payload.resize(padded, 0);
-    let sha: [u8; TRAILER] = Sha256::digest(&payload).into();
-    (payload, sha)
+/// The snapshot of `tree` as etcd streams it: an etcd backend database and
+/// its sha256, sent as the last chunk. The body is whole 4 KiB pages, so
+/// body + trailer has the size etcdctl expects.
+pub fn seal(tree: &Tree, consistent_index: u64) -> Result<(Vec<u8>, [u8; TRAILER])> {
+    let body = crate::etcd_db::to_etcd(tree, consistent_index)?;
+    debug_assert_eq!(body.len() % BLOCK, 0);
+    let sha: [u8; TRAILER] = Sha256::digest(&body).into();
+    Ok((body, sha))
 }
 
-/// Checks the size and sha256 trailer of a snapshot file; returns the body.
+/// Checks the size and sha256 trailer of a snapshot file, as etcdctl's
+/// restore does; returns the body.
 pub fn unseal(file: &[u8]) -> Result<&[u8]> {
     if file.len() < TRAILER || file.len() % BLOCK != TRAILER {
         bail!(
-            "not a snapshot saved from Cairn: size {} is not a multiple of {BLOCK} plus a \
+            "not a snapshot saved by etcdctl: size {} is not a multiple of {BLOCK} plus a \
              {TRAILER}-byte sha256",
             file.len()
         );
@@ -67,7 +70,7 @@ pub fn unseal(file: &[u8]) -> Result<&[u8]> {
 /// `cairn snapshot restore`: etcdctl's restore flags (defaults as `cairn store`'s).
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
-    /// Snapshot file written by `etcdctl snapshot save` against Cairn.
+    /// Snapshot file written by `etcdctl snapshot save`, against Cairn or etcd 3.4.
     pub file: PathBuf,
     /// Data dir to create (must be absent or empty; default `<name>.cairn`).
     #[arg(long)]
@@ -206,12 +209,7 @@ async fn build(dir: &Path, body: &[u8], cfg: &StoreConfig) -> Result<Restored> {
     if !fresh {
         bail!("staging dir {} is not empty", dir.display());
     }
-    let mut tree = decode_tree(body).map_err(|e| {
-        anyhow::anyhow!(
-            "not a Cairn snapshot ({e}); snapshots of etcd itself (bbolt) cannot be \
-             restored by Cairn"
-        )
-    })?;
+    let mut tree = read_body(body)?;
     forget_old_members(&mut tree);
     // The image has no log position: the new cluster's log starts after it,
     // and it is not offered to peers as a Raft snapshot.
@@ -237,6 +235,18 @@ async fn build(dir: &Path, body: &[u8], cfg: &StoreConfig) -> Result<Restored> {
     })
 }
 
+/// The state tree in a snapshot body: an etcd backend (what Cairn and etcd
+/// write), or the state tree of an earlier Cairn's snapshot.
+fn read_body(body: &[u8]) -> Result<Tree> {
+    if body.starts_with(SNAP_MAGIC) {
+        return decode_tree(body).map_err(|e| anyhow::anyhow!("damaged Cairn snapshot: {e}"));
+    }
+    if !crate::bbolt::is_bbolt(body) {
+        bail!("neither an etcd snapshot (bbolt database) nor a Cairn one");
+    }
+    crate::etcd_db::from_etcd(body).context("cannot read the etcd snapshot")
+}
+
 /// Removes what describes the old cluster rather than its data: the old
 /// members' published attributes (the new cluster's members publish theirs).
 fn forget_old_members(tree: &mut Tree) {
@@ -246,47 +256,56 @@ fn forget_old_members(tree: &mut Tree) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::snapshot_file::SNAP_END;
 
-    fn tree() -> Tree {
-        Tree::new()
+    fn sample() -> Tree {
+        let mut t = Tree::new();
+        t.insert(&keys::meta_key("rev"), &1i64.to_be_bytes());
+        t.insert(&keys::meta_key("compact"), &0i64.to_be_bytes());
+        t
+    }
+
+    fn file_of(body: &[u8], sha: &[u8]) -> Vec<u8> {
+        let mut file = body.to_vec();
+        file.extend_from_slice(sha);
+        file
     }
 
     #[test]
-    fn seal_pads_to_etcdctl_size_and_roundtrips() {
-        let mut src = tree();
-        src.insert(b"kfoo", b"bar");
-        src.insert(&keys::meta_key("rev"), &7i64.to_be_bytes());
-        let payload = encode_tree(&src);
-        let (body, sha) = seal(payload);
-        let mut file = body.clone();
-        file.extend_from_slice(&sha);
+    fn seal_has_etcdctls_size_and_roundtrips() {
+        let src = sample();
+        let (body, sha) = seal(&src, 3).unwrap();
+        let file = file_of(&body, &sha);
         assert_eq!(file.len() % 512, 32);
-
-        let got = unseal(&file).unwrap();
-        assert_eq!(decode_tree(got).unwrap(), src);
+        assert_eq!(read_body(unseal(&file).unwrap()).unwrap(), src);
     }
 
     #[test]
     fn unseal_refuses_damage() {
-        let (body, sha) = seal(encode_tree(&tree()));
-        let mut file = body;
-        file.extend_from_slice(&sha);
+        let (body, sha) = seal(&sample(), 3).unwrap();
+        let file = file_of(&body, &sha);
         let mut bad = file.clone();
         bad[20] ^= 1;
         assert!(unseal(&bad).is_err());
         assert!(unseal(&file[..file.len() - 1]).is_err());
-        // Garbage after the end marker is not padding.
-        let mut body = seal(encode_tree(&tree())).0;
-        let n = body.len();
-        body[n - 1] = 1;
-        assert!(decode_tree(&body).is_err());
+        let junk = vec![7u8; 4096];
+        let err = read_body(&junk).unwrap_err().to_string();
+        assert!(err.contains("neither an etcd snapshot"), "{err}");
     }
 
     #[test]
-    fn unsealed_raft_payload_still_decodes() {
-        // Raft snapshots carry no end marker: the decoder stops at the end.
-        let mut src = tree();
-        src.insert(b"kx", b"y");
-        assert_eq!(decode_tree(&encode_tree(&src)).unwrap(), src);
+    fn files_of_earlier_versions_still_restore() {
+        // Cairn's own tree, the end marker, zero padding to 512.
+        let src = sample();
+        let mut body = encode_tree(&src);
+        body.extend_from_slice(&SNAP_END);
+        body.resize(body.len().div_ceil(BLOCK) * BLOCK, 0);
+        let sha: [u8; TRAILER] = Sha256::digest(&body).into();
+        let file = file_of(&body, &sha);
+        assert_eq!(read_body(unseal(&file).unwrap()).unwrap(), src);
+        // Garbage after the end marker is not padding.
+        let n = body.len();
+        body[n - 1] = 1;
+        assert!(read_body(&body).is_err());
     }
 }

@@ -225,6 +225,13 @@ async fn etcdctl_command_matrix() {
             "Maintenance.Snapshot",
             &["snapshot", "save", &snap],
         ),
+        // Reads the saved file with bbolt, as etcd's own snapshots: the
+        // file is etcd's format.
+        row(
+            "snapshot status FILE",
+            "none (bbolt reads the file)",
+            &["snapshot", "status", &snap],
+        ),
         row(
             "move-leader <id>",
             "Maintenance.MoveLeader",
@@ -371,6 +378,7 @@ async fn etcdctl_command_matrix() {
         ("endpoint hashkv", format!("{}, ", eps[0])),
         ("defrag", "Finished defragmenting etcd member".into()),
         ("snapshot save FILE", "Snapshot saved at".into()),
+        ("snapshot status FILE", " kB".into()),
         ("user add root:…", "User root created".into()),
         ("role add root", "Role root created".into()),
         (

@@ -28,6 +28,7 @@ mod maintenance;
 mod membership;
 mod migration;
 mod robustness;
+mod snapshot;
 mod tls;
 mod up;
 mod watch;

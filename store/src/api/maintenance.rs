@@ -19,7 +19,6 @@ use tracing::info;
 
 use crate::error::EtcdError;
 use crate::node::Node;
-use crate::raft::snapshot_file::encode_tree;
 
 /// The etcd server version Cairn answers with (the API it implements).
 pub const SERVER_VERSION: &str = "3.4.23";
@@ -187,13 +186,16 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         super::auth::require_admin(&self.node, req.metadata())?;
         let mvcc = self.node.mvcc.clone();
-        // Encoded under the MVCC read lock: the state machine cannot commit
+        // etcd's consistent index; etcdctl's restore replaces it anyway.
+        let applied = self.node.metrics_snapshot().applied;
+        // Laid out under the MVCC read lock: the state machine cannot commit
         // a batch meanwhile, so the copy is one point in time (one revision).
-        let (payload, revision) =
-            tokio::task::spawn_blocking(move || mvcc.read(|v| (encode_tree(v.tree), v.rev)))
-                .await
-                .map_err(internal)?;
-        let (body, sha) = crate::restore::seal(payload);
+        let (body, sha, revision) = tokio::task::spawn_blocking(move || {
+            mvcc.read(|v| crate::restore::seal(v.tree, applied).map(|(b, s)| (b, s, v.rev)))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         info!(revision, bytes = body.len(), "streaming snapshot");
         let mut header = Some(ResponseHeader {
             revision,

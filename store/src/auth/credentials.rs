@@ -1,4 +1,6 @@
-//! Passwords (argon2 hashes, as the control plane's) and signed tokens.
+//! Passwords (bcrypt hashes, as etcd's, so users move between etcd and
+//! Cairn with their snapshots; argon2 hashes written by earlier versions are
+//! still verified) and signed tokens.
 //!
 //! A token is `<user, base64url>.<expiry, unix seconds>.<stamp>.<mac>`, where
 //! `stamp` is derived from the user's stored password hash and `mac` is
@@ -6,7 +8,7 @@
 //! it travels in gRPC metadata (`token`) and the gateway's `Authorization`.
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -15,20 +17,25 @@ use sha2::{Digest, Sha256};
 
 use crate::error::EtcdError;
 
-/// Hashes a password for storage (PHC string: algorithm, salt and hash).
+/// etcd's default `--bcrypt-cost`.
+const BCRYPT_COST: u32 = 10;
+
+/// Hashes a password for storage: bcrypt at etcd's default cost, the form
+/// etcd keeps in its `authUsers` bucket.
 pub fn hash_password(password: &str) -> Result<String, EtcdError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
+    bcrypt::hash(password, BCRYPT_COST)
         .map_err(|e| EtcdError::Internal(format!("hashing password: {e}")))
 }
 
-/// Whether `password` matches a stored hash; a malformed hash matches nothing.
+/// Whether `password` matches a stored hash (bcrypt, or the argon2 PHC
+/// string earlier versions wrote); a malformed hash matches nothing.
 pub fn verify_password(password: &str, stored: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(stored) else {
         return false;
     };
+    if s.starts_with("$2") {
+        return bcrypt::verify(password, s).unwrap_or(false);
+    }
     let Ok(h) = PasswordHash::new(s) else {
         return false;
     };
@@ -106,6 +113,15 @@ mod tests {
         assert!(!verify_password("S3cret", h.as_bytes()));
         assert!(!verify_password("", b""));
         assert!(!verify_password("x", b"not a hash"));
+        assert!(h.starts_with("$2b$10$"), "etcd's hash: bcrypt at cost 10");
+        // Users created before the switch keep their argon2 hashes.
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let old = Argon2::default()
+            .hash_password(b"s3cret", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(verify_password("s3cret", old.as_bytes()));
+        assert!(!verify_password("other", old.as_bytes()));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::mvcc::Tree;
 /// Version 2 of the records: `k` records point into the history (see
 /// `mvcc::keys`). Data of another version is refused, never misread; the
 /// same bytes travel as Raft snapshots and `etcdctl snapshot save` files.
-const SNAP_MAGIC: &[u8] = b"CAIRNSNAP2";
+pub(crate) const SNAP_MAGIC: &[u8] = b"CAIRNSNAP2";
 
 /// The file's own header: its magic and format version, so the next change
 /// of the file's layout is recognised.
@@ -35,9 +35,9 @@ const FILE_VERSION: u32 = 1;
 
 /// Marks the end of the records where a key length would be. No record has a
 /// 4 GiB key, so data written before the marker existed never contains it.
-/// Raft snapshots are written without it; `Maintenance.Snapshot` writes it so
-/// that the zero padding etcdctl requires after the records is not read as
-/// more records.
+/// Raft snapshots are written without it; the `etcdctl snapshot save` files
+/// of earlier versions carry it, so that the zero padding etcdctl requires
+/// after the records is not read as more records (`restore` still reads them).
 pub(crate) const SNAP_END: [u8; 4] = [0xff; 4];
 
 pub(crate) fn snap_err(e: impl std::fmt::Display) -> StorageError {

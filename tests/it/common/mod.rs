@@ -181,7 +181,7 @@ pub fn free_port() -> u16 {
 
 /// The program and the etcd flags that place one member: both etcd and
 /// `cairn store` take exactly these.
-fn member_command(
+pub fn member_command(
     imp: Impl,
     name: &str,
     data_dir: &Path,
@@ -782,6 +782,17 @@ pub fn etcdctl(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> Outp
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// etcdctl's `-w json` output, parsed (panics naming the text if it is not JSON).
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+/// `etcdctl put`; returns the revision of the write.
+pub fn etcdctl_put(eps: &[String], k: &str, v: &str) -> i64 {
+    let out = etcdctl_ok(eps, &["put", k, v, "-w", "json"], None);
+    json(&out)["header"]["revision"].as_i64().unwrap()
 }
 
 /// Like [`etcdctl`] but panics unless it succeeds; returns stdout.
