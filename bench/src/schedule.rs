@@ -1,7 +1,9 @@
 //! Hands out request numbers ("tickets") to the workers until the run's end
-//! (`--total` or `--duration`), pacing them under `--rate`.
+//! (`--total`, `--duration`, or SIGTERM / Ctrl-C, after which the run
+//! reports what it did), pacing them under `--rate`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::rate;
@@ -13,6 +15,7 @@ pub struct Schedule {
     total: Option<u64>,
     deadline: Option<Instant>,
     rate: Option<f64>,
+    stopped: AtomicBool,
 }
 
 impl Schedule {
@@ -31,7 +34,32 @@ impl Schedule {
             total,
             deadline: duration.map(|d| start + d),
             rate: rate.filter(|r| *r > 0.0),
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// Ends the run early on SIGTERM or SIGINT: no ticket is handed out
+    /// after it, requests in flight finish, and the caller reports as at a
+    /// normal end (`docker stop` on a load container gets its numbers).
+    pub fn stop_on_signal(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if let Some(s) = me.upgrade() {
+                s.stopped.store(true, Ordering::Relaxed);
+            }
+        });
     }
 
     pub fn start(&self) -> Instant {
@@ -45,6 +73,9 @@ impl Schedule {
     /// The next ticket, after waiting for its slot under `--rate`; `None`
     /// once the run is over.
     pub async fn next(&self) -> Option<u64> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
         let t = self.next.fetch_add(1, Ordering::Relaxed);
         if self.total.is_some_and(|n| t >= n) {
             return None;
@@ -56,7 +87,9 @@ impl Schedule {
             }
             tokio::time::sleep_until(due.into()).await;
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.stopped.load(Ordering::Relaxed)
+        {
             return None;
         }
         Some(t)

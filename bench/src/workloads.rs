@@ -283,6 +283,7 @@ pub async fn run(common: &Common, op: Op) -> Result<Report> {
         grant_idle_leases(&clients, idle, common.clients).await?;
     }
     let sched = Arc::new(Schedule::new(common.total, common.duration, common.rate));
+    sched.stop_on_signal();
     let op = Arc::new(op);
     let done = Arc::new(AtomicU64::new(0));
     let pb = progress(&sched, common.json);
