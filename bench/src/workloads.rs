@@ -153,7 +153,9 @@ async fn grant_idle_leases(clients: &[Client], n: u64, parallel: usize) -> Resul
 /// A short, stable name for an error, used to count errors by kind.
 pub fn error_kind(e: &Error) -> String {
     match e {
-        Error::OutcomeUnknown(_) => "outcome-unknown".into(),
+        // The message says which of etcd's "may have happened" it was
+        // (timed out, leader changed, a connection cut mid-call).
+        Error::OutcomeUnknown(m) => format!("outcome-unknown: {m}"),
         Error::Unavailable(_) => "unavailable".into(),
         Error::InvalidArgument(m) => format!("invalid-argument: {m}"),
         Error::Status { code, message } => format!("{code:?}: {message}"),

@@ -91,8 +91,8 @@ const NOT_APPLIED_MESSAGES: &[&str] = &[
 /// Classifies a failed gRPC call. Pure apart from walking the error's source
 /// chain, so it is unit-tested below with hand-built statuses.
 pub(crate) fn classify(status: &Status) -> Verdict {
-    // tonic wraps every failure of the connector (TCP connect refused / timed
-    // out) in `ConnectError`; such a request was never written to any socket.
+    // A connect failure, or a connection that closed before the request was
+    // handed to it: never written to any socket.
     if is_connect_failure(status) {
         return Verdict::NotApplied;
     }
@@ -116,23 +116,30 @@ pub(crate) fn classify(status: &Status) -> Verdict {
     }
 }
 
-/// Whether a failed call never left this process: tonic reports every
+/// Whether a failed call never left this process. tonic reports every
 /// failure of the connector (connection refused, connect timeout, a name
 /// that does not resolve) as a `ConnectError` in the status's source chain.
-/// Cairn's members use it for their calls to each other too.
+/// And hyper's HTTP/2 client reports "canceled" only for a request it never
+/// handed to the connection: the connection was closed or not ready when the
+/// call was made (a server finishing a graceful shutdown: its GOAWAY and this
+/// call crossed). Streams that were sent fail with the connection's own
+/// error instead. gRPC clients retry such calls on another connection
+/// (grpc-go's transparent retry); so does this one. Cairn's members use it
+/// for their calls to each other too.
 pub fn is_connect_failure(status: &Status) -> bool {
-    has_source::<tonic::ConnectError>(status)
+    find_source::<tonic::ConnectError>(status).is_some()
+        || find_source::<hyper::Error>(status).is_some_and(hyper::Error::is_canceled)
 }
 
-fn has_source<E: StdError + 'static>(status: &Status) -> bool {
+fn find_source<E: StdError + 'static>(status: &Status) -> Option<&E> {
     let mut cur: Option<&(dyn StdError + 'static)> = StdError::source(status);
     while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
