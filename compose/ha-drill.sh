@@ -21,10 +21,11 @@
 #      has the same HashKV at the same revision, no acknowledged write is lost
 #   4. docker kill (SIGKILL) the leader under a write load: acknowledged
 #      writes survive; prints the time until writes succeed again
-#   5. rolling restart of the three stores under load (etcdctl puts, and
-#      admin-API route writes through both control planes): no request fails
-#      beyond one retry; prints how long after each stop of the leader a new
-#      one leads (a stopping leader hands over first)
+#   5. rolling restart of the three stores under load (etcdctl puts,
+#      admin-API route writes through both control planes, and `cairn bench
+#      put` at 500 writes/s): no request fails beyond one retry, no bench
+#      write fails; prints how long after each stop of the leader a new one
+#      leads (a stopping leader hands over first)
 #   G3. stop and start the whole stack (a full outage: no traffic is sent
 #       while it is down): every route is served again, and a NEW route
 #       reaches both gateways
@@ -68,6 +69,7 @@ FAILED=0
 LOAD_PID=""
 ADMIN_LOAD_PID=""
 PLACEHOLDER=""
+BENCH5=""
 RETRY_DELAY=1.5
 
 if docker compose version >/dev/null 2>&1; then
@@ -95,6 +97,7 @@ cleanup() {
     compose logs --no-color --tail 25 2>/dev/null || true
   fi
   [ -n "$PLACEHOLDER" ] && docker rm -f -v "$PLACEHOLDER" >/dev/null 2>&1
+  [ -n "$BENCH5" ] && docker rm -f "$BENCH5" >/dev/null 2>&1
   compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
   if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
     echo "ha-drill: work files kept in $WORK"
@@ -788,6 +791,16 @@ traffic_start s5
 elections=()
 start_load /drill/s5 "$WORK/load5" "$WORK/stop5" 240
 start_admin_load "$WORK/admin5" "$WORK/stopadmin5" 240
+# And 500 writes/s from `cairn bench put` in a container on the stores'
+# network (32 clients over the three members, as real clients spread), run
+# until the restarts are over and stopped with SIGTERM, on which it reports.
+BENCH5="${PROJECT}-bench5"
+net5=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(cid store1)")
+docker run --rm --name "$BENCH5" --network "$net5" "$CAIRN_IMAGE" bench put \
+  --endpoints http://store1:2379,http://store2:2379,http://store3:2379 \
+  --conns 3 --clients 32 --rate 500 --duration 600s --key-space 10000 --json \
+  >"$WORK/bench5.json" 2>"$WORK/bench5.err" &
+bench5_pid=$!
 wait_for 20 "the load to be writing" grep -q ok "$WORK/load5" || ok=fail
 wait_for 20 "the admin load to be writing" grep -q ok "$WORK/admin5" || ok=fail
 for s in store1 store2 store3; do
@@ -827,8 +840,22 @@ for s in store1 store2 store3; do
   sleep 1
 done
 sleep 1
+docker kill -s TERM "$BENCH5" >/dev/null 2>&1 || true
+wait "$bench5_pid" || true
 stop_load "$WORK/stop5"
 stop_admin_load "$WORK/stopadmin5"
+# One JSON line: "ok" and "failed" counts, latency of the successful writes.
+bench5=$(grep -o '"ok":[0-9]*,"failed":[0-9]*' "$WORK/bench5.json" || true)
+bench5_ok=$(sed -n 's/.*"ok":\([0-9]*\).*/\1/p' <<<"$bench5")
+bench5_failed=$(sed -n 's/.*"failed":\([0-9]*\).*/\1/p' <<<"$bench5")
+bench5_max=$(grep -o '"max_ms":[0-9.]*' "$WORK/bench5.json" | head -1 | cut -d: -f2)
+bench5_rps=$(grep -o '"throughput_rps":[0-9.]*' "$WORK/bench5.json" | cut -d: -f2)
+log "rolling restart: cairn bench put at 500/s: ${bench5_ok:-?} writes ok (${bench5_rps:-?}/s), ${bench5_failed:-?} failed, slowest ${bench5_max:-?} ms"
+if [ -z "$bench5_ok" ] || [ "$bench5_ok" = 0 ] || [ "$bench5_failed" != 0 ]; then
+  ok=fail
+  tail -5 "$WORK/bench5.err"
+  grep -o '"errors":{[^}]*}' "$WORK/bench5.json" || true
+fi
 retries=$(grep -c ' retry-ok ' "$WORK/load5" || true)
 fails=$(grep -c ' fail ' "$WORK/load5" || true)
 total=$(grep -c . "$WORK/load5" || true)
@@ -844,8 +871,8 @@ check_acked || ok=fail
 same_hashkv || ok=fail
 for e in "${elections[@]}"; do log "election: $e"; done
 traffic_stop || ok=fail
-result "5 rolling restart under load: no request failed beyond one retry" "$ok" \
-  "$total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; elections: ${elections[*]:-none}; $TRAFFIC"
+result "5 rolling restart under load: no request failed beyond one retry, none of 500 writes/s failed" "$ok" \
+  "${bench5_ok:-?} bench writes at 500/s, ${bench5_failed:-?} failed, slowest ${bench5_max:-?} ms; $total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; hand-overs: ${elections[*]:-none}; $TRAFFIC"
 
 # ---- G3: stop and start everything -----------------------------------------
 
