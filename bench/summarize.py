@@ -19,6 +19,8 @@ MARKER = "<!-- hand-written findings below: compare.sh keeps this part -->"
 WORKLOADS = [
     ("put-1", "put, 1 client, 1 connection"),
     ("put-64", "put, 64 clients over 8 connections"),
+    ("put-64-spread", "put, 64 clients over 8 connections spread over every member "
+     "(as etcdctl and clientv3: most writes are forwarded by a follower)"),
     ("range-l-1", "linearizable range of one key, 1 client"),
     ("range-l-64", "linearizable range of one key, 64 clients over 8 connections"),
     ("range-s-1", "serializable range of one key, 1 client"),

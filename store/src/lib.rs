@@ -8,9 +8,9 @@
 //!    are checked (`api/validate.rs`), the token is resolved to a user
 //!    (`auth`), and the write becomes a [`command::Command::Put`].
 //! 2. **Proposal** (`node.rs`, `Node::propose`): the command and the user
-//!    become one [`command::Proposal`]. On the leader, `batcher.rs` gathers
-//!    the writes that arrive together into one Raft entry. On a follower the
-//!    proposal is forwarded (`peer/calls.rs`, `PeerPool::forward`) to the
+//!    become one [`command::Proposal`]. `batcher.rs` gathers the writes that
+//!    arrive together into one Raft entry. On a follower that batch is
+//!    forwarded as one call (`peer/calls.rs`, `PeerPool::forward`) to the
 //!    leader's `api/peer.rs`, which proposes it there; a forward that never
 //!    left is retried, one that may have arrived is "leader changed".
 //! 3. **The leader's log** (`raft/log_store.rs`, `raft/wal.rs`): openraft

@@ -15,7 +15,6 @@ use crate::error::EtcdError;
 use crate::lessor::Lessor;
 use crate::mvcc::Mvcc;
 use crate::net::peers::PeerPool;
-use crate::peer::calls::ForwardError;
 use crate::peer::messages::ForwardReply;
 use crate::raft::{MemberNode, Raft};
 use crate::storage::Storage;
@@ -101,8 +100,13 @@ impl Node {
         let (read_tx, read_rx) = mpsc::unbounded_channel();
         let (lead_tx, lead_rx) = mpsc::unbounded_channel();
         let leading = Arc::new(tokio::sync::RwLock::new(()));
-        let batcher =
-            crate::batcher::Batcher::start(raft.clone(), request_timeout, leading.clone());
+        let batcher = crate::batcher::Batcher::start(
+            raft.clone(),
+            id,
+            pool.clone(),
+            request_timeout,
+            leading.clone(),
+        );
         let node = Arc::new(Node {
             id,
             cluster_id,
@@ -261,44 +265,43 @@ impl Node {
     ) -> Result<ApplyResult, EtcdError> {
         let req = Proposal::new(user, cmd);
         let deadline = Instant::now() + self.request_timeout;
+        let mut tries = 0;
         loop {
+            // The batcher proposes here or sends the batch on to the leader.
             match self.batcher.write(req.clone()).await {
-                Outcome::Applied { response, .. } => return Ok(response),
+                Outcome::Applied {
+                    index,
+                    response,
+                    forwarded,
+                } => {
+                    if forwarded {
+                        self.wait_applied(index, deadline).await?;
+                    }
+                    return Ok(response);
+                }
                 Outcome::NotLeader => {}
                 Outcome::Failed(e) => return Err(e),
             }
-            let leader = self.wait_leader(deadline).await?;
-            if leader == self.id {
-                // We just became leader: propose locally.
-                continue;
-            }
-            let Some(node) = self.member(leader) else {
+            // Not proposed anywhere: safe to try again once a leader is
+            // known, after a beat from the second time on so a changing
+            // leadership can settle.
+            if Instant::now() >= deadline {
                 return Err(EtcdError::NoLeader);
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.pool.forward(&node, &req, left).await {
-                Ok(ForwardReply::Applied { index, response }) => {
-                    self.wait_applied(index, deadline).await?;
-                    return Ok(response);
-                }
-                Ok(ForwardReply::Failed(e)) => return Err(e),
-                Ok(ForwardReply::NotLeader { .. }) | Err(ForwardError::NotSent) => {
-                    // Not proposed anywhere: safe to try again, after a beat so
-                    // a changing leadership can settle.
-                    if Instant::now() >= deadline {
-                        return Err(EtcdError::NoLeader);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(ForwardError::Unknown) => return Err(EtcdError::LeaderChanged),
             }
+            self.wait_leader(deadline).await?;
+            if tries > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tries += 1;
         }
     }
 
     /// Serves a request forwarded by a follower: propose only if leader.
     pub async fn propose_as_leader(&self, req: Proposal) -> ForwardReply {
-        match self.batcher.write(req).await {
-            Outcome::Applied { index, response } => ForwardReply::Applied { index, response },
+        match self.batcher.write_as_leader(req).await {
+            Outcome::Applied {
+                index, response, ..
+            } => ForwardReply::Applied { index, response },
             Outcome::NotLeader => ForwardReply::NotLeader {
                 leader: self.leader(),
             },
