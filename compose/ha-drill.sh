@@ -789,6 +789,7 @@ fi
 ok=ok
 traffic_start s5
 elections=()
+s5_since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 start_load /drill/s5 "$WORK/load5" "$WORK/stop5" 240
 start_admin_load "$WORK/admin5" "$WORK/stopadmin5" 240
 # And 500 writes/s from `cairn bench put` in a container on the stores'
@@ -870,9 +871,15 @@ log "rolling restart: $atotal admin API route writes, $aretries needed a retry, 
 check_acked || ok=fail
 same_hashkv || ok=fail
 for e in "${elections[@]}"; do log "election: $e"; done
+# Each hand-over as the stopping leader measured it (from its stop request to
+# the transferee leading), from the stores' logs.
+handovers=$(for s in store1 store2 store3; do docker logs --since "$s5_since" "$(cid "$s")" 2>&1; done |
+  sed 's/\x1b\[[0-9;]*m//g' | grep 'stopping: leadership handed over' |
+  grep -o 'took_ms=[0-9]*' | sed 's/took_ms=\(.*\)/\1 ms/' | paste -sd, - || true)
+log "hand-overs as the stopping leaders measured them: ${handovers:-none}"
 traffic_stop || ok=fail
 result "5 rolling restart under load: no request failed beyond one retry, none of 500 writes/s failed" "$ok" \
-  "${bench5_ok:-?} bench writes at 500/s, ${bench5_failed:-?} failed, slowest ${bench5_max:-?} ms; $total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; hand-overs: ${elections[*]:-none}; $TRAFFIC"
+  "${bench5_ok:-?} bench writes at 500/s, ${bench5_failed:-?} failed, slowest ${bench5_max:-?} ms; $total etcdctl writes, $retries retried after ${RETRY_DELAY}s; $atotal admin API writes, $aretries retried; new leader seen: ${elections[*]:-none}; hand-overs took ${handovers:-none}; $TRAFFIC"
 
 # ---- G3: stop and start everything -----------------------------------------
 
