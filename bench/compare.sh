@@ -82,10 +82,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # store -> user + system CPU of its three members so far, in clock ticks
+    local s=$1 i t=0 c
+    for i in 0 1 2; do
+        c=$(awk '{print $14 + $15}' "/proc/${PIDS[$s:$i]}/stat" 2>/dev/null || echo 0)
+        t=$((t + c))
+    done
+    echo "$t"
+}
+
 bench() { # store name args... -> one JSON line into $RES/name.store.jsonl
-    local s=$1 name=$2
+    local s=$1 name=$2 before out
     shift 2
-    "$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --json "$@" \
+    before=$(cpu_ticks "$s")
+    out=$("$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --json "$@")
+    # The members' CPU over the run (all three together), for CPU per request.
+    echo "${out%\}},\"server_cpu_ms\":$((($(cpu_ticks "$s") - before) * 1000 / CLK_TCK))}" \
         >>"$RES/$name.$s.jsonl"
 }
 

@@ -61,6 +61,13 @@ def ratio(c, e):
     return f"{c / e:.2f}"
 
 
+def cpu_per_request(r):
+    ok = r.get("ok") or 0
+    if "server_cpu_ms" not in r or ok == 0:
+        return None
+    return r["server_cpu_ms"] * 1000.0 / ok
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -116,6 +123,13 @@ def main():
             le = med([r["latency"][key] for r in e])
             lc = med([r["latency"][key] for r in c])
             o.append(f"| latency {label} (ms) | {fmt(le, 3)} | {fmt(lc, 3)} | {ratio(lc, le)} |")
+        # The three members' user + system CPU over a run, per successful
+        # request (the watch workloads: per put; their events are the
+        # throughput row).
+        ue = med([cpu_per_request(r) for r in e])
+        uc = med([cpu_per_request(r) for r in c])
+        o.append(f"| server CPU per request (µs, 3 members) | {fmt(ue, 0)} | {fmt(uc, 0)} "
+                 f"| {ratio(uc, ue)} |")
         fe, fc = sum(r["failed"] for r in e), sum(r["failed"] for r in c)
         o.append(f"| failed requests (all runs) | {fe} | {fc} | |")
         errs = {}
