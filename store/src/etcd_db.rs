@@ -91,23 +91,40 @@ fn parse_rev_key(k: &[u8]) -> Option<(i64, i64, bool)> {
     Some((main, sub, tombstone))
 }
 
-fn meta_i64(tree: &Tree, name: &str) -> i64 {
-    tree.get(&keys::meta_key(name))
+/// The state tree's records in key order (what `encode_tree` writes, read
+/// back with `decode_records`): a copy taken under the state's lock, laid
+/// out as etcd's file after it is released.
+pub type Records<'a> = [(&'a [u8], &'a [u8])];
+
+fn lookup<'a>(records: &Records<'a>, key: &[u8]) -> Option<&'a [u8]> {
+    records
+        .binary_search_by(|(k, _)| (*k).cmp(key))
+        .ok()
+        .map(|i| records[i].1)
+}
+
+fn meta_i64(records: &Records, name: &str) -> i64 {
+    lookup(records, &keys::meta_key(name))
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
         .map_or(0, i64::from_be_bytes)
 }
 
-/// The records of `tree` under one prefix byte, without the prefix.
-fn records(tree: &Tree, prefix: u8) -> impl Iterator<Item = (&[u8], &[u8])> {
-    tree.prefix(&[prefix]).map(|(k, v)| (&k[1..], v))
+/// The records under one prefix byte, without the prefix.
+fn with_prefix<'a>(
+    records: &'a Records<'a>,
+    prefix: u8,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    let lo = records.partition_point(|(k, _)| k.first() < Some(&prefix));
+    let hi = records.partition_point(|(k, _)| k.first() <= Some(&prefix));
+    records[lo..hi].iter().map(|(k, v)| (&k[1..], *v))
 }
 
-/// The state tree as an etcd 3.4 backend file (without etcd's sha256
-/// trailer). `consistent_index` is the Raft index the state is at.
-pub fn to_etcd(tree: &Tree, consistent_index: u64) -> Result<Vec<u8>> {
+/// The state as an etcd 3.4 backend file (without etcd's sha256 trailer).
+/// `consistent_index` is the Raft index the state is at.
+pub fn to_etcd(records: &Records, consistent_index: u64) -> Result<Vec<u8>> {
     let mut db = DbWriter::new();
 
-    let alarms: Vec<(u64, i32)> = match tree.get(&keys::meta_key("alarms")) {
+    let alarms: Vec<(u64, i32)> = match lookup(records, &keys::meta_key("alarms")) {
         Some(b) => bincode::deserialize(b).context("alarm record")?,
         None => Vec::new(),
     };
@@ -118,7 +135,7 @@ pub fn to_etcd(tree: &Tree, consistent_index: u64) -> Result<Vec<u8>> {
     alarm_keys.sort();
     db.bucket(ALARM, alarm_keys.iter().map(|k| (k, b"")));
 
-    let enabled = tree.get(&keys::meta_key("auth_enabled")) == Some(&[1][..]);
+    let enabled = lookup(records, &keys::meta_key("auth_enabled")) == Some(&[1][..]);
     db.bucket(
         AUTH,
         [
@@ -126,12 +143,12 @@ pub fn to_etcd(tree: &Tree, consistent_index: u64) -> Result<Vec<u8>> {
             (AUTH_REVISION, &1u64.to_be_bytes()[..]),
         ],
     );
-    db.bucket(AUTH_ROLES, records(tree, keys::ROLE));
-    db.bucket(AUTH_USERS, records(tree, keys::USER));
+    db.bucket(AUTH_ROLES, with_prefix(records, keys::ROLE));
+    db.bucket(AUTH_USERS, with_prefix(records, keys::USER));
     db.bucket(CLUSTER, std::iter::empty::<(&[u8], &[u8])>());
 
     let mut history = Vec::new();
-    for (k, v) in records(tree, keys::HIST) {
+    for (k, v) in with_prefix(records, keys::HIST) {
         let rev = Rev::from_bytes(k).context("history record key")?;
         let ev = Event::decode(v).context("history record")?;
         let kv = ev.kv.unwrap_or_default();
@@ -151,7 +168,7 @@ pub fn to_etcd(tree: &Tree, consistent_index: u64) -> Result<Vec<u8>> {
     }
     db.bucket(KEY, history);
 
-    let leases: Vec<(Vec<u8>, Vec<u8>)> = records(tree, keys::LEASE)
+    let leases: Vec<(Vec<u8>, Vec<u8>)> = with_prefix(records, keys::LEASE)
         .filter_map(|(k, v)| {
             let id = i64::from_be_bytes(k.try_into().ok()?);
             let ttl = keys::parse_lease_ttl(v)?;
@@ -171,7 +188,7 @@ pub fn to_etcd(tree: &Tree, consistent_index: u64) -> Result<Vec<u8>> {
     db.bucket(MEMBERS_REMOVED, std::iter::empty::<(&[u8], &[u8])>());
 
     let mut meta = vec![(CONSISTENT_INDEX, consistent_index.to_be_bytes().to_vec())];
-    let compact = meta_i64(tree, "compact");
+    let compact = meta_i64(records, "compact");
     if compact > 0 {
         meta.push((FINISHED_COMPACT, rev_key(compact, 0, false)));
         meta.push((SCHEDULED_COMPACT, rev_key(compact, 0, false)));
@@ -328,7 +345,9 @@ mod tests {
         put(&m, "k011", "after", 0);
         m.apply(|w| w.alarm(true, 42, 1).unwrap());
 
-        let file = m.read(|v| to_etcd(v.tree, 9)).unwrap();
+        let flat = m.read(|v| crate::raft::snapshot_file::encode_tree(v.tree));
+        let records = crate::raft::snapshot_file::decode_records(&flat).unwrap();
+        let file = to_etcd(&records, 9).unwrap();
         let records = |t: &Tree| -> Vec<(Vec<u8>, Vec<u8>)> {
             t.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
         };

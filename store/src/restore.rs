@@ -40,11 +40,13 @@ use crate::storage::Storage;
 const BLOCK: usize = 512;
 const TRAILER: usize = 32;
 
-/// The snapshot of `tree` as etcd streams it: an etcd backend database and
-/// its sha256, sent as the last chunk. The body is whole 4 KiB pages, so
-/// body + trailer has the size etcdctl expects.
-pub fn seal(tree: &Tree, consistent_index: u64) -> Result<(Vec<u8>, [u8; TRAILER])> {
-    let body = crate::etcd_db::to_etcd(tree, consistent_index)?;
+/// The snapshot of a state (`payload`: its records as `encode_tree` writes
+/// them) as etcd streams it: an etcd backend database and its sha256, sent
+/// as the last chunk. The body is whole 4 KiB pages, so body + trailer has
+/// the size etcdctl expects.
+pub fn seal(payload: &[u8], consistent_index: u64) -> Result<(Vec<u8>, [u8; TRAILER])> {
+    let records = snapshot_file::decode_records(payload)?;
+    let body = crate::etcd_db::to_etcd(&records, consistent_index)?;
     debug_assert_eq!(body.len() % BLOCK, 0);
     let sha: [u8; TRAILER] = Sha256::digest(&body).into();
     Ok((body, sha))
@@ -274,7 +276,7 @@ mod tests {
     #[test]
     fn seal_has_etcdctls_size_and_roundtrips() {
         let src = sample();
-        let (body, sha) = seal(&src, 3).unwrap();
+        let (body, sha) = seal(&encode_tree(&src), 3).unwrap();
         let file = file_of(&body, &sha);
         assert_eq!(file.len() % 512, 32);
         assert_eq!(read_body(unseal(&file).unwrap()).unwrap(), src);
@@ -282,7 +284,7 @@ mod tests {
 
     #[test]
     fn unseal_refuses_damage() {
-        let (body, sha) = seal(&sample(), 3).unwrap();
+        let (body, sha) = seal(&encode_tree(&sample()), 3).unwrap();
         let file = file_of(&body, &sha);
         let mut bad = file.clone();
         bad[20] ^= 1;

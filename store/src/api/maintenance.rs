@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::error::EtcdError;
 use crate::node::Node;
+use crate::raft::snapshot_file::encode_tree;
 
 /// The etcd server version Cairn answers with (the API it implements).
 pub const SERVER_VERSION: &str = "3.4.23";
@@ -188,10 +189,13 @@ impl Maintenance for MaintenanceService {
         let mvcc = self.node.mvcc.clone();
         // etcd's consistent index; etcdctl's restore replaces it anyway.
         let applied = self.node.metrics_snapshot().applied;
-        // Laid out under the MVCC read lock: the state machine cannot commit
-        // a batch meanwhile, so the copy is one point in time (one revision).
+        // Copied under the MVCC read lock (the state machine cannot commit a
+        // batch meanwhile, so the copy is one point in time, one revision),
+        // then laid out as etcd's file with the lock released: writes wait
+        // for a copy of the records, not for the layout.
         let (body, sha, revision) = tokio::task::spawn_blocking(move || {
-            mvcc.read(|v| crate::restore::seal(v.tree, applied).map(|(b, s)| (b, s, v.rev)))
+            let (payload, rev) = mvcc.read(|v| (encode_tree(v.tree), v.rev));
+            crate::restore::seal(&payload, applied).map(|(b, s)| (b, s, rev))
         })
         .await
         .map_err(internal)?

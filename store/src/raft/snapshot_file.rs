@@ -59,13 +59,25 @@ pub(crate) fn encode_tree(tree: &Tree) -> Vec<u8> {
     out
 }
 
-/// The records of an [`encode_tree`] payload. After a [`SNAP_END`] marker
-/// only zero padding may follow.
+/// The records of an [`encode_tree`] payload, as a tree.
 pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
+    let mut tree = Tree::new();
+    for (k, v) in decode_records(data)? {
+        tree.insert(k, v);
+    }
+    Ok(tree)
+}
+
+/// Records (key, value) of a payload, borrowed from it.
+pub(crate) type RecordRefs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// The records of an [`encode_tree`] payload in their (key) order, borrowed
+/// from it. After a [`SNAP_END`] marker only zero padding may follow.
+pub(crate) fn decode_records(data: &[u8]) -> Result<RecordRefs<'_>, StorageError> {
     let mut rest = data
         .strip_prefix(SNAP_MAGIC)
         .ok_or_else(|| snap_err("not a Cairn snapshot of this version"))?;
-    let mut tree = Tree::new();
+    let mut records = Vec::new();
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix(&SNAP_END) {
             if after.iter().any(|b| *b != 0) {
@@ -75,9 +87,9 @@ pub(crate) fn decode_tree(data: &[u8]) -> Result<Tree, StorageError> {
         }
         let k = take_field(&mut rest)?;
         let v = take_field(&mut rest)?;
-        tree.insert(k, v);
+        records.push((k, v));
     }
-    Ok(tree)
+    Ok(records)
 }
 
 /// One length-prefixed field off the front of `rest`.
