@@ -21,8 +21,21 @@ pub struct EchoArgs {
 pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let l = listener::bind(args.listen, "echo").await?;
     tracing::info!(listen = %args.listen, "cairn echo serving");
-    listener::serve(l, None, None, |req, peer| async move { answer(req, peer) }).await;
+    listener::serve(l, None, None, None, |req, peer| async move {
+        if let Some(d) = delay(req.uri().path()) {
+            tokio::time::sleep(d).await;
+        }
+        answer(req, peer)
+    })
+    .await;
     Ok(())
+}
+
+/// httpbin's `/delay/N`: answer after N seconds (at most 10, as httpbin).
+fn delay(path: &str) -> Option<std::time::Duration> {
+    let secs: f64 = path.strip_prefix("/delay/")?.parse().ok()?;
+    secs.is_finite()
+        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.0, 10.0)))
 }
 
 /// `content-type` → `Content-Type`, as httpbin prints header names.

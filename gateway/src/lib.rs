@@ -87,10 +87,16 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let me = register::Identity::new(&s.cairn_prefix, &s.id, s.listen);
     tokio::spawn(register::run(client.clone(), shared.clone(), me));
     let m = shared.clone();
-    tokio::spawn(listener::serve(metrics_l, None, None, move |req, _| {
-        let m = m.clone();
-        async move { status_api(&m, &req) }
-    }));
+    tokio::spawn(listener::serve(
+        metrics_l,
+        None,
+        None,
+        None,
+        move |req, _| {
+            let m = m.clone();
+            async move { status_api(&m, &req) }
+        },
+    ));
     tracing::info!(plugins = ?plugins::SUPPORTED, "plugins implemented");
     tracing::info!(listen = %s.listen, listen_tls = %s.listen_tls, metrics = %s.metrics, prefix = %s.prefix, id = %s.id, "cairn gateway started");
     let h = shared.clone();
@@ -100,6 +106,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         https,
         Some(acceptor),
         conns.clone(),
+        Some(shared.closing.clone()),
         move |req, peer| serve_one(h.clone(), req, peer),
     ));
     // The plain listener runs on one thread per core, each with its own
@@ -183,7 +190,8 @@ fn serve_worker(
             }
         };
         let _ = ready.send(Ok(()));
-        listener::serve(l, None, conns, move |req, peer| {
+        let close = Some(shared.closing.clone());
+        listener::serve(l, None, conns, close, move |req, peer| {
             serve_one(shared.clone(), req, peer)
         })
         .await;

@@ -37,6 +37,9 @@ pub struct Shared {
     ready: AtomicBool,
     /// Set on SIGTERM: `/readyz` says not ready while requests are still served.
     draining: AtomicBool,
+    /// Set when the drain period is over: the client listeners shut their
+    /// connections down gracefully (see `drain`).
+    pub closing: Arc<crate::listener::Switch>,
     last_error: Mutex<Option<String>>,
     /// Bumped on every publish; `applied` wakes the registration.
     pub generation: AtomicU64,
@@ -56,6 +59,7 @@ impl Shared {
             current: RwLock::new(Arc::new(Config::default())),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            closing: Arc::default(),
             last_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             applied: Notify::new(),

@@ -500,8 +500,38 @@ async fn answers_503_until_loaded_and_keeps_serving_without_the_store() {
     .await;
 }
 
-/// SIGTERM (`docker stop`): not ready at once, still serving (answers close
-/// their connection) for the drain period, then a clean exit.
+/// An HTTP/2 (h2c, prior knowledge) connection to the gateway: the request
+/// sender, and the connection's task, which ends when the gateway closes it.
+async fn h2_connection(
+    url: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let addr = url.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, task)
+}
+
+fn h2_get(url: &str) -> hyper::Request<http_body_util::Empty<hyper::body::Bytes>> {
+    hyper::Request::get(url)
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// SIGTERM (`docker stop`): not ready at once, still serving (HTTP/1
+/// answers close their connection) for the drain period; then every
+/// connection is shut down gracefully (an HTTP/2 request in flight across
+/// the end of the drain is answered), then a clean exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drains_on_sigterm_then_exits() {
     if !have_tool(&etcdctl_bin()) {
@@ -515,12 +545,23 @@ async fn drains_on_sigterm_then_exits() {
         "/apisix/routes/1",
         &json!({"uri": "/get", "upstream": {"nodes": {format!("127.0.0.1:{eport}"): 1}}}),
     );
+    put(
+        &ep,
+        "/apisix/routes/2",
+        &json!({"uri": "/delay/*", "upstream": {"nodes": {format!("127.0.0.1:{eport}"): 1}}}),
+    );
     // A drain long enough for the checks below; the exit is awaited anyway.
-    let mut gw = Gateway::spawn(&cluster.dir, "gw", &ep, &["--drain", "5"]);
+    let mut gw = Gateway::spawn(&cluster.dir, "gw", &ep, &["--drain", "2"]);
     gw.wait_ready().await;
     let r = gw.get("/get", &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.headers.get("connection").is_none(), "{:?}", r.headers);
+    let (mut h2, h2_conn) = h2_connection(&gw.url).await;
+    let r = h2
+        .send_request(h2_get(&format!("{}/get", gw.url)))
+        .await
+        .expect("an HTTP/2 request");
+    assert_eq!(r.status(), 200);
 
     gw.proc_.sigterm();
     let m = gw.metrics.clone();
@@ -547,6 +588,14 @@ async fn drains_on_sigterm_then_exits() {
         "{:?}",
         r.headers
     );
+    // Sent during the 2 s drain, answered 3 s later: after the drain period
+    // ended, which must wait for it rather than cut it.
+    let r = h2
+        .send_request(h2_get(&format!("{}/delay/3", gw.url)))
+        .await
+        .unwrap_or_else(|e| panic!("the request in flight was cut: {e}\n{}", gw.proc_.err_log()));
+    assert_eq!(r.status(), 200);
+    h2_conn.await.unwrap();
     let st = gw.proc_.exited().await;
     assert!(st.success(), "{st:?}\n{}", gw.proc_.err_log());
     assert!(
