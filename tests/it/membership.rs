@@ -43,6 +43,24 @@ async fn accepted(eps: &[String], args: &[&str]) -> String {
     .await
 }
 
+/// Waits until the member at `url` answers a serializable get of `key`
+/// with `value` (a new member has caught up).
+async fn wait_serves(url: &str, key: &str, value: &str) {
+    let what = format!("{url} to serve {key}={value}");
+    wait_until(SLOW, &what, || {
+        let url = vec![url.to_string()];
+        async move {
+            let out = etcdctl(
+                &url,
+                &["get", key, "--consistency=s", "--print-value-only"],
+                None,
+            );
+            out.success && out.stdout.trim() == value
+        }
+    })
+    .await;
+}
+
 /// `etcdctl member add <name>` (with `extra` flags, e.g. `--learner`), then
 /// starts the member with the lines `member add` printed; returns its index.
 async fn add_and_start(c: &mut Cluster, eps: &[String], name: &str, extra: &[&str]) -> usize {
@@ -77,18 +95,7 @@ async fn what_a_learner_serves(imp: Impl) {
     etcdctl_ok(&eps, &["put", "k", "before"], None);
     let l = add_and_start(&mut c, &eps, "l1", &["--learner"]).await;
     let learner = vec![c.nodes[l].client_url.clone()];
-    wait_until(SLOW, "the learner to serve the data", || {
-        let learner = learner.clone();
-        async move {
-            let out = etcdctl(
-                &learner,
-                &["get", "k", "--consistency=s", "--print-value-only"],
-                None,
-            );
-            out.success && out.stdout.trim() == "before"
-        }
-    })
-    .await;
+    wait_serves(&learner[0], "k", "before").await;
     let list = etcdctl_ok(&eps, &["member", "list", "-w", "json"], None);
     let list = common::json(&list);
     let me = list["members"]
@@ -212,18 +219,7 @@ async fn replace_dead_member_then_remove_leader(imp: Impl) {
     // Its replacement is added, then started with the lines `member add` printed.
     let n3 = add_and_start(&mut c, &eps, "n3", &[]).await;
     let n3_url = c.nodes[n3].client_url.clone();
-    wait_until(SLOW, "the new member to serve the old data", || {
-        let url = vec![n3_url.clone()];
-        async move {
-            let out = etcdctl(
-                &url,
-                &["get", "during", "--consistency=s", "--print-value-only"],
-                None,
-            );
-            out.success && out.stdout.trim() == "2"
-        }
-    })
-    .await;
+    wait_serves(&n3_url, "during", "2").await;
     let eps3 = vec![eps[0].clone(), eps[1].clone(), n3_url.clone()];
     let list = etcdctl_ok(&eps3, &["member", "list"], None);
     assert_eq!(list.lines().count(), 3, "{list}");
