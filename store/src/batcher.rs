@@ -159,7 +159,7 @@ impl Run {
             let outcomes = match route {
                 Route::Propose => self.propose(entry, n).await,
                 Route::Forward(leader) => self.forward(&leader, entry, n).await,
-                Route::NoLeader => (0..n).map(|_| Outcome::NotLeader).collect(),
+                Route::NoLeader => not_leader(n),
             };
             for (tx, outcome) in waiters.into_iter().zip(outcomes) {
                 let _ = tx.send(outcome);
@@ -184,9 +184,7 @@ impl Run {
     async fn propose(&self, entry: Proposal, n: usize) -> Vec<Outcome> {
         match tokio::time::timeout(self.timeout, self.raft.client_write(entry)).await {
             Ok(Ok(r)) => split(n, r.log_id.index, r.data, false),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                (0..n).map(|_| Outcome::NotLeader).collect()
-            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => not_leader(n),
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 all_failed(n, EtcdError::Internal(e.to_string()))
             }
@@ -202,9 +200,7 @@ impl Run {
             Ok(ForwardReply::Applied { index, response }) => split(n, index, response, true),
             Ok(ForwardReply::Failed(e)) => all_failed(n, e),
             // Not proposed anywhere: the caller may try again.
-            Ok(ForwardReply::NotLeader { .. }) | Err(ForwardError::NotSent) => {
-                (0..n).map(|_| Outcome::NotLeader).collect()
-            }
+            Ok(ForwardReply::NotLeader { .. }) | Err(ForwardError::NotSent) => not_leader(n),
             Err(ForwardError::Unknown) => all_failed(n, EtcdError::LeaderChanged),
         }
     }
@@ -237,6 +233,11 @@ fn split(n: usize, index: u64, response: ApplyResult, forwarded: bool) -> Vec<Ou
             EtcdError::Internal(format!("unexpected batch result {other:?}")),
         ),
     }
+}
+
+/// Nothing was proposed: each caller may try again.
+fn not_leader(n: usize) -> Vec<Outcome> {
+    (0..n).map(|_| Outcome::NotLeader).collect()
 }
 
 fn all_failed(n: usize, e: EtcdError) -> Vec<Outcome> {
