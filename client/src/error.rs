@@ -123,12 +123,17 @@ pub(crate) fn classify(status: &Status) -> Verdict {
 /// handed to the connection: the connection was closed or not ready when the
 /// call was made (a server finishing a graceful shutdown: its GOAWAY and this
 /// call crossed). Streams that were sent fail with the connection's own
-/// error instead. gRPC clients retry such calls on another connection
-/// (grpc-go's transparent retry); so does this one. Cairn's members use it
-/// for their calls to each other too.
+/// error instead. Last, a stream the server's GOAWAY refused (its ID is above
+/// the GOAWAY's last-stream-id: RFC 9113 6.8 says the server did not and will
+/// not process it) fails with h2's remote GOAWAY error; a stream the server
+/// took and the connection then lost fails with a broken pipe, not this.
+/// gRPC clients retry such calls on another connection (grpc-go's
+/// transparent retry); so does this one. Cairn's members use it for their
+/// calls to each other too.
 pub fn is_connect_failure(status: &Status) -> bool {
     find_source::<tonic::ConnectError>(status).is_some()
         || find_source::<hyper::Error>(status).is_some_and(hyper::Error::is_canceled)
+        || find_source::<h2::Error>(status).is_some_and(|e| e.is_go_away() && e.is_remote())
 }
 
 fn find_source<E: StdError + 'static>(status: &Status) -> Option<&E> {
@@ -193,6 +198,78 @@ mod tests {
         let s = Status::from_error(Box::new(tonic::TimeoutExpired(())));
         assert_eq!(s.code(), Code::Cancelled);
         assert_eq!(classify(&s), Verdict::Unknown);
+    }
+
+    /// A minimal HTTP/2 server on loopback: it answers the client's preface
+    /// with its SETTINGS, reads frames until the first HEADERS (a request),
+    /// then writes `after_request` and closes the connection.
+    async fn h2_server(after_request: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; 24];
+            sock.read_exact(&mut preface).await.unwrap();
+            sock.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+            loop {
+                let mut head = [0u8; 9];
+                sock.read_exact(&mut head).await.unwrap();
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut body = vec![0u8; len];
+                sock.read_exact(&mut body).await.unwrap();
+                if head[3] == 1 {
+                    break;
+                }
+            }
+            sock.write_all(&after_request).await.unwrap();
+            // Then the connection ends (FIN); what the client still sends is
+            // read so that no RST overtakes what was written.
+            sock.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let _ = sock.read_to_end(&mut rest).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    async fn call(url: String) -> Status {
+        use cairn_proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let req = RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        KvClient::new(ch).range(req).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_stream_refused_by_goaway_was_not_processed() {
+        // GOAWAY, last-stream-id 0, NO_ERROR: stream 1 was refused.
+        let goaway = frame(7, 0, 0, &[0; 8]);
+        let status = call(h2_server(goaway).await).await;
+        assert_eq!(classify(&status), Verdict::NotApplied, "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_lost_with_its_connection_may_have_been_processed() {
+        let status = call(h2_server(Vec::new()).await).await;
+        assert_eq!(classify(&status), Verdict::Unknown, "{status:?}");
+        // Taken by the GOAWAY (last-stream-id 1), then the connection closed.
+        let goaway = frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]);
+        let status = call(h2_server(goaway).await).await;
+        assert_eq!(classify(&status), Verdict::Unknown, "{status:?}");
     }
 
     #[test]
