@@ -38,15 +38,6 @@ impl Client {
         req
     }
 
-    /// Runs `f` against members until one answers, following the module's rules.
-    pub(crate) async fn call<T, F, Fut>(&self, kind: Kind, f: F) -> Result<T>
-    where
-        F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.call_indexed(kind, f).await.map(|(t, _)| t)
-    }
-
     /// Moves the pin off member `idx` (if it is still pinned), so the next call
     /// starts elsewhere: used by streams that broke on that member.
     pub(crate) fn unpin(&self, idx: usize) {
@@ -64,31 +55,8 @@ impl Client {
         &self.inner.members[idx].url
     }
 
-    /// [`Client::call`], also returning the index of the member that answered
-    /// (streams remember it, to fail over away from it later). With
-    /// credentials, authenticates first if there is no token yet, and once
-    /// more if the token was refused (nothing was applied then).
-    pub(crate) async fn call_indexed<T, F, Fut>(&self, kind: Kind, mut f: F) -> Result<(T, usize)>
-    where
-        F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        if self.inner.opts.credentials.is_none() {
-            return self.call_unauthenticated(kind, f).await;
-        }
-        if !self.has_token() {
-            self.authenticate().await?;
-        }
-        match self.call_unauthenticated(kind, &mut f).await {
-            Err(e) if crate::auth::token_refused(&e) => {
-                self.authenticate().await?;
-                self.call_unauthenticated(kind, f).await
-            }
-            other => other,
-        }
-    }
-
-    /// The failover loop of [`Client::call_indexed`], with whatever token is set.
+    /// Runs `f` against members until one answers, following the module's
+    /// rules, with whatever token is set (`crate::auth` adds logging in).
     pub(crate) async fn call_unauthenticated<T, F, Fut>(
         &self,
         kind: Kind,

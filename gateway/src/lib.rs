@@ -37,7 +37,6 @@ mod plugins;
 mod probes;
 mod proxy;
 mod register;
-mod request;
 mod resources;
 mod router;
 mod server;

@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use hyper::Response;
 
 use crate::health::Outcome;
-use crate::request::Ctx;
+use crate::plugins::Ctx;
+use crate::resources::Timeout;
 use crate::upstream::{secs, UpstreamRt};
 use crate::vars;
 
@@ -110,7 +111,7 @@ fn hash_key(ctx: &Ctx<'_>, up: &UpstreamRt) -> Option<String> {
         "header" => vars::header(v.headers, key).map(|c| c.into_owned()),
         "cookie" => vars::cookie(v.headers, key),
         "consumer" => v.consumer.map(str::to_string),
-        "vars_combinations" => Some(expand(key, &v)),
+        "vars_combinations" => Some(vars::expand(key, &v)),
         _ => vars::get(&v, key).map(|c| c.into_owned()),
     };
     // APISIX falls back to remote_addr when the key is empty.
@@ -118,25 +119,6 @@ fn hash_key(ctx: &Ctx<'_>, up: &UpstreamRt) -> Option<String> {
         out.filter(|s| !s.is_empty())
             .unwrap_or_else(|| v.remote.to_string()),
     )
-}
-
-/// `$host-$arg_a` → the variables' values.
-pub fn expand(tpl: &str, v: &vars::ReqVars<'_>) -> String {
-    let mut out = String::new();
-    let mut rest = tpl;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i + 1..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        if let Some(val) = vars::get(v, &tail[..end]) {
-            out.push_str(&val);
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The Host header sent upstream.
@@ -206,15 +188,17 @@ fn upstream_headers(ctx: &Ctx<'_>) -> HeaderMap {
 
 /// Forwards the request; the body is the client's, already read (so an
 /// idempotent request can be sent again to another node).
+/// `route_timeout` is the route's own `timeout`, which wins over the upstream's.
 pub async fn forward(
     ctx: &mut Ctx<'_>,
     up: &Arc<UpstreamRt>,
+    route_timeout: Option<Timeout>,
     body: Bytes,
 ) -> Result<Response<Incoming>, Failure> {
     if up.spec.nodes.is_empty() {
         return Err(Failure::Error(format!("{}: no nodes", up.key)));
     }
-    let t = up.timeout(ctx.route.route.route.timeout);
+    let t = up.timeout(route_timeout);
     let wait = secs(t.send) + secs(t.read);
     // The path goes upstream as the client sent it (already parsed) unless
     // proxy-rewrite replaced it; scheme and authority are the node's, parsed

@@ -14,8 +14,8 @@ use hyper::{Request, Response};
 use crate::listener::{full, Body, Peer};
 use crate::metrics::RequestLabels;
 use crate::pages;
+use crate::plugins::Ctx;
 use crate::plugins::{Flow, PluginSet};
-use crate::request::Ctx;
 use crate::shared::Shared;
 use crate::vars::ReqVars;
 
@@ -105,11 +105,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         return finish(pages::not_found());
     };
     let mut ctx = Ctx {
-        config: cfg,
+        auth: &cfg.auth,
+        consumers: &cfg.consumers,
         peer,
         parts,
         host,
-        route: route.clone(),
+        route_id: route.id.clone(),
         consumer: None,
         upstream_uri: None,
         upstream_host: None,
@@ -174,7 +175,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
             }
         };
         let up_started = Instant::now();
-        let res = crate::proxy::forward(&mut ctx, &up, body).await;
+        let res = crate::proxy::forward(&mut ctx, &up, route.route.route.timeout, body).await;
         upstream_ms = Some(up_started.elapsed().as_secs_f64() * 1000.0);
         match res {
             Ok(r) => {

@@ -258,6 +258,25 @@ pub fn eval_all(terms: &[Term], v: &ReqVars<'_>) -> bool {
     terms.iter().all(|t| t.eval(v))
 }
 
+/// `$host-$arg_a` → the variables' values.
+pub fn expand(tpl: &str, v: &ReqVars<'_>) -> String {
+    let mut out = String::new();
+    let mut rest = tpl;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 1..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if let Some(val) = get(v, &tail[..end]) {
+            out.push_str(&val);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::auth::{Credential, Secret};
+use super::Ctx;
 use super::{conf, message, Flow, Plugin, Scope};
-use crate::request::Ctx;
 
 /// Finds the consumer for `cred` of `plugin`; `None` if unknown.
 pub(super) fn consumer_for(
@@ -19,8 +19,8 @@ pub(super) fn consumer_for(
     plugin: &str,
     cred: &str,
 ) -> Option<(Arc<super::auth::ConsumerRt>, Secret)> {
-    let (user, c) = ctx.config.auth.find(plugin, cred)?;
-    let consumer = ctx.config.consumers.get(user.as_str())?.clone();
+    let (user, c) = ctx.auth.find(plugin, cred)?;
+    let consumer = ctx.consumers.get(user.as_str())?.clone();
     Some((consumer, c.secret.clone()))
 }
 

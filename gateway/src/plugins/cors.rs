@@ -9,8 +9,8 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Ctx;
 use super::{conf, plain, Flow, Plugin};
-use crate::request::Ctx;
 
 fn star() -> String {
     "*".into()

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::auth::{Credential, Secret};
 use super::auth_plugins::{consumer_for, drop_query_arg};
+use super::Ctx;
 use super::{conf, message, Flow, Plugin, Scope};
-use crate::request::Ctx;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

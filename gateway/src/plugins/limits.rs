@@ -15,8 +15,8 @@ use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::Ctx;
 use super::{conf, json_response, Flow, Plugin};
-use crate::request::Ctx;
 
 /// Distinct keys one limiter remembers; when full, expired ones are swept
 /// and, failing that, the request is counted under a shared overflow key.
@@ -72,7 +72,7 @@ impl KeyConf {
         let v = ctx.vars();
         let k = match self.key_type.as_str() {
             "constant" => Cow::Borrowed(self.key.as_str()),
-            "var_combination" => Cow::Owned(crate::proxy::expand(&self.key, &v)),
+            "var_combination" => Cow::Owned(crate::vars::expand(&self.key, &v)),
             _ => crate::vars::get(&v, &self.key).unwrap_or_default(),
         };
         if k.is_empty() {

@@ -20,7 +20,7 @@ use hyper::Response;
 use serde_json::{Map, Value};
 
 use crate::listener::Body;
-use crate::request::Ctx;
+pub use ctx::Ctx;
 
 /// What a phase decided.
 pub enum Flow {
@@ -296,6 +296,7 @@ pub fn conf<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
 pub mod auth;
 mod auth_plugins;
 mod cors;
+mod ctx;
 pub mod jwt;
 mod limits;
 mod registry;

@@ -13,8 +13,8 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::Ctx;
 use super::{conf, header_pair, Flow, Plugin};
-use crate::request::Ctx;
 
 /// `headers` in either shape: `{set:{}, add:{}, remove:[]}` or `{k: v}` (set).
 #[derive(Default)]
@@ -62,7 +62,7 @@ impl HeaderOps {
     }
 
     fn apply(&self, h: &mut http::HeaderMap, v: &crate::vars::ReqVars<'_>) {
-        let value = |s: &str| HeaderValue::from_str(&crate::proxy::expand(s, v)).ok();
+        let value = |s: &str| HeaderValue::from_str(&crate::vars::expand(s, v)).ok();
         let mut out = Vec::new();
         for (k, s) in &self.add {
             if let Some(val) = value(s) {
@@ -155,7 +155,7 @@ impl Plugin for ProxyRewrite {
     fn rewrite(&self, ctx: &mut Ctx<'_>) -> Flow {
         let v = ctx.vars();
         let mut new_uri = match (&self.uri, &self.regex) {
-            (Some(u), _) => Some(crate::proxy::expand(u, &v)),
+            (Some(u), _) => Some(crate::vars::expand(u, &v)),
             (None, Some((re, rep))) => re
                 .is_match(v.path)
                 .then(|| re.replace(v.path, rep.as_str()).into_owned()),

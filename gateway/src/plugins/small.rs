@@ -8,9 +8,9 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Ctx;
 use super::{conf, message, Flow, Plugin};
 use crate::cidr::Cidr;
-use crate::request::Ctx;
 
 // ---- ip-restriction ----
 

@@ -1,21 +1,27 @@
-//! The per-request context plugins and the proxy share.
+//! The per-request context plugins and the proxy share. It holds what the
+//! plugins need of the config (the consumers) rather than the config itself,
+//! so plugins never import the state that is built from them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
+use super::auth::{ConsumerRt, Index};
 use crate::listener::Peer;
-use crate::state::{Compiled, Config, ConsumerRt};
 use crate::vars::ReqVars;
 
 pub struct Ctx<'a> {
-    pub config: &'a Config,
+    /// The auth plugins' credential index and the consumers it names.
+    pub auth: &'a Index,
+    pub consumers: &'a HashMap<Arc<str>, Arc<ConsumerRt>>,
     pub peer: Peer,
     /// The client's request head; plugins may change headers.
     pub parts: http::request::Parts,
     /// Lowercase host without port.
     pub host: String,
-    pub route: Arc<Compiled>,
+    /// The matched route's ID.
+    pub route_id: Arc<str>,
     pub consumer: Option<Arc<ConsumerRt>>,
     /// proxy-rewrite: the path and query sent upstream instead of the client's.
     pub upstream_uri: Option<String>,
@@ -47,7 +53,7 @@ impl<'a> Ctx<'a> {
                 .map(|p| p.as_str())
                 .unwrap_or("/"),
             consumer: self.consumer.as_ref().map(|c| c.username.as_str()),
-            route_id: &self.route.id,
+            route_id: &self.route_id,
         }
     }
 }
