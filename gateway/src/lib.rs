@@ -84,7 +84,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let metrics_l = listener::bind(s.metrics, "--metrics").await?;
     tokio::spawn(sync::run(client.clone(), shared.clone()));
     let me = register::Identity::new(&s.cairn_prefix, &s.id, s.listen);
-    tokio::spawn(register::run(client.clone(), shared.clone(), me));
+    let registration = register::Registration::start(client.clone(), shared.clone(), me);
     let m = shared.clone();
     tokio::spawn(listener::serve(
         metrics_l,
@@ -133,6 +133,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     drain::signalled().await;
     drain::drain(&shared, s.drain).await;
+    registration.withdraw().await;
     Ok(())
 }
 

@@ -3,8 +3,11 @@
 //! address, version, start time, the store revision of the applied config,
 //! the last sync error, and when it was written. The key lives under a 60 s
 //! lease; it is written again every 10 s (the lease renewed with it) and
-//! within a second of applying a new revision.
+//! within a second of applying a new revision. A gateway that stops cleanly
+//! revokes the lease, so it leaves the list at once instead of a minute
+//! later; one that dies leaves with the lease.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,15 +68,54 @@ impl Identity {
     }
 }
 
-/// Runs forever.
-pub async fn run(client: Client, shared: Arc<Shared>, me: Identity) {
+/// The running registration.
+pub struct Registration {
+    client: Client,
+    lease: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registration {
+    pub fn start(client: Client, shared: Arc<Shared>, me: Identity) -> Registration {
+        let lease = Arc::new(AtomicI64::new(0));
+        let task = tokio::spawn(run(client.clone(), shared, me, lease.clone()));
+        Registration {
+            client,
+            lease,
+            task,
+        }
+    }
+
+    /// Stops writing and revokes the lease, which deletes the key. Bounded:
+    /// a store that does not answer leaves the key to expire with its lease.
+    pub async fn withdraw(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let lease = self.lease.load(Ordering::SeqCst);
+        if lease == 0 {
+            return;
+        }
+        let revoke = self.client.lease_revoke(lease);
+        match tokio::time::timeout(Duration::from_secs(2), revoke).await {
+            Ok(Ok(_)) => tracing::info!("registration withdrawn"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "registration left to expire with its lease"),
+            Err(_) => {
+                tracing::warn!("registration left to expire with its lease: no answer in 2 s")
+            }
+        }
+    }
+}
+
+async fn run(client: Client, shared: Arc<Shared>, me: Identity, current: Arc<AtomicI64>) {
     let mut lease = 0i64;
     loop {
-        let seen = shared.generation.load(std::sync::atomic::Ordering::Relaxed);
+        let seen = shared.generation.load(Ordering::Relaxed);
         // Registered only once a config is applied: a gateway still loading
         // has nothing to report.
         if shared.ready() {
-            if let Err(e) = write(&client, &shared, &me, &mut lease).await {
+            let written = write(&client, &shared, &me, &mut lease).await;
+            current.store(lease, Ordering::SeqCst);
+            if let Err(e) = written {
                 tracing::warn!(error = %e, key = %me.key, "registration not written");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -81,7 +123,7 @@ pub async fn run(client: Client, shared: Arc<Shared>, me: Identity) {
         }
         // A revision applied while writing is written at once.
         let applied = shared.applied.notified();
-        if shared.generation.load(std::sync::atomic::Ordering::Relaxed) != seen {
+        if shared.generation.load(Ordering::Relaxed) != seen {
             tokio::time::sleep(DEBOUNCE).await;
             continue;
         }

@@ -531,7 +531,8 @@ fn h2_get(url: &str) -> hyper::Request<http_body_util::Empty<hyper::body::Bytes>
 /// SIGTERM (`docker stop`): not ready at once, still serving (HTTP/1
 /// answers close their connection) for the drain period; then every
 /// connection is shut down gracefully (an HTTP/2 request in flight across
-/// the end of the drain is answered), then a clean exit.
+/// the end of the drain is answered), then the registration is withdrawn
+/// and the process exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drains_on_sigterm_then_exits() {
     if !have_tool(&etcdctl_bin()) {
@@ -562,6 +563,21 @@ async fn drains_on_sigterm_then_exits() {
         .await
         .expect("an HTTP/2 request");
     assert_eq!(r.status(), 200);
+    // Registered (the control plane's list of gateways) before the stop...
+    let registration = |ep: &[String]| {
+        let out = common::etcdctl(
+            ep,
+            &["get", "/cairn/gateways/gw", "--print-value-only"],
+            None,
+        );
+        assert!(out.success, "{out:?}");
+        out.stdout.contains("\"id\":\"gw\"")
+    };
+    common::wait_for(SLOW, "the gateway's registration", || {
+        let ep = ep.clone();
+        async move { registration(&ep).then_some(()) }
+    })
+    .await;
 
     gw.proc_.sigterm();
     let m = gw.metrics.clone();
@@ -603,6 +619,8 @@ async fn drains_on_sigterm_then_exits() {
         "{}",
         gw.proc_.err_log()
     );
+    // ...and gone once it has exited, not a lease TTL later.
+    assert!(!registration(&ep), "{}", gw.proc_.err_log());
 }
 
 const ADMIN: &str = "test-admin-key-0123456789";

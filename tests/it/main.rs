@@ -29,6 +29,7 @@ mod membership;
 mod migration;
 mod robustness;
 mod snapshot;
+mod structure;
 mod tls;
 mod up;
 mod watch;
