@@ -34,6 +34,7 @@ mod listener;
 mod metrics;
 mod pages;
 mod plugins;
+mod pool;
 mod probes;
 mod proxy;
 mod register;

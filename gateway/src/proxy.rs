@@ -14,11 +14,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::Response;
 
 use crate::health::Outcome;
 use crate::plugins::Ctx;
+use crate::pool::Pooled;
 use crate::resources::Timeout;
 use crate::upstream::{secs, UpstreamRt};
 use crate::vars;
@@ -194,7 +194,7 @@ pub async fn forward(
     up: &Arc<UpstreamRt>,
     route_timeout: Option<Timeout>,
     body: Bytes,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<Pooled>, Failure> {
     if up.spec.nodes.is_empty() {
         return Err(Failure::Error(format!("{}: no nodes", up.key)));
     }
@@ -236,19 +236,13 @@ pub async fn forward(
         tried.push(i);
         let addr = up.addr(i).clone();
         ctx.node = Some(addr.clone());
-        let uri = match (&path_q, up.authority(i)) {
-            (Ok(pq), Ok(a)) => {
-                let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(up.scheme.clone());
-                parts.authority = Some(a.clone());
-                parts.path_and_query = Some(pq.clone());
-                Uri::from_parts(parts).map_err(|e| e.to_string())
+        // HTTP/1.1 to the node: the request line carries the origin form
+        // (`/path?query`), the node's address is where the pool connects.
+        let (uri, target) = match (&path_q, up.target(i)) {
+            (Ok(pq), Ok(t)) => (Uri::from(pq.clone()), t),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(Failure::Error(format!("bad upstream uri: {e}")))
             }
-            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-        };
-        let uri = match uri {
-            Ok(u) => u,
-            Err(e) => return Err(Failure::Error(format!("bad upstream uri: {e}"))),
         };
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = ctx.parts.method.clone();
@@ -263,7 +257,7 @@ pub async fn forward(
             req.headers_mut().insert(header::HOST, h);
         }
         let guard = up.enter(i);
-        let res = tokio::time::timeout(wait, up.client().request(req)).await;
+        let res = tokio::time::timeout(wait, up.pool().send(i, target, req)).await;
         let failure = match res {
             Ok(Ok(resp)) => {
                 up.observed(i, Outcome::Status(resp.status().as_u16()));
@@ -273,17 +267,13 @@ pub async fn forward(
                 return Ok(resp);
             }
             Ok(Err(e)) => {
-                let connect = e.is_connect();
                 let msg = format!("{addr}: {e}");
-                let timed_out = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<std::io::Error>())
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-                let f = if timed_out {
+                let f = if e.timed_out() {
                     Failure::Timeout(msg)
                 } else {
                     Failure::Error(msg)
                 };
-                (f, connect)
+                (f, e.never_sent())
             }
             Err(_) => (
                 Failure::Timeout(format!("{addr}: no response in {wait:?}")),

@@ -1,10 +1,9 @@
 //! Upstreams at run time: node choice (weighted round robin, consistent
 //! hash, least connections; `priority` groups, lower ones only once every
-//! node of the higher ones was tried), and the keep-alive connection pool
-//! (hyper-util's client, one per upstream and serving thread, so its
-//! timeouts are the upstream's and a pooled connection is driven by the
-//! thread that uses it; was: one per upstream, so its timeouts are the
-//! upstream's).
+//! node of the higher ones was tried), and the keep-alive connection pools
+//! ([`crate::pool`], one per upstream and serving thread, so the connect
+//! timeout is the upstream's and a pooled connection is driven by the
+//! thread that uses it).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -12,22 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Uri;
 
-use crate::connect::Connector;
 use crate::health::{Checks, NodeHealth, Outcome};
+use crate::pool::Pool;
 use crate::resources::{Node, Timeout, Upstream};
-
-pub type HttpClient = Client<Connector, Full<Bytes>>;
-
-/// Idle upstream connections are closed after this (nginx keepalive_timeout 60 s).
-const POOL_IDLE: Duration = Duration::from_secs(60);
-/// APISIX's keepalive_pool.size default.
-const POOL_SIZE: usize = 320;
 
 /// How many serving threads (each with its own current-thread runtime) the
 /// gateway runs; set once at start, before any upstream is built.
@@ -53,19 +41,18 @@ pub struct UpstreamRt {
     pub spec: Upstream,
     /// One pool per serving thread (see [`set_workers`]), and one for the
     /// main runtime.
-    clients: Vec<HttpClient>,
+    pools: Vec<Arc<Pool>>,
     /// Smooth weighted round robin state (nginx's): current weights per node.
     rr: Mutex<Vec<i64>>,
     /// In-flight requests per node (least_conn).
     active: Vec<AtomicUsize>,
     /// chash ring: (point, node index), sorted.
     ring: Vec<(u64, usize)>,
-    /// The URI scheme of requests to the nodes.
-    pub scheme: Scheme,
-    /// Per node: `host:port`, for logs and metrics, and the URI authority
-    /// (or why it does not parse), made once rather than per request.
+    /// Per node: `host:port`, for logs and metrics, and where to connect
+    /// (`scheme://host:port`, or why it does not parse), made once rather
+    /// than per request.
     addrs: Vec<Arc<str>>,
-    authorities: Vec<Result<Authority, String>>,
+    targets: Vec<Result<Uri, String>>,
     /// `checks`, and each node's health.
     pub checks: Option<Checks>,
     pub health: Vec<NodeHealth>,
@@ -94,14 +81,8 @@ impl UpstreamRt {
     pub fn new(key: String, spec: Upstream) -> Result<UpstreamRt, String> {
         let checks = spec.checks.as_ref().map(Checks::parse).transpose()?;
         let timeout = spec.timeout.unwrap_or_default();
-        let clients = (0..=WORKERS.load(Ordering::Relaxed))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE)
-                    .pool_max_idle_per_host(POOL_SIZE)
-                    .set_host(false)
-                    .build(Connector::new(secs(timeout.connect)))
-            })
+        let pools = (0..=WORKERS.load(Ordering::Relaxed))
+            .map(|_| Arc::new(Pool::new(spec.nodes.len(), secs(timeout.connect))))
             .collect();
         let mut ring = Vec::new();
         if spec.kind == "chash" {
@@ -119,37 +100,36 @@ impl UpstreamRt {
             ring.sort_unstable();
         }
         let addrs: Vec<Arc<str>> = spec.nodes.iter().map(|n| Arc::from(n.addr())).collect();
-        let authorities = addrs
+        let targets = addrs
             .iter()
-            .map(|a| Authority::try_from(&**a).map_err(|e| e.to_string()))
+            .map(|a| {
+                format!("{}://{a}/", spec.scheme)
+                    .parse::<Uri>()
+                    .map_err(|e| e.to_string())
+            })
             .collect();
         Ok(UpstreamRt {
             key,
-            scheme: if spec.scheme == "https" {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            },
             addrs,
-            authorities,
+            targets,
             rr: Mutex::new(vec![0; spec.nodes.len()]),
             active: spec.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
             ring,
             health: spec.nodes.iter().map(|_| NodeHealth::default()).collect(),
             checks,
             spec,
-            clients,
+            pools,
         })
     }
 
     /// The pool of the calling thread.
-    pub fn client(&self) -> &HttpClient {
-        let last = self.clients.len() - 1;
+    pub fn pool(&self) -> &Arc<Pool> {
+        let last = self.pools.len() - 1;
         let i = WORKER
             .with(|w| w.get())
             .filter(|i| *i < last)
             .unwrap_or(last);
-        &self.clients[i]
+        &self.pools[i]
     }
 
     /// Passive health check: what an attempt on node `i` showed.
@@ -243,9 +223,9 @@ impl UpstreamRt {
         &self.addrs[i]
     }
 
-    /// Node `i` as a URI authority.
-    pub fn authority(&self, i: usize) -> Result<&Authority, &String> {
-        self.authorities[i].as_ref()
+    /// Where node `i` is reached: `scheme://host:port/`.
+    pub fn target(&self, i: usize) -> Result<&Uri, &String> {
+        self.targets[i].as_ref()
     }
 
     /// Counts a request on node `i` until the guard drops; only least_conn
