@@ -184,7 +184,13 @@ impl Run {
     async fn propose(&self, entry: Proposal, n: usize) -> Vec<Outcome> {
         match tokio::time::timeout(self.timeout, self.raft.client_write(entry)).await {
             Ok(Ok(r)) => split(n, r.log_id.index, r.data, false),
+            // Refused before it was appended: nothing proposed.
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => not_leader(n),
+            // Appended, then removed from this log by a newer leader: another
+            // member may still commit it, so it must not be proposed again.
+            Ok(Err(RaftError::APIError(ClientWriteError::Truncated(_)))) => {
+                all_failed(n, EtcdError::LeaderChanged)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 all_failed(n, EtcdError::Internal(e.to_string()))
             }

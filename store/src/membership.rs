@@ -55,6 +55,8 @@ fn write_err(e: RaftError<u64, ClientWriteError<u64, MemberNode>>) -> EtcdError 
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             EtcdError::Internal(e.to_string())
         }
+        // The change may still be committed by another leader.
+        RaftError::APIError(ClientWriteError::Truncated(_)) => EtcdError::LeaderChanged,
         RaftError::Fatal(_) => EtcdError::Stopped,
     }
 }

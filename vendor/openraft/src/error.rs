@@ -196,6 +196,24 @@ where
     /// When writing a change-membership entry.
     #[error(transparent)]
     ChangeMembershipError(#[from] ChangeMembershipError<NID>),
+
+    /// Cairn: the entry was appended, then removed from this member's log.
+    #[error(transparent)]
+    Truncated(#[from] LogTruncated),
+}
+
+/// Cairn: an entry this leader appended was removed from its log by a newer
+/// leader's conflicting entries. Upstream answers `ForwardToLeader`, which
+/// reads as "not proposed, try the leader". But the entry may sit in other
+/// members' logs: with five or more voters a later leader can still hold
+/// and commit it (the two members that truncated it are not a majority),
+/// so a write re-proposed after this could be applied twice. Its outcome is
+/// unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[error("log entry {index} was removed by a newer leader; it may still be committed elsewhere")]
+pub struct LogTruncated {
+    pub index: u64,
 }
 
 impl<NID, N> TryAsRef<ForwardToLeader<NID, N>> for ClientWriteError<NID, N>

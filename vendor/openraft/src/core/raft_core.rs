@@ -49,6 +49,7 @@ use crate::entry::RaftEntry;
 use crate::error::ClientWriteError;
 use crate::error::Fatal;
 use crate::error::ForwardToLeader;
+use crate::error::LogTruncated;
 use crate::error::Infallible;
 use crate::error::InitializeError;
 use crate::error::QuorumNotEnough;
@@ -701,6 +702,8 @@ where
         leading.and_then(|l| l.last_quorum_acked_time())
     }
 
+    // Cairn: unused since a truncated entry's client is answered `Truncated`.
+    #[allow(dead_code)]
     pub(crate) fn get_leader_node(&self, leader_id: Option<C::NodeId>) -> Option<C::Node> {
         let leader_id = leader_id?;
 
@@ -1750,21 +1753,17 @@ where
                 self.log_store.truncate(since.clone()).await?;
 
                 // Inform clients waiting for logs to be applied.
+                // Cairn: as "removed, outcome unknown", not ForwardToLeader
+                // (see `LogTruncated`).
                 let removed = self.client_resp_channels.split_off(&since.index);
                 if !removed.is_empty() {
-                    let leader_id = self.current_leader();
-                    let leader_node = self.get_leader_node(leader_id.clone());
-
                     // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
                     #[allow(clippy::let_underscore_future)]
                     let _ = C::spawn(async move {
                         for (log_index, tx) in removed.into_iter() {
-                            tx.send(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
-                                leader_id: leader_id.clone(),
-                                leader_node: leader_node.clone(),
-                            })));
+                            tx.send(Err(ClientWriteError::Truncated(LogTruncated { index: log_index })));
 
-                            tracing::debug!("sent ForwardToLeader for log_index: {}", log_index,);
+                            tracing::debug!("sent Truncated for log_index: {}", log_index,);
                         }
                     });
                 }
