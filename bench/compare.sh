@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: a 3-member etcd 3.4 cluster against a 3-node Cairn
-# cluster on 127.0.0.1, same workloads, same client (`cairn bench`), runs
+# cluster on 127.0.0.1, same workloads, same client for both (`cairn bench`), runs
 # alternated etcd/Cairn/etcd/Cairn... so machine drift hits both; medians go
-# into bench/RESULTS.md.
+# into bench/RESULTS.md. The `ec-` workloads use a second, independent client
+# (bench/etcd-load, on the etcd-client crate) against the same clusters, so
+# the ratios do not rest on Cairn's own load generator alone.
 #
 #   bench/compare.sh [--quick] [--runs N] [--out FILE]
 #
 # --quick: 1 run per store, short workloads, 20,000 keys for the footprint
 # (under 3 minutes). Default: 3 runs, 100,000 keys (under 20 minutes).
-# Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR (data
+# Env: CAIRN_BIN (default: release build, built here), ETCD_LOAD_BIN (default:
+# bench/etcd-load/build.sh, with its vendored protoc), BENCH_WORKDIR (data
 # dirs; default a fresh dir under /tmp, which must be on the same disk for both).
 #
 # Both stores keep fsync on (etcd without --unsafe-no-fsync) and their own
@@ -27,7 +30,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --runs) RUNS=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -67,6 +70,14 @@ if [ -z "${CAIRN_BIN:-}" ]; then
 fi
 [ -x "$CAIRN_BIN" ] || { echo "compare.sh: no cairn binary at $CAIRN_BIN" >&2; exit 1; }
 
+# The second load generator, only if an ec- workload is going to run.
+PHASES=" ${COMPARE_PHASES:-steady failover footprint} "
+if [ -z "${ETCD_LOAD_BIN:-}" ] && [[ $PHASES == *" steady "* ]] &&
+    { [ -z "${COMPARE_ONLY:-}" ] || [[ " $COMPARE_ONLY" == *" ec-"* ]]; }; then
+    log "building bench/etcd-load (release)"
+    ETCD_LOAD_BIN=$("$ROOT/bench/etcd-load/build.sh" -q)
+fi
+
 WORK=${BENCH_WORKDIR:-$(mktemp -d /tmp/cairn-compare.XXXXXX)}
 mkdir -p "$WORK/results" "$WORK/logs"
 RES="$WORK/results"
@@ -96,7 +107,10 @@ bench() { # store name args... -> one JSON line into $RES/name.store.jsonl
     local s=$1 name=$2 before out
     shift 2
     before=$(cpu_ticks "$s")
-    out=$("$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --json "$@")
+    case $name in
+    ec-*) out=$("$ETCD_LOAD_BIN" --endpoints "$(endpoints "$s")" "$@") ;;
+    *) out=$("$CAIRN_BIN" --log-level error bench --endpoints "$(endpoints "$s")" --json "$@") ;;
+    esac
     # The members' CPU over the run (all three together), for CPU per request.
     echo "${out%\}},\"server_cpu_ms\":$((($(cpu_ticks "$s") - before) * 1000 / CLK_TCK))}" \
         >>"$RES/$name.$s.jsonl"
@@ -107,7 +121,7 @@ VAL=$(head -c 256 /dev/zero | tr '\0' v)
 # COMPARE_PHASES (default all): any of steady, failover, footprint; with
 # BENCH_WORKDIR and BENCH_KEEP, lets one phase be re-run into the same results.
 # COMPARE_ONLY (names of steady workloads, space separated) runs just those.
-PHASES=" ${COMPARE_PHASES:-steady failover footprint} "
+# (PHASES is set above, where it decides whether etcd-load is built.)
 
 # --- 1. steady workloads ------------------------------------------------------
 # etcd's published benchmark: 8-byte keys, 256-byte values; writes to the leader.
@@ -117,10 +131,20 @@ WORKLOADS=(
     # As etcdctl, clientv3 and lua-resty-etcd send writes: to every member
     # they are given, so two of three arrive at a follower and are forwarded.
     "put-64-spread|--conns 8 --clients 64 --duration $DUR put --key-size 8 --val-size 256"
+    # The same loads through etcd-client (bench/etcd-load): each connection is
+    # a Client::connect over all three members, whose balanced channel spreads
+    # the requests (no leader targeting), as an application's client would.
+    # Right after their cairn bench counterparts, so both see a similar state.
+    "ec-put-64|--conns 8 --clients 64 --duration $DUR put --key-size 8 --val-size 256"
+    "ec-put-1|--conns 1 --clients 1 --duration $DUR put --key-size 8 --val-size 256"
     "range-l-1|--target-leader --conns 1 --clients 1 --duration $DUR range foo --consistency l"
     "range-l-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency l"
     "range-s-1|--target-leader --conns 1 --clients 1 --duration $DUR range foo --consistency s"
     "range-s-64|--target-leader --conns 8 --clients 64 --duration $DUR range foo --consistency s"
+    # Random keys of 10,000, which etcd-load puts first (untimed) unless a
+    # count shows they are all there.
+    "ec-get-64-l|--conns 8 --clients 64 --duration $DUR --key-space 10000 get --consistency l"
+    "ec-get-64-s|--conns 8 --clients 64 --duration $DUR --key-space 10000 get --consistency s"
     "lease-keepalive-64|--target-leader --conns 8 --clients 64 --duration $DUR lease-keepalive"
     "watch-1000|--duration $DUR --rate 100 watch --watchers 1000 --streams 10"
     "watch-fanout-1000|--duration $DUR watch-fanout --watchers 1000 --streams 10"

@@ -21,14 +21,32 @@ WORKLOADS = [
     ("put-64", "put, 64 clients over 8 connections"),
     ("put-64-spread", "put, 64 clients over 8 connections spread over every member "
      "(as etcdctl and clientv3: most writes are forwarded by a follower)"),
+    ("ec-put-64", "etcd-client: put, 64 requesters over 8 connections, each connection "
+     "balanced over every member"),
+    ("ec-put-1", "etcd-client: put, 1 requester on 1 connection balanced over every member"),
     ("range-l-1", "linearizable range of one key, 1 client"),
     ("range-l-64", "linearizable range of one key, 64 clients over 8 connections"),
     ("range-s-1", "serializable range of one key, 1 client"),
     ("range-s-64", "serializable range of one key, 64 clients over 8 connections"),
+    ("ec-get-64-l", "etcd-client: linearizable get of random keys (10,000), 64 requesters "
+     "over 8 connections balanced over every member"),
+    ("ec-get-64-s", "etcd-client: serializable get of random keys (10,000), 64 requesters "
+     "over 8 connections balanced over every member"),
     ("lease-keepalive-64", "lease keep-alive, 64 clients (one lease each) over 8 connections"),
     ("watch-1000", "watch: put-to-event latency, 1,000 watchers on 10 streams, puts at 100/s"),
     ("watch-fanout-1000", "watch fan-out: events delivered per second (the throughput row), "
      "1,000 watchers on 10 streams, unthrottled writer"),
+]
+
+# The same load through both clients: (title, cairn bench workload, etcd-client workload).
+# The cairn bench rows are the README's headline ones, all sent to the leader;
+# etcd-load's spread over the members. (put-64-spread is no closer: without
+# --target-leader, every cairn bench connection pins the first endpoint.)
+GENERATORS = [
+    ("put, 64 requesters over 8 connections", "put-64", "ec-put-64"),
+    ("put, 1 requester", "put-1", "ec-put-1"),
+    ("linearizable read, 64 requesters", "range-l-64", "ec-get-64-l"),
+    ("serializable read, 64 requesters", "range-s-64", "ec-get-64-s"),
 ]
 
 LAT = [("min", "min_ms"), ("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"),
@@ -106,7 +124,12 @@ def main():
              "election 150 ms**.")
     o.append("- Client: `cairn bench` (Cairn's `client/` crate) for both stores, 8-byte keys, "
              "256-byte values (etcd's published benchmark), all requests sent to the leader "
-             "(`--target-leader`), latency of successful requests in ms.\n")
+             "(`--target-leader`) except in `put-64-spread` (where every connection pins the first "
+             "endpoint, leader or not), latency of successful requests in ms.")
+    o.append("- Second client, the `ec-` workloads: `bench/etcd-load` on the `etcd-client` crate "
+             "(0.21), same key and value sizes; each connection is one "
+             "`Client::connect(all three endpoints)`, whose balanced channel spreads the "
+             "requests over the members (no leader targeting).\n")
 
     o.append("## Steady workloads\n")
     for name, title in WORKLOADS:
@@ -140,6 +163,34 @@ def main():
         o.append("")
         if errs:
             o.append("Errors: " + "; ".join(f"{s}: {n} × `{k}`" for (s, k), n in errs.items()) + "\n")
+
+    # Both load generators' ratios next to each other, where both ran.
+    rows = []
+    for title, cb, ec in GENERATORS:
+        cells = []
+        for name in (cb, ec):
+            e = load_lines(os.path.join(R, f"{name}.etcd.jsonl"))
+            c = load_lines(os.path.join(R, f"{name}.cairn.jsonl"))
+            te = med([r["throughput_rps"] for r in e])
+            tc = med([r["throughput_rps"] for r in c])
+            pe = med([r["latency"]["p99_ms"] for r in e])
+            pc = med([r["latency"]["p99_ms"] for r in c])
+            t = ratio(tc, te)
+            cells += [f"**{t}**" if t != "n/a" else t, ratio(pc, pe)]
+        if any(x != "n/a" for x in cells):
+            rows.append(f"| {title} (`{cb}` / `{ec}`) | " + " | ".join(cells) + " |")
+    if rows:
+        o.append("## Both load generators: ratios Cairn/etcd\n")
+        o.append("The same loads through `cairn bench` and through `etcd-client` "
+                 "(`bench/etcd-load`), medians from the tables above. `cairn bench`'s requests go "
+                 "to the leader and its reads read one key; etcd-client's spread over the three "
+                 "members (two in three writes are forwarded by a follower) and read random "
+                 "keys.\n")
+        o.append("| workload | cairn bench throughput | cairn bench p99 | etcd-client throughput "
+                 "| etcd-client p99 |")
+        o.append("|---|---:|---:|---:|---:|")
+        o.extend(rows)
+        o.append("")
 
     o.append("## Failover (kill -9 of the leader)\n")
     o.append("`cairn bench failover`: 16 clients over 4 connections write at 500/s to all three "
