@@ -40,8 +40,7 @@ WORKLOADS = [
 
 # The same load through both clients: (title, cairn bench workload, etcd-client workload).
 # The cairn bench rows are the README's headline ones, all sent to the leader;
-# etcd-load's spread over the members. (put-64-spread is no closer: without
-# --target-leader, every cairn bench connection pins the first endpoint.)
+# etcd-load's spread over the members, as put-64-spread's connections are.
 GENERATORS = [
     ("put, 64 requesters over 8 connections", "put-64", "ec-put-64"),
     ("put, 1 requester", "put-1", "ec-put-1"),
@@ -124,8 +123,9 @@ def main():
              "election 150 ms**.")
     o.append("- Client: `cairn bench` (Cairn's `client/` crate) for both stores, 8-byte keys, "
              "256-byte values (etcd's published benchmark), all requests sent to the leader "
-             "(`--target-leader`) except in `put-64-spread` (where every connection pins the first "
-             "endpoint, leader or not), latency of successful requests in ms.")
+             "(`--target-leader`) except in `put-64-spread` (its 8 connections start on the "
+             "three members in turn, so about two writes in three are forwarded by a follower), "
+             "latency of successful requests in ms.")
     o.append("- Second client, the `ec-` workloads: `bench/etcd-load` on the `etcd-client` crate "
              "(0.21), same key and value sizes; each connection is one "
              "`Client::connect(all three endpoints)`, whose balanced channel spreads the "

@@ -57,7 +57,10 @@ pub async fn find_leader(client: &Client, wait: Duration) -> Result<Leader> {
     }
 }
 
-/// `--conns` clients over the endpoints (or the leader's alone).
+/// `--conns` clients over the endpoints (or the leader's alone). A client
+/// starts on its first endpoint and stays there while it answers, so client
+/// `i` gets the list rotated by `i`: the connections spread over the
+/// members as an application's clients do, and each can still fail over.
 pub async fn connect(common: &Common) -> Result<Vec<Client>> {
     if common.conns == 0 || common.clients == 0 {
         bail!("--conns and --clients must be at least 1");
@@ -72,10 +75,12 @@ pub async fn connect(common: &Common) -> Result<Vec<Client>> {
         endpoints = vec![leader.endpoint];
     }
     let mut clients = Vec::with_capacity(common.conns);
-    for _ in 0..common.conns {
+    for i in 0..common.conns {
         // Each Client owns its channels, so N clients are N HTTP/2 connections per member.
+        let mut mine = endpoints.clone();
+        mine.rotate_left(i % endpoints.len().max(1));
         clients.push(
-            Client::connect(endpoints.clone(), opts.clone())
+            Client::connect(mine, opts.clone())
                 .await
                 .map_err(|e| anyhow!("{e}"))
                 .context("connecting")?,
