@@ -15,6 +15,7 @@
 //! never lost nor sent twice: hyper hands back a request it did not start
 //! writing, and it goes on a fresh connection.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -75,15 +76,15 @@ struct Idle {
 /// One upstream's connections on one serving thread.
 pub struct Pool {
     connector: Connector,
-    /// Per node: idle senders, the most recently returned last.
-    idle: Mutex<Vec<Vec<Idle>>>,
+    /// Per node: idle senders, oldest first, the most recently returned last.
+    idle: Mutex<Vec<VecDeque<Idle>>>,
 }
 
 impl Pool {
     pub fn new(nodes: usize, connect_timeout: Duration) -> Pool {
         Pool {
             connector: Connector::new(connect_timeout),
-            idle: Mutex::new((0..nodes).map(|_| Vec::new()).collect()),
+            idle: Mutex::new((0..nodes).map(|_| VecDeque::new()).collect()),
         }
     }
 
@@ -141,7 +142,7 @@ impl Pool {
     fn take(&self, node: usize) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(node)?;
-        while let Some(i) = list.pop() {
+        while let Some(i) = list.pop_back() {
             if !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
                 return Some(i.tx);
             }
@@ -155,11 +156,17 @@ impl Pool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = idle.get_mut(node) {
-            if list.len() >= MAX_IDLE {
-                // The oldest goes.
-                list.remove(0);
+            // The oldest go when the list is full, and when they have been
+            // idle too long: taking from the young end alone would keep
+            // them open for as long as the load lasts.
+            while list.len() >= MAX_IDLE
+                || list
+                    .front()
+                    .is_some_and(|i| i.tx.is_closed() || i.since.elapsed() >= IDLE_TIMEOUT)
+            {
+                list.pop_front();
             }
-            list.push(Idle {
+            list.push_back(Idle {
                 tx,
                 since: Instant::now(),
             });
