@@ -148,6 +148,8 @@ WORKLOADS=(
     "lease-keepalive-64|--target-leader --conns 8 --clients 64 --duration $DUR lease-keepalive"
     "watch-1000|--duration $DUR --rate 100 watch --watchers 1000 --streams 10"
     "watch-fanout-1000|--duration $DUR watch-fanout --watchers 1000 --streams 10"
+    # Fleet scale: a gateway fleet's watches on one member.
+    "watch-10000|--duration $DUR --rate 100 watch --watchers 10000 --streams 100"
 )
 
 if [[ $PHASES == *" steady "* ]]; then

@@ -36,6 +36,8 @@ WORKLOADS = [
     ("watch-1000", "watch: put-to-event latency, 1,000 watchers on 10 streams, puts at 100/s"),
     ("watch-fanout-1000", "watch fan-out: events delivered per second (the throughput row), "
      "1,000 watchers on 10 streams, unthrottled writer"),
+    ("watch-10000", "watch at fleet scale: put-to-event latency (the throughput row counts "
+     "events delivered per second), 10,000 watchers on 100 streams, puts at 100/s"),
 ]
 
 # The same load through both clients: (title, cairn bench workload, etcd-client workload).
