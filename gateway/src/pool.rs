@@ -200,11 +200,15 @@ pub struct Pooled {
 }
 
 impl Pooled {
+    fn give_back(&mut self) {
+        if let Some((pool, node, tx)) = self.back.take() {
+            pool.put_back(node, tx);
+        }
+    }
+
     fn return_if_done(&mut self) {
         if self.body.is_end_stream() {
-            if let Some((pool, node, tx)) = self.back.take() {
-                pool.put_back(node, tx);
-            }
+            self.give_back();
         }
     }
 }
@@ -220,11 +224,7 @@ impl Body for Pooled {
         let this = self.get_mut();
         let r = Pin::new(&mut this.body).poll_frame(cx);
         match &r {
-            Poll::Ready(None) => {
-                if let Some((pool, node, tx)) = this.back.take() {
-                    pool.put_back(node, tx);
-                }
-            }
+            Poll::Ready(None) => this.give_back(),
             Poll::Ready(Some(Ok(_))) => this.return_if_done(),
             // A failed body leaves a connection nobody may reuse.
             Poll::Ready(Some(Err(_))) => this.back = None,
