@@ -47,7 +47,8 @@
 //!   sled: vote and member metadata), [`config`] (etcd's flags and `ETCD_*`).
 //! - [`net`]: transport: TLS, the `:authority` fix-up, Raft frames, peer connections.
 //! - [`mvcc`]: etcd's revisioned key-value store, in memory; [`auth`]: users,
-//!   roles, permissions, tokens; [`watch`]: watchers reading the history.
+//!   roles, permissions, tokens; [`watch`]: the watchers of a stream, sharing
+//!   one history read and one encoding of the events per step.
 //! - [`raft`]: the openraft adapters: WAL log store, state machine and its
 //!   snapshot file, openraft's network.
 //! - [`identity`]: who a member is, written once into its data dir.

@@ -289,7 +289,9 @@ pub fn router(services: Services) -> Router {
                         .watch
                         .open(json_messages(body, &s), false, &metadata(&headers))
                     {
-                        Ok(stream) => json_lines(stream),
+                        Ok(stream) => {
+                            json_lines(stream.map(|r| r.map(crate::watch::WatchOut::into_response)))
+                        }
                         Err(st) => error_response(st),
                     }
                 },

@@ -9,7 +9,8 @@
 //!   MoveLeader.
 //! - [`cluster`]: MemberList, MemberAdd/Remove/Update/Promote.
 //! - [`auth`]: the Auth service, and the caller behind a request's token.
-//! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]).
+//! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]);
+//!   `watch_grpc` serves them on gRPC with events encoded once per stream step.
 //! - [`validate`]: etcd's request checks, before anything is proposed.
 //! - [`peer`]: the peer protocol's server side (openraft's RPCs, forwarded writes, read index, lease and membership calls).
 
@@ -24,6 +25,7 @@ pub mod maintenance;
 pub mod peer;
 pub mod validate;
 pub mod watch;
+mod watch_grpc;
 
 use std::sync::Arc;
 
@@ -32,7 +34,6 @@ use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use tonic::service::Routes;
 
 use crate::node::Node;
@@ -77,7 +78,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
     let mut b = Routes::builder();
     b.add_service(limited!(KvServer, services.kv.clone()));
     b.add_service(limited!(LeaseServer, services.lease.clone()));
-    b.add_service(limited!(WatchServer, services.watch.clone()));
+    b.add_service(watch_grpc::WatchServer::new(services.watch.clone(), max));
     b.add_service(limited!(ClusterServer, services.cluster.clone()));
     b.add_service(limited!(MaintenanceServer, services.maintenance.clone()));
     b.add_service(limited!(AuthServer, services.auth.clone()));

@@ -1,29 +1,27 @@
 //! etcd's Watch service: one bidirectional stream carries many watches.
 //!
-//! The stream task owns the watchers of its stream: it answers create, cancel
-//! and progress requests in order, and every watcher sends into the same
-//! bounded channel, so a client that stops reading slows its watchers down
-//! (they read history later) instead of growing a buffer.
+//! One task serves a stream: it answers create, cancel and progress requests
+//! in order and sends its watches' events ([`crate::watch::Watchers`]), all
+//! into one bounded queue, so a client that stops reading slows its watches
+//! down (they read history later) instead of growing a buffer, and no event
+//! can follow the response that cancels its watch. The gRPC side of the
+//! service is in `watch_grpc.rs`, which sends shared events encoded once.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::watch_request::RequestUnion;
-use cairn_proto::etcdserverpb::watch_server::Watch;
 use cairn_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::auth::perms::Need;
 use crate::error::EtcdError;
 use crate::node::Node;
-use crate::watch::{self, WatchConfig, WatchSpec, WatcherState};
+use crate::watch::{WatchConfig, WatchOut, WatchSpec, Watchers};
 
 pub struct WatchService {
     pub node: Arc<Node>,
@@ -31,12 +29,16 @@ pub struct WatchService {
     pub limits: StreamLimits,
 }
 
-type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+/// Responses queued for the client, a step's worth at a time.
+type Out = mpsc::Sender<Vec<Result<WatchOut, Status>>>;
+
+/// Steps (batches of responses) a stream may queue ahead of its client.
+const QUEUED_STEPS: usize = 8;
 
 /// etcd's cancel reason for a client-chosen ID already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
-/// What one stream may hold: its watches are tasks with their keys, so a
+/// What one stream may hold: its watches are specs with their keys, so a
 /// client that opens many and never reads costs at most this much.
 #[derive(Clone, Copy)]
 pub struct StreamLimits {
@@ -48,12 +50,8 @@ pub struct StreamLimits {
 
 struct StreamState {
     node: Arc<Node>,
-    cfg: WatchConfig,
     out: Out,
-    /// Each watch's task, progress, and the bytes of its key and range end.
-    watchers: HashMap<i64, (JoinHandle<()>, Arc<WatcherState>, usize)>,
-    /// Bytes of keys and range ends of the stream's watches.
-    key_bytes: usize,
+    watchers: Watchers,
     limits: StreamLimits,
     next_id: i64,
     /// Who opened the stream (auth): each watch is checked for read access.
@@ -71,7 +69,7 @@ impl StreamState {
     }
 
     async fn send(&self, r: WatchResponse) -> bool {
-        self.out.send(Ok(r)).await.is_ok()
+        self.out.send(vec![Ok(WatchOut::Whole(r))]).await.is_ok()
     }
 
     /// Answers a create that is refused: created and canceled at once.
@@ -105,8 +103,8 @@ impl StreamState {
             return self.refuse(c.watch_id, reason).await;
         }
         let key_bytes = c.key.len() + c.range_end.len();
-        if self.watchers.len() >= self.limits.watches
-            || self.key_bytes + key_bytes > self.limits.key_bytes
+        if self.watchers.count() >= self.limits.watches
+            || self.watchers.key_bytes() + key_bytes > self.limits.key_bytes
         {
             let reason = format!(
                 "cairn: too many watches on one stream (at most {} watches, {} bytes of keys)",
@@ -115,7 +113,7 @@ impl StreamState {
             return self.refuse(c.watch_id, reason).await;
         }
         let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
+            if self.watchers.contains(c.watch_id) {
                 // etcd answers a duplicate under ID -1.
                 return self.refuse(-1, DUPLICATE_ID.into()).await;
             }
@@ -123,7 +121,7 @@ impl StreamState {
         } else {
             // Server-chosen IDs only ever grow on a stream: a client must
             // never confuse a new watch with one it just canceled.
-            while self.watchers.contains_key(&self.next_id) {
+            while self.watchers.contains(self.next_id) {
                 self.next_id += 1;
             }
             self.next_id += 1;
@@ -158,31 +156,14 @@ impl StreamState {
         if !self.send(created).await {
             return false;
         }
-        let state = Arc::new(WatcherState {
-            delivered: (start - 1).into(),
-        });
-        let node = self.node.clone();
-        let handle = tokio::spawn(watch::run(
-            self.node.mvcc.clone(),
-            self.cfg.clone(),
-            spec,
-            state.clone(),
-            move || node.term(),
-            self.out.clone(),
-        ));
-        self.watchers.insert(id, (handle, state, key_bytes));
-        self.key_bytes += key_bytes;
+        self.watchers.add(spec);
         true
     }
 
     async fn cancel(&mut self, id: i64) -> bool {
-        let Some((handle, _, key_bytes)) = self.watchers.remove(&id) else {
+        if !self.watchers.remove(id) {
             return true;
-        };
-        self.key_bytes -= key_bytes;
-        handle.abort();
-        // Wait for it to stop so no event can follow the cancel response.
-        let _ = handle.await;
+        }
         let r = WatchResponse {
             header: self.header(self.node.mvcc.revision()),
             watch_id: id,
@@ -193,15 +174,12 @@ impl StreamState {
     }
 
     async fn progress(&self) -> bool {
-        // The revision every watcher of the stream has been brought up to.
+        // The revision every watch of the stream has been brought up to; a
+        // watch that ended on its own (canceled by compaction) holds nothing
+        // back, though its ID stays taken, as in etcd.
         let rev = self
             .watchers
-            .values()
-            // A watch that ended on its own (canceled by compaction) holds
-            // nothing back; its ID stays taken, as in etcd.
-            .filter(|(h, _, _)| !h.is_finished())
-            .map(|(_, s, _)| s.delivered.load(Ordering::Acquire))
-            .min()
+            .delivered()
             .unwrap_or_else(|| self.node.mvcc.revision());
         let r = WatchResponse {
             header: self.header(rev),
@@ -210,15 +188,10 @@ impl StreamState {
         };
         self.send(r).await
     }
-
-    fn stop_all(&mut self) {
-        for (_, (h, _, _)) in self.watchers.drain() {
-            h.abort();
-        }
-    }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+/// A stream's responses, as the service sends them.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchOut, Status>> + Send>>;
 
 impl WatchService {
     /// Opens a watch stream fed by `inbound`; shared by gRPC and the JSON
@@ -238,68 +211,70 @@ impl WatchService {
         if require_leader && self.node.leader().is_none() {
             return Err(EtcdError::NoLeader.into());
         }
-        let (out, rx) = mpsc::channel(64);
+        let (out, rx) = mpsc::channel(QUEUED_STEPS);
         let state = StreamState {
             node: self.node.clone(),
-            cfg: WatchConfig {
+            out,
+            watchers: Watchers::new(WatchConfig {
                 cluster_id: self.node.cluster_id,
                 member_id: self.node.id,
                 max_response_bytes: self.node.max_request_bytes,
                 progress_interval: self.progress_interval,
-            },
-            out,
-            watchers: HashMap::new(),
-            key_bytes: 0,
+            }),
             limits: self.limits,
             next_id: 0,
             user,
         };
-        tokio::spawn(serve_stream(state, inbound, require_leader));
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        tokio::spawn(serve_stream(
+            state,
+            inbound,
+            require_leader,
+            self.progress_interval,
+        ));
+        Ok(Box::pin(
+            ReceiverStream::new(rx).flat_map(futures::stream::iter),
+        ))
     }
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<WatchStream>, Status> {
-        let require_leader = req
-            .metadata()
-            .get("hasleader")
-            .map(|v| v.as_bytes() == b"true")
-            .unwrap_or(false);
-        let md = req.metadata().clone();
-        self.open(req.into_inner(), require_leader, &md)
-            .map(Response::new)
-    }
-}
-
-async fn serve_stream<S>(mut st: StreamState, mut inbound: S, require_leader: bool)
-where
+async fn serve_stream<S>(
+    mut st: StreamState,
+    mut inbound: S,
+    require_leader: bool,
+    progress_interval: Duration,
+) where
     S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
 {
-    use futures::StreamExt;
     let check = st.node.request_timeout / 4;
     let mut leaderless_since: Option<tokio::time::Instant> = None;
-    let mut tick = tokio::time::interval(check);
+    let mut leader_tick = tokio::time::interval(check);
+    let start = tokio::time::Instant::now();
+    let mut progress_tick = tokio::time::interval_at(start + progress_interval, progress_interval);
+    // While no watch asks for progress the tick is not polled; it must not
+    // then fire a burst of missed ticks.
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut revs = st.node.mvcc.subscribe();
+    // The client may finish sending (grpc-gateway half-closes after the
+    // single create request of an HTTP watch) and keep reading.
+    let mut inbound_open = true;
+    // The queue's sender for the select's futures, which must not borrow
+    // the state the branches change.
+    let out = st.out.clone();
     loop {
+        let rev = *revs.borrow_and_update();
+        let owed = st.watchers.owed(rev);
         tokio::select! {
-            msg = inbound.next() => {
+            // Requests first: a cancel must not wait behind a backlog.
+            biased;
+            msg = inbound.next(), if inbound_open => {
                 let ok = match msg {
                     Some(Ok(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => st.create(c).await,
                     Some(Ok(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => st.cancel(c.watch_id).await,
                     Some(Ok(WatchRequest { request_union: Some(RequestUnion::ProgressRequest(_)) })) => st.progress().await,
                     Some(Ok(WatchRequest { request_union: None })) => true,
-                    // The client finished sending: keep serving its watches
-                    // until it goes away (grpc-gateway half-closes after the
-                    // single create request of an HTTP watch).
                     None => {
-                        st.out.closed().await;
-                        false
+                        inbound_open = false;
+                        true
                     }
                     Some(Err(_)) => false,
                 };
@@ -307,20 +282,33 @@ where
                     break;
                 }
             }
-            _ = st.out.closed() => break,
-            _ = tick.tick(), if require_leader => {
+            _ = out.closed() => break,
+            // A place in the queue first, and only then the history.
+            permit = out.reserve(), if owed => {
+                let Ok(permit) = permit else { break };
+                let batch = st.watchers.step(&st.node.mvcc, rev, st.node.term());
+                if !batch.is_empty() {
+                    permit.send(batch.into_iter().map(Ok).collect());
+                }
+            }
+            r = revs.changed(), if !owed => if r.is_err() { break },
+            _ = progress_tick.tick(), if st.watchers.wants_progress() => {
+                let batch = st.watchers.progress_tick(rev, st.node.term());
+                if !batch.is_empty() && st.out.send(batch.into_iter().map(Ok).collect()).await.is_err() {
+                    break;
+                }
+            }
+            _ = leader_tick.tick(), if require_leader => {
                 if st.node.leader().is_some() {
                     leaderless_since = None;
                 } else {
                     let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= check * 2 {
-                        st.stop_all();
-                        let _ = st.out.send(Err(EtcdError::NoLeader.into())).await;
+                        let _ = st.out.send(vec![Err(EtcdError::NoLeader.into())]).await;
                         break;
                     }
                 }
             }
         }
     }
-    st.stop_all();
 }
