@@ -17,6 +17,14 @@
 //! 4. SIGKILL the leader under a write load: acknowledged writes survive; the
 //!    time until writes succeed again is printed.
 //!
+//! Before them, the gateway tier (`gateways.rs`): two gateways and an echo
+//! upstream on `cairn up`'s ports and the second gateway's of compose. A
+//! route written through control1 must be served by both (0a, the time is
+//! printed); then steady traffic runs through them to the end, and each
+//! scenario, starting with stopping gateway1 (0b), must fail none of it: the
+//! gateways keep serving with a control plane, a store member, or the whole
+//! quorum down. After the restart (3) a new route must reach both again.
+//!
 //! Every wait is bounded, and the whole drill gives up after [`DRILL_LIMIT`].
 //! The data dir is removed when everything passed and kept (with the logs)
 //! otherwise.
@@ -28,13 +36,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_client::{Client, ClientOptions, PutOptions};
 
-use crate::topology::{CONTROL_PORT, NODES};
+use crate::topology::{CONTROL_PORT, ECHO_PORT, GATEWAY_PORTS, NODES};
 
 mod admin;
+mod gateways;
 mod member;
 mod scenarios;
 
 use admin::{http, route_body};
+use gateways::{Mark, Traffic};
 use member::Member;
 
 /// Upper bound for anything that involves an election or a process start.
@@ -45,6 +55,9 @@ const DRILL_LIMIT: Duration = Duration::from_secs(600);
 
 /// The second control plane's port (as in compose/docker-compose.yaml).
 const CONTROL2_PORT: u16 = 9001;
+
+/// The second gateway's HTTP, HTTPS and metrics ports (as in compose).
+const GATEWAY2_PORTS: [u16; 3] = [9081, 9444, 9092];
 
 /// Bound of one admin API request. The control plane's store client gives up
 /// after its retry budget (8 s) plus one request timeout (3 s), so a request
@@ -57,6 +70,14 @@ struct Drill {
     members: Vec<Member>,
     /// control1 (:9000) and control2 (:9001).
     controls: Vec<Member>,
+    /// gateway1 and gateway2, with their status URLs (`/readyz`).
+    gateways: Vec<Member>,
+    gateway_status: Vec<String>,
+    /// The echo upstream and its `host:port`.
+    echo: Member,
+    echo_addr: String,
+    /// Steady traffic through the gateways, once they serve its route.
+    traffic: Option<Traffic>,
     admin_key: String,
     /// Writes the cluster acknowledged: (key, value).
     acked: Arc<Mutex<Vec<(String, String)>>>,
@@ -78,10 +99,12 @@ pub async fn run(data_dir: &Path, host: &str) -> Result<()> {
     let ports = NODES
         .iter()
         .flat_map(|&(_, client, peer)| [client, peer])
-        .chain([CONTROL_PORT, CONTROL2_PORT]);
+        .chain([CONTROL_PORT, CONTROL2_PORT, ECHO_PORT])
+        .chain(GATEWAY_PORTS)
+        .chain(GATEWAY2_PORTS);
     for port in ports {
         if std::net::TcpListener::bind((host, port)).is_err() {
-            bail!("port {port} on {host} is already in use: the drill uses `cairn up`'s ports and {CONTROL2_PORT}; stop whatever listens there");
+            bail!("port {port} on {host} is already in use: the drill uses `cairn up`'s ports, {CONTROL2_PORT} and {GATEWAY2_PORTS:?}; stop whatever listens there");
         }
     }
     let dir = data_dir.join(format!("drill-{}", std::process::id()));
@@ -153,17 +176,52 @@ pub async fn run(data_dir: &Path, host: &str) -> Result<()> {
             child: None,
         })
         .collect();
+    let [tier1, tier2] = [("gateway1", GATEWAY_PORTS), ("gateway2", GATEWAY2_PORTS)].map(
+        |(name, [http, tls, status])| {
+            let gateway = Member {
+                name,
+                client_url: format!("http://{host}:{http}"),
+                args: ["gateway", "--endpoints", endpoints.as_str()]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(["--listen".into(), format!("{host}:{http}")])
+                    .chain(["--listen-tls".into(), format!("{host}:{tls}")])
+                    .chain(["--metrics".into(), format!("{host}:{status}")])
+                    .collect(),
+                env: Vec::new(),
+                log: dir.join(format!("{name}.log")),
+                child: None,
+            };
+            (gateway, format!("http://{host}:{status}"))
+        },
+    );
+    let echo_addr = format!("{host}:{ECHO_PORT}");
+    let echo = Member {
+        name: "echo",
+        client_url: format!("http://{echo_addr}"),
+        args: vec!["echo".into(), "--listen".into(), echo_addr.clone()],
+        env: Vec::new(),
+        log: dir.join("echo.log"),
+        child: None,
+    };
     let mut d = Drill {
         exe,
         members,
         controls,
+        gateways: vec![tier1.0, tier2.0],
+        gateway_status: vec![tier1.1, tier2.1],
+        echo,
+        echo_addr,
+        traffic: None,
         admin_key,
         acked: Arc::default(),
         acked_routes: Vec::new(),
         results: Vec::new(),
     };
     println!(
-        "cairn up --drill: three stores and two control planes (:{CONTROL_PORT}, :{CONTROL2_PORT}) on {host}, data and logs under {}",
+        "cairn up --drill: three stores, two control planes (:{CONTROL_PORT}, :{CONTROL2_PORT}) and two gateways (:{}, :{}) on {host}, data and logs under {}",
+        GATEWAY_PORTS[0],
+        GATEWAY2_PORTS[0],
         dir.display()
     );
     let started = Instant::now();
@@ -171,7 +229,14 @@ pub async fn run(data_dir: &Path, host: &str) -> Result<()> {
         Ok(r) => r,
         Err(_) => Err(anyhow!("the drill did not finish within {DRILL_LIMIT:?}")),
     };
-    for m in d.controls.iter_mut().chain(d.members.iter_mut()) {
+    if let Some(t) = d.traffic.take() {
+        t.stop().await;
+    }
+    let tier = d.gateways.iter_mut().chain([&mut d.echo]);
+    for m in tier
+        .chain(d.controls.iter_mut())
+        .chain(d.members.iter_mut())
+    {
         m.stop().await;
     }
     println!(
@@ -194,6 +259,11 @@ pub async fn run(data_dir: &Path, host: &str) -> Result<()> {
 }
 
 impl Drill {
+    /// Where the gateway traffic stands (nothing before it starts).
+    fn traffic_mark(&self) -> Mark {
+        self.traffic.as_ref().map_or(Mark::ZERO, Traffic::mark)
+    }
+
     fn result(&mut self, ok: bool, line: String) {
         println!("{} {line}", if ok { "PASS " } else { "FAIL " });
         self.results.push((ok, line));

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use cairn_client::{Client, GetOptions, KeyRange, PutOptions};
 
+use super::gateways::{Backend, Traffic, TRAFFIC_ROUTE};
 use super::{http, route_body, Drill, SLOW};
 
 impl Drill {
@@ -84,10 +85,33 @@ impl Drill {
         }
         println!("control planes ready in {:?}", t.elapsed());
 
+        // 0: the gateway tier, and steady traffic through it from now on.
+        let t = Instant::now();
+        self.start_gateway_tier().await?;
+        println!("gateways ready in {:?}", t.elapsed());
+        let took = self
+            .route_reaches_gateways(0, TRAFFIC_ROUTE, "/get")
+            .await?;
+        self.result(
+            true,
+            format!(
+                "0a a route written through control1 is served by both gateways {} ms after the PUT",
+                took.as_millis()
+            ),
+        );
+        let gateways = self.gateways.iter().zip(&self.gateway_status);
+        let backends =
+            gateways.map(|(g, status)| Backend::new(g.client_url.clone(), status.clone()));
+        self.traffic = Some(Traffic::start(backends.collect()));
+        self.gateway_failover().await?;
+
         // 1: stop control1.
+        let m = self.traffic_mark();
         self.control_failover().await?;
+        self.traffic_result("1", m);
 
         // 2: stop s1, then the leader.
+        let m = self.traffic_mark();
         self.members[0].stop().await;
         println!("stopped s1");
         let mut ok = true;
@@ -169,8 +193,10 @@ impl Drill {
                 "2b stop the leader too: writes refused (client {refused}; admin API via {admin_took}), serializable reads answer"
             ),
         );
+        self.traffic_result("2", m);
 
         // 3: restart both; same HashKV at the same revision, nothing lost.
+        let m = self.traffic_mark();
         self.start(0)?;
         self.start(leader)?;
         self.leader(&all).await?;
@@ -187,8 +213,20 @@ impl Drill {
             ok,
             "3 restart: same HashKV at the same revision, no acknowledged write lost".into(),
         );
+        let took = self
+            .route_reaches_gateways(1, "drill-after-restart", "/after-restart")
+            .await?;
+        self.result(
+            true,
+            format!(
+                "3 a route written through control2 after the restart is served by both gateways {} ms after the PUT",
+                took.as_millis()
+            ),
+        );
+        self.traffic_result("3", m);
 
         // 4: SIGKILL the leader under a write load.
+        let m = self.traffic_mark();
         let leader = self.leader(&all).await?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let log: Arc<Mutex<Vec<(Instant, Instant, bool)>>> = Arc::default();
@@ -262,6 +300,7 @@ impl Drill {
                 recovered.map_or("?".into(), |d| d.as_millis().to_string())
             ),
         );
+        self.traffic_result("4", m);
         Ok(())
     }
 

@@ -15,9 +15,13 @@ const ENDPOINTS: &str = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379";
 /// 9001); when something else holds them (another test run, a local etcd)
 /// this test cannot run, and says so.
 fn ports_free() -> bool {
-    [2379, 2380, 22379, 22380, 32379, 32380, 9000, 9001]
-        .iter()
-        .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+    // Stores, control planes, gateways (HTTP, HTTPS, metrics) and echo.
+    [
+        2379, 2380, 22379, 22380, 32379, 32380, 9000, 9001, 9080, 9081, 9443, 9444, 9091, 9092,
+        9088,
+    ]
+    .iter()
+    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,9 +143,16 @@ async fn up_starts_three_nodes_and_stops_on_ctrl_c() {
         "cairn up --drill failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for scenario in ["PASS  1", "PASS  2a", "PASS  2b", "PASS  3", "PASS  4"] {
+    let scenarios = ["PASS  0a", "PASS  0b", "PASS  1", "PASS  2a", "PASS  2b"];
+    for scenario in scenarios.into_iter().chain(["PASS  3", "PASS  4"]) {
         assert!(stdout.contains(scenario), "{scenario} missing:\n{stdout}");
     }
+    // The gateway tier's traffic ran through every scenario.
+    let traffic = stdout
+        .lines()
+        .filter(|l| l.starts_with("PASS") && l.contains("gateways kept serving"))
+        .count();
+    assert_eq!(traffic, 5, "{stdout}"); // 0b, 1, 2, 3, 4
     assert!(
         !stdout.contains("FAIL") && !stdout.contains("SKIP"),
         "{stdout}"
