@@ -99,31 +99,28 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     ));
     tracing::info!(plugins = ?plugins::SUPPORTED, "plugins implemented");
     tracing::info!(listen = %s.listen, listen_tls = %s.listen_tls, metrics = %s.metrics, prefix = %s.prefix, id = %s.id, "cairn gateway started");
-    let h = shared.clone();
     let acceptor = tls::acceptor(shared.sni.clone());
     let conns = Some(shared.metrics.connections_active.clone());
-    tokio::spawn(listener::serve(
-        https,
-        Some(acceptor),
-        conns.clone(),
-        Some(shared.closing.clone()),
-        move |req, peer| serve_one(h.clone(), req, peer),
-    ));
-    // The plain listener runs on one thread per core, each with its own
-    // current-thread runtime and SO_REUSEPORT socket (the kernel spreads
+    // Both client listeners run on one thread per core, each with its own
+    // current-thread runtime and SO_REUSEPORT sockets (the kernel spreads
     // connections), so a request and its upstream connection stay on one
     // thread: the multi-threaded scheduler's wake-ups across threads were
     // most of the proxying cost.
-    drop(http);
+    drop((http, https));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     for w in 0..workers {
-        let shared = shared.clone();
-        let conns = conns.clone();
+        let worker = Worker {
+            index: w,
+            http: s.listen,
+            https: s.listen_tls,
+            acceptor: acceptor.clone(),
+            shared: shared.clone(),
+            conns: conns.clone(),
+        };
         let ready = ready_tx.clone();
-        let addr = s.listen;
         std::thread::Builder::new()
             .name(format!("gateway-{w}"))
-            .spawn(move || serve_worker(w, addr, shared, conns, ready))
+            .spawn(move || worker.run(ready))
             .context("cannot start a serving thread")?;
     }
     drop(ready_tx);
@@ -150,53 +147,73 @@ async fn serve_one(
     r
 }
 
-/// One serving thread: a current-thread runtime with its own listener.
-fn serve_worker(
-    w: usize,
-    addr: std::net::SocketAddr,
+/// One serving thread: a current-thread runtime with its own sockets on
+/// both client listeners.
+struct Worker {
+    index: usize,
+    http: std::net::SocketAddr,
+    https: std::net::SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
     conns: Option<Arc<std::sync::atomic::AtomicI64>>,
-    ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
-) {
-    upstream::enter_worker(w);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(anyhow::anyhow!("serving thread {w}: {e}")));
-            return;
-        }
-    };
-    rt.block_on(async move {
-        let bound = (|| {
-            let sock = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            sock.set_reuseaddr(true)?;
-            sock.set_reuseport(true)?;
-            sock.bind(addr)?;
-            sock.listen(1024)
-        })();
-        let l = match bound {
-            Ok(l) => l,
+}
+
+impl Worker {
+    /// Serves until the process ends; reports on `ready` once listening.
+    fn run(self, ready: std::sync::mpsc::Sender<anyhow::Result<()>>) {
+        upstream::enter_worker(self.index);
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
             Err(e) => {
-                let _ = ready.send(Err(anyhow::anyhow!(
-                    "cannot listen on {addr} (--listen): {e}"
-                )));
+                let _ = ready.send(Err(anyhow::anyhow!("serving thread {}: {e}", self.index)));
                 return;
             }
         };
-        let _ = ready.send(Ok(()));
-        let close = Some(shared.closing.clone());
-        listener::serve(l, None, conns, close, move |req, peer| {
-            serve_one(shared.clone(), req, peer)
-        })
-        .await;
-    });
+        rt.block_on(async move {
+            let bound = reuseport(self.http, "--listen")
+                .and_then(|h| Ok((h, reuseport(self.https, "--listen-tls")?)));
+            let (http, https) = match bound {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            let close = Some(self.shared.closing.clone());
+            let serve = |l, tls| {
+                let shared = self.shared.clone();
+                listener::serve(
+                    l,
+                    tls,
+                    self.conns.clone(),
+                    close.clone(),
+                    move |req, peer| serve_one(shared.clone(), req, peer),
+                )
+            };
+            tokio::join!(serve(http, None), serve(https, Some(self.acceptor.clone())));
+        });
+    }
+}
+
+/// A listening socket on `addr` that other serving threads share
+/// (SO_REUSEPORT).
+fn reuseport(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listen = || {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(addr)?;
+        sock.listen(1024)
+    };
+    listen().map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
 }
 
 /// The metrics listener: Prometheus text and readiness.
