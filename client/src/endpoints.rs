@@ -56,11 +56,6 @@ pub(crate) fn member(url: String, opts: &ClientOptions) -> Result<Member> {
     let channel = ep
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
-        // Grow the HTTP/2 receive windows with the measured bandwidth-delay
-        // product, as grpc-go (etcd's own client) does by default: with the
-        // fixed 64 KiB connection window, watch streams sharing a
-        // connection stall each other whenever their events come in bursts.
-        .http2_adaptive_window(true)
         .connect_with_connector_lazy(crate::resolve::connector());
     Ok(Member { url, channel })
 }
