@@ -113,10 +113,4 @@ impl Encoder for OutEncoder {
         item.encode(buf);
         Ok(())
     }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Fan-out sends many small responses back to back: gather more of
-        // them per write than the default 32 KiB.
-        BufferSettings::new(64 * 1024, 128 * 1024)
-    }
 }
