@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use tokio::task::JoinHandle;
 
 use super::admin::{gateway_get, http};
-use super::{Drill, SLOW};
+use super::{ready, Drill, SLOW};
 
 /// The virtual host of the drill's routes (the reference guide's).
 const HOST: &str = "test.com";
@@ -212,24 +212,11 @@ impl Drill {
         Ok(())
     }
 
+    /// Starts gateway `i` and waits until it is ready.
     pub(super) async fn start_gateway(&mut self, i: usize) -> Result<()> {
         let exe = self.exe.clone();
         self.gateways[i].spawn(&exe)?;
-        let status = self.gateway_status[i].clone();
-        let deadline = Instant::now() + SLOW;
-        loop {
-            let last = http(&status, "GET", "/readyz", "", None).await;
-            if matches!(last, Ok((200, _))) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} not ready after {SLOW:?}: {last:?}",
-                    self.gateways[i].name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        ready(&self.gateway_status[i], self.gateways[i].name).await
     }
 
     /// Writes a route for `uri` through control plane `control` and waits

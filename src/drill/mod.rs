@@ -258,6 +258,22 @@ pub async fn run(data_dir: &Path, host: &str) -> Result<()> {
     }
 }
 
+/// Waits (at most [`SLOW`]) until `base`/readyz answers 200; `name` is
+/// for the error.
+async fn ready(base: &str, name: &str) -> Result<()> {
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let last = http(base, "GET", "/readyz", "", None).await;
+        if matches!(last, Ok((200, _))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} not ready after {SLOW:?}: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Drill {
     /// Where the gateway traffic stands (nothing before it starts).
     fn traffic_mark(&self) -> Mark {
@@ -345,17 +361,7 @@ impl Drill {
     /// with 200, i.e. it reaches a store quorum.
     async fn control_ready(&self, i: usize) -> Result<()> {
         let c = &self.controls[i];
-        let deadline = Instant::now() + SLOW;
-        loop {
-            let last = http(&c.client_url, "GET", "/readyz", "", None).await;
-            if matches!(last, Ok((200, _))) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready after {SLOW:?}: {last:?}", c.name);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready(&c.client_url, c.name).await
     }
 
     /// Writes route `id` through control plane `i` and reads it back there;

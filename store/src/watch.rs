@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use cairn_proto::etcdserverpb::{ResponseHeader, WatchResponse};
@@ -48,7 +47,6 @@ pub struct WatchConfig {
     pub member_id: u64,
     /// Largest response before fragmenting (the request size limit).
     pub max_response_bytes: usize,
-    pub progress_interval: Duration,
 }
 
 /// Bytes of history read per step; a step becomes one response per watcher

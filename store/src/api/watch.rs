@@ -219,7 +219,6 @@ impl WatchService {
                 cluster_id: self.node.cluster_id,
                 member_id: self.node.id,
                 max_response_bytes: self.node.max_request_bytes,
-                progress_interval: self.progress_interval,
             }),
             limits: self.limits,
             next_id: 0,

@@ -9,7 +9,6 @@ fn cfg(max_response_bytes: usize) -> WatchConfig {
         cluster_id: 1,
         member_id: 2,
         max_response_bytes,
-        progress_interval: Duration::from_secs(600),
     }
 }
 
