@@ -637,8 +637,10 @@ impl Cluster {
             for n in &mut self.nodes {
                 n.assert_alive();
             }
-            if self.agreed_leader().await.is_some() {
-                return;
+            if let Some(leader) = self.agreed_leader().await {
+                if self.all_published(leader).await {
+                    return;
+                }
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -648,6 +650,35 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether the leader's member list has every running member's name and
+    /// client URLs. A member publishes them through Raft after it starts
+    /// (etcd's `publish`), and only then counts as started for a membership
+    /// change: etcd does not answer clients before that, Cairn does, so
+    /// answering Status alone does not prove it.
+    async fn all_published(&mut self, leader: usize) -> bool {
+        let running: Vec<String> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.is_running().then(|| n.name.clone()))
+            .collect();
+        let Ok(c) = Client::connect(
+            vec![self.nodes[leader].client_url.clone()],
+            self.nodes[leader].client_opts.clone(),
+        )
+        .await
+        else {
+            return false;
+        };
+        let Ok(list) = c.member_list().await else {
+            return false;
+        };
+        running.iter().all(|name| {
+            list.members
+                .iter()
+                .any(|m| m.name == *name && !m.client_ur_ls.is_empty())
+        })
     }
 
     /// The leader's node index if every running member answers Status and
