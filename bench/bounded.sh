@@ -12,12 +12,13 @@
 #     the member's RSS growth;
 #  4. linearizable gets (8 clients) alone, and while two clients without a
 #     token send 1.4 MiB txns of 20,000 ops and 5 MiB bodies to the JSON
-#     gateway in a loop: p50/p99 of the gets.
+#     gateway in a loop: p50/p99 of the gets; the same against etcd 3.4.
 #
 #   bench/bounded.sh
 #
 # Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR,
-# BOUNDED_SECTIONS (which of the sections above to run; default "1 2 3 4").
+# BOUNDED_SECTIONS (which of the sections above to run; default "1 2 3 4"),
+# HOSTILE_KINDS (section 4's hostile clients: "txn", "big" or both, the default).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,6 +39,7 @@ mkdir -p "$RES" "$WORK/logs"
 . "$ROOT/bench/cluster.sh"
 cleanup() {
     stop_cluster cairn
+    stop_cluster etcd
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -139,14 +141,26 @@ stop_cluster cairn
 fi
 
 # --- 4. normal requests beside a hostile client ---------------------------------
+# Run against etcd 3.4 too (when installed): the hostile clients share the
+# machine's two cores with the member, so etcd's figures say what of the
+# slowdown is the machine's and what is the member's.
 if want 4; then
-fresh_cluster cairn
-etcdctl --endpoints="$EPS" put k v >/dev/null
-gets() { bench_json --conns 2 --clients 8 --duration 8s range k --consistency l; }
-row "linearizable get p50 / p99 (ms), quiet" "$(gets | lat)"
+for store in cairn etcd; do
+if [ "$store" = etcd ] && ! command -v etcd >/dev/null; then
+    log "etcd not installed: section 4 runs against Cairn only"
+    continue
+fi
+fresh_cluster "$store"
+eps=$(endpoints "$store")
+ep0=$(client_url "$store" 0)
+name=$([ "$store" = cairn ] && echo Cairn || echo "etcd 3.4")
+etcdctl --endpoints="$eps" put k v >/dev/null
+gets() { "$CAIRN_BIN" --log-level error bench --endpoints "$eps" --json \
+    --conns 2 --clients 8 --duration 8s range k --consistency l; }
+row "$name: linearizable get p50 / p99 (ms), quiet" "$(gets | lat)"
 hostile=()
-for kind in txn big; do
-    python3 - "$EP0" "$kind" <<'EOF' &
+for kind in ${HOSTILE_KINDS:-txn big}; do
+    python3 - "$ep0" "$kind" <<'EOF' &
 import base64, json, sys, time, urllib.request, urllib.error
 ep, kind = sys.argv[1], sys.argv[2]
 if kind == "txn":
@@ -167,11 +181,13 @@ EOF
     hostile+=($!)
 done
 sleep 1
-row "linearizable get p50 / p99 (ms), beside 2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)" "$(gets | lat)"
+row "$name: the same beside 2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)" "$(gets | lat)"
 kill "${hostile[@]}" 2>/dev/null || true
 wait "${hostile[@]}" 2>/dev/null || true
+stop_cluster "$store"
+done
 fi
 
-echo "| measure | Cairn |"
+echo "| measure | result |"
 echo "|---|---|"
 printf '%s\n' "${ROWS[@]}"

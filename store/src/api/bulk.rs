@@ -5,9 +5,10 @@
 //! them back to back: auth looks at a request only once it is decoded. On a
 //! request worker that work stalls the small requests queued behind it; on
 //! tokio's blocking pool it still competes with the workers as an equal for
-//! the CPU. Here it runs on one thread niced to 19, so it gets what the
-//! request workers leave: a flood of large bodies slows itself (they queue
-//! for this one thread, each bounded by the request limit), not the rest.
+//! the CPU. Here it runs on one thread at the lowest priority (`SCHED_IDLE`,
+//! else nice 19), so it gets what the request workers leave: a flood of
+//! large bodies slows itself (they queue for this one thread, each bounded
+//! by the request limit), not the rest.
 
 use std::sync::mpsc;
 
@@ -38,24 +39,36 @@ impl Bulk {
         Bulk { tx }
     }
 
-    /// Runs `f` on the thread; `None` if the thread is gone.
+    /// Runs `f` on the thread, or here if the thread is gone; `None` if `f`
+    /// panicked.
     pub async fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .ok()?;
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
+            job();
+        }
         rx.await.ok()
     }
 }
 
-/// Nice 19 for the calling thread (on Linux each thread has its own nice
-/// value, and 0 names the caller).
+/// The lowest CPU priority for the calling thread: Linux's `SCHED_IDLE`
+/// (it runs only when nothing else wants the CPU, and never preempts a
+/// thread that does), else nice 19. On Linux each thread has its own
+/// policy and nice value, and 0 names the caller.
 fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the call's duration.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+            return;
+        }
+    }
     // SAFETY: setpriority takes plain integers and touches no memory of ours.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, 19) };
     if rc != 0 {

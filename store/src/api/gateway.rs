@@ -33,7 +33,7 @@ use tonic::{Code, Status};
 use super::auth::AuthService;
 use super::bulk::Bulk;
 use super::cluster::ClusterService;
-use super::json_frames::{read_body, Framer};
+use super::json_frames::{read_body, Chunks, Framer};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::{MaintenanceService, CLUSTER_VERSION, SERVER_VERSION};
@@ -100,20 +100,27 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Decodes a body; one of [`LARGE_BODY`] or more on the low-priority
-/// thread of [`super::bulk`], so parsing it does not hold up small requests.
-async fn decode_large<T>(body: Bytes, bulk: &Bulk) -> Result<T, Status>
+/// Decodes a body and runs `screen` on the result (what a request is
+/// refused for before anything else); a body of [`LARGE_BODY`] or more is
+/// joined, parsed, screened and, if refused, dropped on the low-priority
+/// thread of [`super::bulk`], so none of that holds up small requests.
+async fn decode_large<T, S>(body: Chunks, bulk: &Bulk, screen: S) -> Result<T, Status>
 where
     T: DeserializeOwned + Default + Send + 'static,
+    S: FnOnce(&T) -> Result<(), Status> + Send + 'static,
 {
-    if body.len() < LARGE_BODY {
-        return decode(&body);
+    let small = body.len() < LARGE_BODY;
+    let work = move || {
+        let req = decode::<T>(&body.join())?;
+        screen(&req)?;
+        Ok(req)
+    };
+    if small {
+        return work();
     }
-    let shared = body.clone();
-    match bulk.run(move || decode(&shared)).await {
-        Some(r) => r,
-        None => decode(&body),
-    }
+    bulk.run(work)
+        .await
+        .unwrap_or_else(|| Err(Status::internal("decoding the request body failed")))
 }
 
 /// Carries the raw `Authorization` header (etcd's token) as gRPC metadata.
@@ -134,18 +141,30 @@ fn metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
     grpc_request((), headers).metadata().clone()
 }
 
-async fn unary<Req, Resp, F, Fut>(headers: HeaderMap, body: Body, s: &Services, call: F) -> Response
+/// A unary call: the body read within the limit, decoded, screened
+/// ([`decode_large`]), then handed to `call`.
+async fn unary<Req, Resp, S, F, Fut>(
+    headers: HeaderMap,
+    body: Body,
+    s: &Services,
+    screen: S,
+    call: F,
+) -> Response
 where
     Req: DeserializeOwned + Default + Send + 'static,
     Resp: Serialize,
+    S: FnOnce(&Req) -> Result<(), Status> + Send + 'static,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let body = match read_body(body, s.body_limit).await {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = match read_body(body, declared, s.body_limit).await {
         Ok(b) => b,
         Err(s) => return error_response(s),
     };
-    let req = match decode_large::<Req>(body, &s.bulk).await {
+    let req = match decode_large::<Req, S>(body, &s.bulk, screen).await {
         Ok(r) => r,
         Err(s) => return error_response(s),
     };
@@ -174,7 +193,8 @@ fn json_messages<T: DeserializeOwned + Default + Send + 'static>(
                 loop {
                     match framer.next_message() {
                         Ok(Some(msg)) => {
-                            let item = decode_large::<T>(msg.into(), &bulk).await;
+                            let msg = Chunks::from(Bytes::from(msg));
+                            let item = decode_large::<T, _>(msg, &bulk, |_| Ok(())).await;
                             let failed = item.is_err();
                             return Some((item, (chunks, framer, failed)));
                         }
@@ -221,12 +241,25 @@ fn json_lines<T: Serialize + Send + 'static>(
         .into_response()
 }
 
+/// A unary route to `svc.method`; with `screen`, `svc.screen` runs where the
+/// body is parsed (see [`decode_large`]).
 macro_rules! unary_route {
     ($svc:ident . $method:ident) => {
         post(
             |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
                 let svc = s.$svc.clone();
-                unary(headers, body, &s, |r| async move { svc.$method(r).await }).await
+                let call = |r| async move { svc.$method(r).await };
+                unary(headers, body, &s, |_| Ok(()), call).await
+            },
+        )
+    };
+    ($svc:ident . $method:ident, screen = $screen:ident) => {
+        post(
+            |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
+                let (svc, screener) = (s.$svc.clone(), s.$svc.clone());
+                let screen = move |r: &_| screener.$screen(r);
+                let call = |r| async move { svc.$method(r).await };
+                unary(headers, body, &s, screen, call).await
             },
         )
     };
@@ -238,7 +271,7 @@ pub fn router(services: Services) -> Router {
         .route("/kv/range", unary_route!(kv.range))
         .route("/kv/put", unary_route!(kv.put))
         .route("/kv/deleterange", unary_route!(kv.delete_range))
-        .route("/kv/txn", unary_route!(kv.txn))
+        .route("/kv/txn", unary_route!(kv.txn, screen = screen_txn))
         .route("/kv/compaction", unary_route!(kv.compact))
         .route("/lease/grant", unary_route!(lease.lease_grant))
         .route("/lease/revoke", unary_route!(lease.lease_revoke))
