@@ -7,11 +7,14 @@
 #
 #   bench/gateway.sh [--quick] [--runs N] [--out FILE]
 #
-# Workloads: 1 route without plugins (both proxies); 1,000 routes with
-# key-auth + limit-count + prometheus on the matched route (cairn) against
-# nginx without plugins. --quick: 1 run of 5 s each; default 3 runs of 10 s.
+# Workloads: 1 route without plugins (both proxies), over HTTP and over
+# HTTPS (TLS terminated by the proxy: an ECDSA P-256 certificate for
+# `localhost`, from the `ssls` resource for cairn, plain HTTP upstream);
+# 1,000 routes with key-auth + limit-count + prometheus on the matched route
+# (cairn) against nginx without plugins. --quick: 1 run of 5 s each; default 3 runs of 10 s.
 # Env: CAIRN_BIN (default target/release/cairn, built here if missing),
-# WRK_CONNECTIONS (64), WRK_THREADS (2). Needs nginx, wrk, etcdctl, curl.
+# WRK_CONNECTIONS (64), WRK_THREADS (2), GW_KEEP_LOGS (a directory the
+# run's logs are copied to on exit). Needs nginx, wrk, etcdctl, curl, openssl.
 # Processes are stopped by PID only; the work dir is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +38,7 @@ done
 if [ "$QUICK" = 1 ]; then DUR=5; RUNS=${RUNS:-1}; else DUR=10; RUNS=${RUNS:-3}; fi
 CONNS=${WRK_CONNECTIONS:-64}
 THREADS=${WRK_THREADS:-2}
-for tool in nginx wrk etcdctl curl; do
+for tool in nginx wrk etcdctl curl openssl; do
     command -v "$tool" >/dev/null || { echo "gateway.sh needs $tool" >&2; exit 1; }
 done
 NGINX=$(command -v nginx)
@@ -47,6 +50,7 @@ fi
 WORK=$(mktemp -d /tmp/cairn-gwbench.XXXXXX)
 PIDS=()
 cleanup() {
+    [ -n "${GW_KEEP_LOGS:-}" ] && cp "$WORK"/*.log "$GW_KEEP_LOGS"/ 2>/dev/null
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
@@ -55,7 +59,7 @@ trap cleanup EXIT
 
 # Fixed loopback ports well away from the defaults.
 STORE=127.0.0.1:42379 PEER=127.0.0.1:42380
-UP_PORT=42080 NGX_PORT=42081 GW_PORT=42082 GW_TLS=42083 GW_METRICS=42084
+UP_PORT=42080 NGX_PORT=42081 GW_PORT=42082 GW_TLS=42083 GW_METRICS=42084 NGX_TLS=42088
 export ETCDCTL_API=3
 EP=http://$STORE
 
@@ -68,7 +72,12 @@ wait_http() { # url, what
     exit 1
 }
 
-# The upstream and the reference proxy: one nginx, two servers.
+# One certificate for both proxies' HTTPS (wrk sends the URL's host as SNI).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+
+# The upstream and the reference proxy: one nginx, three servers.
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<CONF
 worker_processes auto;
@@ -86,6 +95,9 @@ http {
     server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
     server {
         listen 127.0.0.1:$NGX_PORT;
+        listen 127.0.0.1:$NGX_TLS ssl;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -128,13 +140,13 @@ run_wrk() { # url, extra header
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 declare -A R
-bench_pair() { # name, cairn url, cairn header
+bench_pair() { # name, nginx url, cairn url, cairn header
     local name=$1
     for i in $(seq 1 "$RUNS"); do
         echo "[$name] run $i/$RUNS: nginx" >&2
-        echo "$(run_wrk "http://127.0.0.1:$NGX_PORT/bench")" >>"$WORK/$name.nginx"
+        echo "$(run_wrk "$2")" >>"$WORK/$name.nginx"
         echo "[$name] run $i/$RUNS: cairn" >&2
-        echo "$(run_wrk "$2" "${3:-}")" >>"$WORK/$name.cairn"
+        echo "$(run_wrk "$3" "${4:-}")" >>"$WORK/$name.cairn"
     done
     for who in nginx cairn; do
         R[$name.$who.rps]=$(awk '{print $1}' "$WORK/$name.$who" | median)
@@ -169,7 +181,15 @@ propagation() { # label
 }
 PROP_ONE=$(propagation one)
 
-bench_pair one "http://127.0.0.1:$GW_PORT/bench"
+bench_pair one "http://127.0.0.1:$NGX_PORT/bench" "http://127.0.0.1:$GW_PORT/bench"
+
+python3 -c 'import json, sys; print(json.dumps({"cert": open(sys.argv[1]).read(), "key": open(sys.argv[2]).read(), "snis": ["localhost"]}))' \
+    "$WORK/tls.crt" "$WORK/tls.key" | etcdctl --endpoints=$EP put /apisix/ssls/bench >/dev/null
+for _ in $(seq 1 100); do
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' "https://localhost:$GW_TLS/bench")" = 200 ] && break
+    sleep 0.1
+done
+bench_pair tls "https://localhost:$NGX_TLS/bench" "https://localhost:$GW_TLS/bench"
 
 # 1,000 routes; the matched one with key-auth + limit-count + prometheus.
 etcdctl --endpoints=$EP put /apisix/consumers/bench '{"username":"bench","plugins":{"key-auth":{"key":"bench-key"}}}' >/dev/null
@@ -182,7 +202,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 PROP_MANY=$(propagation many)
-bench_pair plugins "http://127.0.0.1:$GW_PORT/bench" "apikey: bench-key"
+bench_pair plugins "http://127.0.0.1:$NGX_PORT/bench" "http://127.0.0.1:$GW_PORT/bench" "apikey: bench-key"
 
 # 10,000 routes: written over one keep-alive connection to the store's JSON
 # gateway, then a fresh gateway is timed from start to ready (/readyz) and to
@@ -213,6 +233,7 @@ Generated by \`bench/gateway.sh\` ($RUNS run(s) per proxy and workload, ${DUR}s 
 | workload | nginx req/s | cairn req/s | cairn/nginx | nginx p99 ms | cairn p99 ms | cairn/nginx p99 | errors nginx / cairn |
 |---|---:|---:|---:|---:|---:|---:|---:|
 | 1 route, no plugins | ${R[one.nginx.rps]} | ${R[one.cairn.rps]} | **$(ratio "${R[one.cairn.rps]}" "${R[one.nginx.rps]}")** | $(fmt "${R[one.nginx.p99]}") | $(fmt "${R[one.cairn.p99]}") | $(ratio "${R[one.cairn.p99]}" "${R[one.nginx.p99]}") | ${R[one.nginx.err]} / ${R[one.cairn.err]} |
+| 1 route, no plugins, HTTPS (TLS ends at the proxy) | ${R[tls.nginx.rps]} | ${R[tls.cairn.rps]} | **$(ratio "${R[tls.cairn.rps]}" "${R[tls.nginx.rps]}")** | $(fmt "${R[tls.nginx.p99]}") | $(fmt "${R[tls.cairn.p99]}") | $(ratio "${R[tls.cairn.p99]}" "${R[tls.nginx.p99]}") | ${R[tls.nginx.err]} / ${R[tls.cairn.err]} |
 | 1,000 routes, key-auth + limit-count + prometheus (nginx: no plugins) | ${R[plugins.nginx.rps]} | ${R[plugins.cairn.rps]} | **$(ratio "${R[plugins.cairn.rps]}" "${R[plugins.nginx.rps]}")** | $(fmt "${R[plugins.nginx.p99]}") | $(fmt "${R[plugins.cairn.p99]}") | $(ratio "${R[plugins.cairn.p99]}" "${R[plugins.nginx.p99]}") | ${R[plugins.nginx.err]} / ${R[plugins.cairn.err]} |
 
 Route propagation (etcdctl put returned → the gateway serves the new route, polled with curl), p50 / p99 / max in ms: at 2 routes $(echo "$PROP_ONE" | awk '{print $1 " / " $2 " / " $3}'); at 1,001 routes $(echo "$PROP_MANY" | awk '{print $1 " / " $2 " / " $3}'); at 10,001 routes $(echo "$PROP_10K" | awk '{print $1 " / " $2 " / " $3}').
