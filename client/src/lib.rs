@@ -4,6 +4,8 @@
 //! - `endpoints`: endpoint URL parsing, one lazily connected channel per member.
 //! - [`resolve`]: pure-Rust name resolution and the TCP connector of every
 //!   channel (also the store's peer channels), re-resolving on each reconnect.
+//! - [`tcp`]: the socket settings every Cairn connection gets on either end
+//!   (no Nagle; no BBR on loopback, where it stalls bursts ~40 ms).
 //! - `call`: endpoint choice (sticky with failover), per-attempt timeout, and the
 //!   rule that a mutation is never re-sent once it may have been applied.
 //! - [`error`]: [`Error`], and the classification of a failed attempt
@@ -31,6 +33,7 @@ mod kv;
 mod lease;
 pub mod options;
 pub mod resolve;
+pub mod tcp;
 pub mod txn;
 pub mod watch;
 

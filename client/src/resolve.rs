@@ -42,7 +42,10 @@ pub async fn connect(host: &str, port: u16) -> io::Result<tokio::net::TcpStream>
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
     for ip in lookup(host).await? {
         match tokio::net::TcpStream::connect((ip, port)).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                crate::tcp::tune(&s);
+                return Ok(s);
+            }
             Err(e) => last = e,
         }
     }
@@ -133,14 +136,41 @@ impl tower_service::Service<Name> for Resolver {
 
 /// The TCP connector for `tonic::transport::Endpoint::connect_with_connector_lazy`:
 /// tonic still applies the endpoint's connect timeout (to resolution and
-/// connect together) and, when configured, its TLS.
-pub fn connector() -> HttpConnector<Resolver> {
+/// connect together) and, when configured, its TLS. Each connection gets
+/// [`crate::tcp::tune`].
+pub fn connector() -> Connector {
     let mut http = HttpConnector::new_with_resolver(Resolver);
     // tonic's TLS layer wraps this connector for https:// URLs; the plain
     // TCP part must accept them.
     http.enforce_http(false);
     http.set_nodelay(true);
-    http
+    Connector(http)
+}
+
+/// hyper-util's connector with [`crate::tcp::tune`] applied to what it connects.
+#[derive(Clone, Debug)]
+pub struct Connector(HttpConnector<Resolver>);
+
+type Connected = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+
+impl tower_service::Service<tonic::codegen::http::Uri> for Connector {
+    type Response = Connected;
+    type Error =
+        <HttpConnector<Resolver> as tower_service::Service<tonic::codegen::http::Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Connected, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            crate::tcp::tune(io.inner());
+            Ok(io)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -95,7 +95,6 @@ impl tower_service::Service<Uri> for Connector {
             let tcp = tokio::time::timeout(timeout, cairn_client::resolve::connect(&host, port))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            let _ = tcp.set_nodelay(true);
             if !tls {
                 return Ok(TokioIo::new(Stream::Plain(tcp)));
             }

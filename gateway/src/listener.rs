@@ -101,7 +101,7 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        cairn_client::tcp::tune(&stream);
         let local = stream.local_addr().unwrap_or(remote);
         let handler = handler.clone();
         let builder = builder.clone();

@@ -130,10 +130,11 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         if is_https(&url) {
             tokio::spawn(async move {
                 // tonic applies `tcp_nodelay` only to listeners it binds itself;
-                // accepted peer sockets need it too, or every small Raft reply
-                // waits ~40 ms for a delayed ACK.
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                // accepted peer sockets need it too (and the rest of `tune`),
+                // or every small Raft reply waits ~40 ms for a delayed ACK.
+                use tokio_stream::StreamExt;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+                    .map(|c| c.inspect(cairn_client::tcp::tune));
                 if let Err(e) = router.serve_with_incoming(incoming).await {
                     tracing::error!("peer server stopped: {e}");
                 }
@@ -280,7 +281,7 @@ async fn accept_peers(
         if grpc.is_closed() {
             return;
         }
-        let _ = conn.set_nodelay(true);
+        cairn_client::tcp::tune(&conn);
         let (node, grpc) = (node.clone(), grpc.clone());
         tokio::spawn(async move {
             if crate::net::wire::is_wire(&conn).await {
@@ -300,8 +301,8 @@ fn is_https(url: &str) -> bool {
     url.trim().starts_with("https://")
 }
 
-/// Serves the client port: each connection gets TCP_NODELAY (small gRPC
-/// replies must not wait for Nagle), its TLS handshake when the URL is
+/// Serves the client port: each connection gets [`cairn_client::tcp::tune`]
+/// (no Nagle; no BBR on loopback), its TLS handshake when the URL is
 /// `https://` (in its own task, so a slow handshake holds up no one), and
 /// [`AuthorityFix`] inside the TLS layer, so that etcdctl's
 /// `:authority: http(s)://host:port` does not get its streams reset.
@@ -324,7 +325,7 @@ async fn serve_clients(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        cairn_client::tcp::tune(&tcp);
         let (router, tls, drain) = (router.clone(), tls.clone(), drain.watcher());
         tokio::spawn(async move {
             match tls {

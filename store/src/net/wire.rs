@@ -170,7 +170,6 @@ impl WirePool {
         let mut conn = cairn_client::resolve::connect(&host, port)
             .await
             .map_err(unreachable)?;
-        conn.set_nodelay(true).map_err(unreachable)?;
         conn.write_all(MAGIC).await.map_err(unreachable)?;
         let mut reply = [0u8; 8];
         match conn.read_exact(&mut reply).await {
