@@ -142,7 +142,9 @@ async fn serve_one(
     peer: listener::Peer,
 ) -> Response<Body> {
     let version = req.version();
-    let mut r = server::handle(shared.clone(), req, peer).await;
+    // Boxed: hyper keeps the service's future inline and moves it a few
+    // times per request; the handler's state machine is kilobytes.
+    let mut r = Box::pin(server::handle(shared.clone(), req, peer)).await;
     drain::close_if_draining(&shared, version, &mut r);
     r
 }
