@@ -184,6 +184,10 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> R
         }
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // The console's pages and assets are bursts of tens of KiB: the same
+    // socket settings as the store's client port (no BBR on loopback).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| cairn_client::tcp::tune(tcp));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
