@@ -18,7 +18,8 @@
 #
 # Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR,
 # BOUNDED_SECTIONS (which of the sections above to run; default "1 2 3 4"),
-# HOSTILE_KINDS (section 4's hostile clients: "txn", "big" or both, the default).
+# HOSTILE_KINDS (section 4's hostile clients: "txn", "big" or both, the default;
+# "grpc" sends the txn client's 20,000 ops as gRPC messages instead of JSON).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -160,6 +161,32 @@ gets() { "$CAIRN_BIN" --log-level error bench --endpoints "$eps" --json \
 row "$name: linearizable get p50 / p99 (ms), quiet" "$(gets | lat)"
 hostile=()
 for kind in ${HOSTILE_KINDS:-txn big}; do
+    if [ "$kind" = grpc ]; then
+        # The txn client's 20,000 ops as one gRPC message (1.4 MB of
+        # protobuf), sent by curl over HTTP/2 without a token.
+        python3 - "$WORK/txn.grpc" <<'EOF'
+import sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, payload):
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+msg = b"".join(field(2, field(2, field(1, b"h%d" % i) + field(2, b"v" * 56)))
+               for i in range(20000))
+open(sys.argv[1], "wb").write(b"\0" + len(msg).to_bytes(4, "big") + msg)
+EOF
+        # The trap: a subshell in a loop would otherwise outlive the kill below.
+        (trap 'exit 0' TERM; end=$((SECONDS + 60)); while [ $SECONDS -lt $end ]; do
+            curl -s -o /dev/null --http2-prior-knowledge -H 'content-type: application/grpc' \
+                -H 'te: trailers' --data-binary @"$WORK/txn.grpc" "$ep0/etcdserverpb.KV/Txn" || true
+        done) &
+        hostile+=($!)
+        continue
+    fi
     python3 - "$ep0" "$kind" <<'EOF' &
 import base64, json, sys, time, urllib.request, urllib.error
 ep, kind = sys.argv[1], sys.argv[2]
@@ -181,7 +208,9 @@ EOF
     hostile+=($!)
 done
 sleep 1
-row "$name: the same beside 2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)" "$(gets | lat)"
+beside="2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)"
+[ -z "${HOSTILE_KINDS:-}" ] || beside="hostile clients: $HOSTILE_KINDS (no token)"
+row "$name: the same beside $beside" "$(gets | lat)"
 kill "${hostile[@]}" 2>/dev/null || true
 wait "${hostile[@]}" 2>/dev/null || true
 stop_cluster "$store"
