@@ -84,6 +84,17 @@ pub enum Command {
     Batch(Vec<Proposal>),
     /// A change to users, roles, permissions or the auth switch.
     Auth(crate::auth::AuthCmd),
+    /// The leader's expiry of a lease whose deadline passed while it led in
+    /// `term`. It revokes the lease only from an entry of that term. Queued
+    /// across a change of leadership (the batcher proposes what waited in
+    /// it once this member leads again), it lands in a later term, whose
+    /// leader restarted every deadline and may have renewed the lease since:
+    /// then it does nothing. (Last in the enum: the log's encoding of the
+    /// variants before it is unchanged.)
+    LeaseExpire {
+        id: i64,
+        term: u64,
+    },
 }
 
 impl Command {

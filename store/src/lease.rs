@@ -233,9 +233,14 @@ pub async fn expiry_loop(node: Weak<Node>, tick: Duration) {
                 // Proposed here only, never forwarded: the deadline is this
                 // leader's view. A leader that was paused past its leadership
                 // would otherwise hand a stale expiry to the new leader, which
-                // may have renewed the lease since. A lease already gone
-                // answers "not found": nothing to do.
-                let req = crate::command::Proposal::new(None, Command::LeaseRevoke { id });
+                // may have renewed the lease since. For the same reason it
+                // carries the term whose deadline passed: queued here until
+                // this member leads again, in a later term, it revokes
+                // nothing (found by the robustness suite: a leader paused
+                // and re-elected renewed a lease, then applied its own
+                // earlier expiry). A lease already gone answers "not
+                // found": nothing to do.
+                let req = crate::command::Proposal::new(None, Command::LeaseExpire { id, term });
                 let _ = n2.propose_as_leader(req).await;
             });
         }

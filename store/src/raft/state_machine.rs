@@ -170,6 +170,10 @@ impl StateMachine {
                     perms::check_lease_keys(&w.view(), Some(u), *id, perms::Need::Write)
                 })
                 .and_then(|()| stamped!(w.lease_revoke(*id), term, LeaseRevoke)),
+            Command::LeaseExpire { id, term: decided } if *decided == term => {
+                stamped!(w.lease_revoke(*id), term, LeaseRevoke)
+            }
+            Command::LeaseExpire { .. } => Ok(ApplyResult::Done),
             Command::Alarm {
                 activate,
                 member,
@@ -364,6 +368,47 @@ mod tests {
         };
         let resp = sm.mvcc.read(|v| v.range(&r)).unwrap();
         resp.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    fn entry(term: u64, index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Proposal::new(None, command)),
+        }
+    }
+
+    fn lease_ttl(sm: &StateMachine, id: i64) -> Option<i64> {
+        sm.mvcc.read(|v| v.lease_ttl(id)).unwrap()
+    }
+
+    /// A leader's expiry revokes only from an entry of the term it was
+    /// decided in: carried into a later leadership, which restarted every
+    /// deadline and may have renewed the lease, it does nothing.
+    #[tokio::test]
+    async fn a_lease_expiry_from_an_earlier_term_revokes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) = Storage::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(storage).unwrap();
+        sm.apply(vec![entry(1, 1, Command::LeaseGrant { id: 7, ttl: 2 })])
+            .await
+            .unwrap();
+        sm.apply(vec![entry(3, 2, Command::LeaseExpire { id: 7, term: 2 })])
+            .await
+            .unwrap();
+        assert_eq!(lease_ttl(&sm, 7), Some(2), "a stale expiry kept the lease");
+        // An explicit revoke has no term: it always applies.
+        sm.apply(vec![entry(3, 3, Command::LeaseGrant { id: 8, ttl: 2 })])
+            .await
+            .unwrap();
+        sm.apply(vec![entry(3, 4, Command::LeaseRevoke { id: 8 })])
+            .await
+            .unwrap();
+        assert_eq!(lease_ttl(&sm, 8), None);
+        // The expiry of the entry's own term revokes.
+        sm.apply(vec![entry(3, 5, Command::LeaseExpire { id: 7, term: 3 })])
+            .await
+            .unwrap();
+        assert_eq!(lease_ttl(&sm, 7), None);
     }
 
     #[tokio::test]
