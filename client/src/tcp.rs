@@ -25,24 +25,24 @@ pub fn tune(stream: &TcpStream) {
 
 #[cfg(target_os = "linux")]
 fn loopback_congestion_control(stream: &TcpStream) {
+    // CUBIC is Linux's default built-in; Reno is always there.
+    let _ = set_congestion_control(stream, "cubic") || set_congestion_control(stream, "reno");
+}
+
+/// `TCP_CONGESTION`; false if the kernel refused the name.
+#[cfg(target_os = "linux")]
+fn set_congestion_control(stream: &TcpStream, name: &str) -> bool {
     use std::os::fd::AsRawFd;
-    let fd = stream.as_raw_fd();
-    // CUBIC is Linux's default build-in; Reno is always there.
-    for name in [&b"cubic"[..], b"reno"] {
-        // SAFETY: `fd` is the open socket borrowed above, and the option
-        // value is a byte string of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_CONGESTION,
-                name.as_ptr().cast(),
-                name.len() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
+    // SAFETY: the socket is open for as long as `stream` is borrowed, and the
+    // option value is a byte string of the given length.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        ) == 0
     }
 }
 
@@ -54,6 +54,8 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use tokio::net::{TcpListener, TcpStream};
+
+    use super::set_congestion_control;
 
     fn congestion_control(s: &TcpStream) -> String {
         let mut buf = [0u8; 16];
@@ -71,19 +73,6 @@ mod tests {
         assert_eq!(rc, 0, "getsockopt(TCP_CONGESTION)");
         let name = &buf[..len as usize];
         String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(name)).into_owned()
-    }
-
-    fn set_congestion_control(s: &TcpStream, name: &str) -> bool {
-        // SAFETY: as in `loopback_congestion_control`.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_CONGESTION,
-                name.as_ptr().cast(),
-                name.len() as libc::socklen_t,
-            ) == 0
-        }
     }
 
     #[tokio::test]
