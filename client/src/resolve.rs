@@ -143,7 +143,6 @@ pub fn connector() -> Connector {
     // tonic's TLS layer wraps this connector for https:// URLs; the plain
     // TCP part must accept them.
     http.enforce_http(false);
-    http.set_nodelay(true);
     Connector(http)
 }
 

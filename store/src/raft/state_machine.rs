@@ -395,7 +395,11 @@ mod tests {
         sm.apply(vec![entry(3, 2, Command::LeaseExpire { id: 7, term: 2 })])
             .await
             .unwrap();
-        assert_eq!(lease_ttl(&sm, 7), Some(2), "a stale expiry kept the lease");
+        assert_eq!(
+            lease_ttl(&sm, 7),
+            Some(2),
+            "a stale expiry revoked the lease"
+        );
         // An explicit revoke has no term: it always applies.
         sm.apply(vec![entry(3, 3, Command::LeaseGrant { id: 8, ttl: 2 })])
             .await
