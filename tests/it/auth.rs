@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use cairn_client::txn::{op_put, Txn};
 use cairn_client::{
     Client, ClientOptions, Code, Credentials, GetOptions, PutOptions, WatchOptions,
 };
@@ -468,6 +469,21 @@ async fn client_credentials_and_watch_permissions(imp: Impl) {
         refused.cancel_reason,
         "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
     );
+    // etcd counts a txn's operations before it looks at the token: 20,000
+    // of them (1.4 MB) from no one get the count's error, and change nothing.
+    let ops: Vec<_> = (0..20_000)
+        .map(|i| op_put(format!("/app/h{i}"), "v".repeat(56), PutOptions::default()))
+        .collect();
+    let e = anonymous.txn(Txn::new().and_then(ops)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        )
+    );
+    let r = alice.get("/app/h", GetOptions::prefix()).await.unwrap();
+    assert_eq!(r.count, 0);
     let mut ok = alice.watch("/app/", WatchOptions::prefix()).await.unwrap();
     assert!(!ok.created().canceled);
     alice

@@ -11,7 +11,8 @@
 //! - [`auth`]: the Auth service, and the caller behind a request's token.
 //! - [`watch`]: Watch streams (the watchers themselves are in [`crate::watch`]);
 //!   `watch_grpc` serves them on gRPC with events encoded once per stream step.
-//! - [`validate`]: etcd's request checks, before anything is proposed.
+//! - [`validate`]: etcd's request checks, before anything is proposed;
+//!   `txn_screen` makes the first of them on a gRPC txn's bytes as they arrive.
 //! - [`peer`]: the peer protocol's server side (openraft's RPCs, forwarded writes, read index, lease and membership calls).
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
+mod txn_screen;
 pub mod validate;
 pub mod watch;
 mod watch_grpc;
@@ -45,6 +47,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
     // etcd accepts gRPC messages up to the request limit plus 512 KiB, and
     // rejects larger *requests* with "request is too large" itself.
     let max = node.max_request_bytes + 512 * 1024;
+    let max_txn_ops = node.max_txn_ops;
     let services = gateway::Services {
         kv: Arc::new(kv::KvService { node: node.clone() }),
         lease: Arc::new(lease::LeaseService { node: node.clone() }),
@@ -93,5 +96,8 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
                 async move { crate::metrics::render(node.metrics_snapshot()) }
             }),
         )
+        .layer(axum::middleware::map_request(move |req: axum::extract::Request| async move {
+            txn_screen::screen(req, max_txn_ops, max)
+        }))
         .layer(axum::middleware::from_fn(crate::metrics::count_grpc))
 }
