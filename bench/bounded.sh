@@ -19,7 +19,8 @@
 # Env: CAIRN_BIN (default: release build, built here), BENCH_WORKDIR,
 # BOUNDED_SECTIONS (which of the sections above to run; default "1 2 3 4"),
 # HOSTILE_KINDS (section 4's hostile clients: "txn", "big" or both, the default;
-# "grpc" sends the txn client's 20,000 ops as gRPC messages instead of JSON).
+# "grpc" sends the txn client's 20,000 ops as gRPC messages instead of JSON,
+# paced by HOSTILE_GRPC_PAUSE seconds, and reports the member's CPU per txn).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ EPS=$(endpoints cairn)
 EP0=$(client_url cairn 0)
 PID0() { echo "${PIDS[cairn:0]}"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 # Resets the peak RSS the kernel keeps for a process (VmHWM).
 reset_hwm() { echo 5 >"/proc/$1/clear_refs"; }
@@ -180,11 +182,26 @@ msg = b"".join(field(2, field(2, field(1, b"h%d" % i) + field(2, b"v" * 56)))
 open(sys.argv[1], "wb").write(b"\0" + len(msg).to_bytes(4, "big") + msg)
 EOF
         # The trap: a subshell in a loop would otherwise outlive the kill below.
+        # Paced (HOSTILE_GRPC_PAUSE, default 0.05 s between requests): each
+        # curl costs this machine ~20 ms of CPU to start, so unpaced, a store
+        # that refuses faster would be measured beside a hungrier client.
+        : >"$WORK/hostile.count"
         (trap 'exit 0' TERM; end=$((SECONDS + 60)); while [ $SECONDS -lt $end ]; do
             curl -s -o /dev/null --http2-prior-knowledge -H 'content-type: application/grpc' \
                 -H 'te: trailers' --data-binary @"$WORK/txn.grpc" "$ep0/etcdserverpb.KV/Txn" || true
+            echo >>"$WORK/hostile.count"
+            sleep "${HOSTILE_GRPC_PAUSE:-0.05}"
         done) &
         hostile+=($!)
+        # What each one costs the member it is sent to, over 4 s of it alone.
+        sleep 1
+        member=${PIDS[$store:0]}
+        c0=$(cpu_ticks "$member"); n0=$(wc -l <"$WORK/hostile.count")
+        sleep 4
+        c1=$(cpu_ticks "$member"); n1=$(wc -l <"$WORK/hostile.count")
+        row "$name: member CPU per hostile gRPC txn (ms); txns per second" \
+            "$(awk -v c=$((c1 - c0)) -v n=$((n1 - n0)) -v t="$(getconf CLK_TCK)" \
+                'BEGIN { printf "%.2f; %.1f", n ? c * 1000 / t / n : 0, n / 4 }')"
         continue
     fi
     python3 - "$ep0" "$kind" <<'EOF' &
