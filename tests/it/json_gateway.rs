@@ -442,6 +442,17 @@ async fn errors_and_methods(imp: Impl) {
         v["message"],
         json!("etcdserver: too many operations in txn request")
     );
+    // Too large (1.6 MiB) and too many operations: etcd counts first.
+    let eight = "z".repeat(8 * 1024);
+    let both: Vec<Value> = (0..200).map(|i| put(format!("both{i}"), &eight)).collect();
+    let (status, v) = http(base, "POST", "/v3/kv/txn", Some(&json!({"success": both}))).await;
+    assert_eq!(
+        (status, &v["message"]),
+        (
+            400,
+            &json!("etcdserver: too many operations in txn request")
+        )
+    );
     let kilo = "v".repeat(1024);
     let large: Vec<Value> = (0..100).map(|i| put(format!("large{i}"), &kilo)).collect();
     let v = post(base, "/v3/kv/txn", json!({"success": large})).await;

@@ -31,13 +31,14 @@ impl KvService {
         Ok(())
     }
 
-    /// What a txn is refused for before anything else, in etcd's order
-    /// (size, then shape and operation count). Also run on the JSON
-    /// gateway's parse thread, so a refused 20,000-operation txn is dropped
-    /// there rather than on a request worker.
+    /// What a txn is refused for before anything else, in etcd's order:
+    /// shape and operation count (`checkTxnRequest`, in the gRPC handler),
+    /// then size (when the request is marshalled for Raft). Also run on the
+    /// JSON gateway's parse thread, so a refused 20,000-operation txn is
+    /// dropped there rather than on a request worker.
     pub fn screen_txn(&self, r: &TxnRequest) -> Result<(), Status> {
-        self.check_size(r)?;
         validate::txn(r, self.node.max_txn_ops)?;
+        self.check_size(r)?;
         Ok(())
     }
 
