@@ -6,7 +6,6 @@ use crate::common;
 
 use std::time::Duration;
 
-use cairn_client::txn::{op_put, Txn};
 use cairn_client::{
     Client, ClientOptions, Code, Credentials, GetOptions, PutOptions, WatchOptions,
 };
@@ -471,17 +470,9 @@ async fn client_credentials_and_watch_permissions(imp: Impl) {
     );
     // etcd counts a txn's operations before it looks at the token: 20,000
     // of them (1.4 MB) from no one get the count's error, and change nothing.
-    let ops: Vec<_> = (0..20_000)
-        .map(|i| op_put(format!("/app/h{i}"), "v".repeat(56), PutOptions::default()))
-        .collect();
-    let e = anonymous.txn(Txn::new().and_then(ops)).await.unwrap_err();
-    assert_eq!(
-        (e.code(), e.message()),
-        (
-            Code::InvalidArgument,
-            "etcdserver: too many operations in txn request"
-        )
-    );
+    let txn = common::many_puts("/app/h", 20_000, &[b'v'; 56]);
+    let e = anonymous.txn(txn).await.unwrap_err();
+    common::assert_too_many_ops(&e);
     let r = alice.get("/app/h", GetOptions::prefix()).await.unwrap();
     assert_eq!(r.count, 0);
     let mut ok = alice.watch("/app/", WatchOptions::prefix()).await.unwrap();

@@ -1048,23 +1048,11 @@ async fn request_too_large_writes_nothing(imp: Impl) {
         (Code::InvalidArgument, "etcdserver: request is too large")
     );
     // Too large and too many operations: etcd counts first.
-    let ops: Vec<_> = (0..200)
-        .map(|i| {
-            op_put(
-                format!("big{i}"),
-                vec![b'z'; 8 * 1024],
-                PutOptions::default(),
-            )
-        })
-        .collect();
-    let e = c.txn(Txn::new().and_then(ops)).await.unwrap_err();
-    assert_eq!(
-        (e.code(), e.message()),
-        (
-            Code::InvalidArgument,
-            "etcdserver: too many operations in txn request"
-        )
-    );
+    let e = c
+        .txn(common::many_puts("big", 200, &[b'z'; 8 * 1024]))
+        .await
+        .unwrap_err();
+    common::assert_too_many_ops(&e);
     assert_eq!(current_rev(&c).await, before);
     assert_eq!(c.get("big", GetOptions::default()).await.unwrap().count, 0);
     // Just under the limit is accepted.

@@ -38,6 +38,8 @@ use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::{MaintenanceService, CLUSTER_VERSION, SERVER_VERSION};
 use super::watch::WatchService;
+use crate::error::EtcdError;
+use cairn_proto::etcdserverpb::TxnRequest;
 
 /// The gRPC services the gateway forwards to.
 #[derive(Clone)]
@@ -100,19 +102,59 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Decodes a body and runs `screen` on the result (what a request is
-/// refused for before anything else); a body of [`LARGE_BODY`] or more is
-/// joined, parsed, screened and, if refused, dropped on the low-priority
-/// thread of [`super::bulk`], so none of that holds up small requests.
+/// What a unary request is refused for before its service sees it (etcd
+/// checks a txn's shape and size before auth).
+trait Screen<T>: Send + 'static {
+    /// On the raw body, before it is parsed: a look at the bytes can cost
+    /// far less than the parse it saves.
+    fn bytes(&self, _body: &Chunks) -> Result<(), Status> {
+        Ok(())
+    }
+
+    /// On the parsed message.
+    fn parsed(self, _req: &T) -> Result<(), Status>;
+}
+
+/// Requests refused only by their service.
+struct NoScreen;
+
+impl<T> Screen<T> for NoScreen {
+    fn parsed(self, _req: &T) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// A txn: its top-level operation count from the bytes, then everything
+/// [`KvService::screen_txn`] checks.
+struct TxnScreen(Arc<KvService>);
+
+impl Screen<TxnRequest> for TxnScreen {
+    fn bytes(&self, body: &Chunks) -> Result<(), Status> {
+        if super::txn_screen::json_over(body.parts(), self.0.node.max_txn_ops) {
+            return Err(EtcdError::TooManyOps.into());
+        }
+        Ok(())
+    }
+
+    fn parsed(self, req: &TxnRequest) -> Result<(), Status> {
+        self.0.screen_txn(req)
+    }
+}
+
+/// Decodes a body, screened before and after (see [`Screen`]); a body of
+/// [`LARGE_BODY`] or more is screened, joined, parsed and, if refused,
+/// dropped on the low-priority thread of [`super::bulk`], so none of that
+/// holds up small requests.
 async fn decode_large<T, S>(body: Chunks, bulk: &Bulk, screen: S) -> Result<T, Status>
 where
     T: DeserializeOwned + Default + Send + 'static,
-    S: FnOnce(&T) -> Result<(), Status> + Send + 'static,
+    S: Screen<T>,
 {
     let small = body.len() < LARGE_BODY;
     let work = move || {
+        screen.bytes(&body)?;
         let req = decode::<T>(&body.join())?;
-        screen(&req)?;
+        screen.parsed(&req)?;
         Ok(req)
     };
     if small {
@@ -153,7 +195,7 @@ async fn unary<Req, Resp, S, F, Fut>(
 where
     Req: DeserializeOwned + Default + Send + 'static,
     Resp: Serialize,
-    S: FnOnce(&Req) -> Result<(), Status> + Send + 'static,
+    S: Screen<Req>,
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
@@ -164,9 +206,17 @@ where
         Ok(b) => b,
         Err(s) => return error_response(s),
     };
+    let len = body.len();
     let req = match decode_large::<Req, S>(body, &s.bulk, screen).await {
         Ok(r) => r,
-        Err(s) => return error_response(s),
+        Err(s) => {
+            // A refused large body is answered at the refusal pace, so a
+            // client cannot send them faster because they are refused fast.
+            if len >= LARGE_BODY {
+                super::refusal_pace::pace(len).await;
+            }
+            return error_response(s);
+        }
     };
     match call(grpc_request(req, &headers)).await {
         Ok(r) => json_response(&r.into_inner()),
@@ -194,7 +244,7 @@ fn json_messages<T: DeserializeOwned + Default + Send + 'static>(
                     match framer.next_message() {
                         Ok(Some(msg)) => {
                             let msg = Chunks::from(Bytes::from(msg));
-                            let item = decode_large::<T, _>(msg, &bulk, |_| Ok(())).await;
+                            let item = decode_large::<T, _>(msg, &bulk, NoScreen).await;
                             let failed = item.is_err();
                             return Some((item, (chunks, framer, failed)));
                         }
@@ -241,23 +291,22 @@ fn json_lines<T: Serialize + Send + 'static>(
         .into_response()
 }
 
-/// A unary route to `svc.method`; with `screen`, `svc.screen` runs where the
-/// body is parsed (see [`decode_large`]).
+/// A unary route to `svc.method`; with `screen`, that [`Screen`] (made from
+/// the service) runs where the body is parsed (see [`decode_large`]).
 macro_rules! unary_route {
     ($svc:ident . $method:ident) => {
         post(
             |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
                 let svc = s.$svc.clone();
                 let call = |r| async move { svc.$method(r).await };
-                unary(headers, body, &s, |_| Ok(()), call).await
+                unary(headers, body, &s, NoScreen, call).await
             },
         )
     };
     ($svc:ident . $method:ident, screen = $screen:ident) => {
         post(
             |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
-                let (svc, screener) = (s.$svc.clone(), s.$svc.clone());
-                let screen = move |r: &_| screener.$screen(r);
+                let (svc, screen) = (s.$svc.clone(), $screen(s.$svc.clone()));
                 let call = |r| async move { svc.$method(r).await };
                 unary(headers, body, &s, screen, call).await
             },
@@ -271,7 +320,7 @@ pub fn router(services: Services) -> Router {
         .route("/kv/range", unary_route!(kv.range))
         .route("/kv/put", unary_route!(kv.put))
         .route("/kv/deleterange", unary_route!(kv.delete_range))
-        .route("/kv/txn", unary_route!(kv.txn, screen = screen_txn))
+        .route("/kv/txn", unary_route!(kv.txn, screen = TxnScreen))
         .route("/kv/compaction", unary_route!(kv.compact))
         .route("/lease/grant", unary_route!(lease.lease_grant))
         .route("/lease/revoke", unary_route!(lease.lease_revoke))

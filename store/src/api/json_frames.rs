@@ -11,9 +11,9 @@
 //!   re-parse per chunk; and a message still open past the limit is refused
 //!   before more of it is buffered.
 
+use super::refusal_pace::pace;
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
-use std::time::{Duration, Instant};
 use tonic::Status;
 
 /// etcd's words (grpc-go's) for a message over the receive limit.
@@ -28,30 +28,6 @@ pub fn too_large(seen: usize, limit: usize) -> Status {
 /// kernel reset the connection, and the client may lose the answer.
 const DRAIN_BYTES: usize = 64 << 20;
 
-/// How fast oversize bodies are drained, all connections together. A client
-/// sending bodies over the limit in a loop is then held back by TCP's own
-/// flow control (it waits, costing nobody CPU) instead of having the member
-/// and the kernel copy hundreds of megabytes a second that are thrown away;
-/// an honest client that sent too much still gets its answer, a little
-/// later.
-const DRAIN_BYTES_PER_SEC: f64 = (32 << 20) as f64;
-
-/// When the drain pace next has room (shared by every connection).
-static DRAIN_NEXT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-
-/// Waits for the drain pace to admit `bytes` more.
-async fn pace_drain(bytes: usize) {
-    let now = Instant::now();
-    let until = {
-        let mut next = DRAIN_NEXT.lock().unwrap_or_else(|e| e.into_inner());
-        let start = next.map_or(now, |n| n.max(now));
-        let end = start + Duration::from_secs_f64(bytes as f64 / DRAIN_BYTES_PER_SEC);
-        *next = Some(end);
-        end
-    };
-    tokio::time::sleep_until(until.into()).await;
-}
-
 /// A request body as it arrived, its chunks not yet joined: joining a large
 /// one (a copy into fresh pages) is left to whoever parses it.
 pub struct Chunks {
@@ -62,6 +38,11 @@ pub struct Chunks {
 impl Chunks {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The body's pieces, in order, as they arrived.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().map(|p| &p[..])
     }
 
     /// The body in one buffer; one that came in one chunk is not copied.
@@ -89,7 +70,7 @@ impl From<Bytes> for Chunks {
 /// The whole body of a unary call, at most `limit` bytes. `declared` is its
 /// `Content-Length`, if it came with one: a body declared over the limit is
 /// refused without keeping any of it. What is drained of an oversize body
-/// is paced (see [`DRAIN_BYTES_PER_SEC`]).
+/// is paced (see [`super::refusal_pace`]).
 pub async fn read_body(
     body: Body,
     declared: Option<usize>,
@@ -103,12 +84,12 @@ pub async fn read_body(
         seen += chunk.len();
         if seen > limit || declared.is_some_and(|d| d > limit) {
             drop(parts);
-            pace_drain(chunk.len()).await;
+            pace(chunk.len()).await;
             while seen < limit + DRAIN_BYTES {
                 match chunks.next().await {
                     Some(Ok(more)) => {
                         seen += more.len();
-                        pace_drain(more.len()).await;
+                        pace(more.len()).await;
                     }
                     _ => break,
                 }

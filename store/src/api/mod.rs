@@ -2,7 +2,8 @@
 //!
 //! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`;
 //!   `json_frames` reads its bodies within the request limit, and `bulk`
-//!   parses the large ones on a low-priority thread.
+//!   parses the large ones on a low-priority thread; `refusal_pace` paces
+//!   what is refused.
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
 //! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, Defragment,
@@ -24,6 +25,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod peer;
+mod refusal_pace;
 mod txn_screen;
 pub mod validate;
 pub mod watch;

@@ -897,3 +897,28 @@ pub fn dechunk(s: &str) -> String {
     }
     out
 }
+
+/// A txn of `n` puts of `value` to keys `prefix0`, `prefix1`, ...
+pub fn many_puts(prefix: &str, n: usize, value: &[u8]) -> cairn_client::txn::Txn {
+    use cairn_client::txn::{op_put, Txn};
+    let ops = (0..n).map(|i| {
+        op_put(
+            format!("{prefix}{i}"),
+            value.to_vec(),
+            cairn_client::PutOptions::default(),
+        )
+    });
+    Txn::new().and_then(ops.collect::<Vec<_>>())
+}
+
+/// etcd's refusal of a txn over `--max-txn-ops`.
+pub fn assert_too_many_ops(e: &cairn_client::Error) {
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            cairn_client::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        ),
+        "{e:?}"
+    );
+}
