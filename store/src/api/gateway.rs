@@ -209,14 +209,9 @@ where
     let len = body.len();
     let req = match decode_large::<Req, S>(body, &s.bulk, screen).await {
         Ok(r) => r,
-        Err(s) => {
-            // A refused large body is answered at the refusal pace, so a
-            // client cannot send them faster because they are refused fast.
-            if len >= LARGE_BODY {
-                super::refusal_pace::pace(len).await;
-            }
-            return error_response(s);
-        }
+        // A refused large body is answered at the refusal pace, so a client
+        // cannot send them faster because they are refused fast.
+        Err(s) => return error_response(super::refusal_pace::refused(len, s).await),
     };
     match call(grpc_request(req, &headers)).await {
         Ok(r) => json_response(&r.into_inner()),

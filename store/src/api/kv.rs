@@ -117,7 +117,13 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let (md, r) = (req.metadata().clone(), req.into_inner());
-        self.screen_txn(&r)?;
+        if let Err(e) = self.screen_txn(&r) {
+            // Not caught by the byte screen (a nested txn, say): answered
+            // at the refusal pace, the request already dropped.
+            let len = r.encoded_len();
+            drop(r);
+            return Err(super::refusal_pace::refused(len, e).await);
+        }
         if txn_is_read_only(&r) {
             // etcd serves read-only txns without a proposal, after the
             // linearizable barrier; evaluating it on a throwaway writer gives

@@ -17,6 +17,19 @@ use std::time::{Duration, Instant};
 /// The pace, all connections together.
 pub const BYTES_PER_SEC: f64 = (32 << 20) as f64;
 
+/// Refused requests this large or larger are answered at the pace; small
+/// ones (a mistyped key, a bad revision) are answered at once.
+pub const PACED_FROM: usize = 64 << 10;
+
+/// Answers a refusal of a request of `len` bytes: at the pace if it is
+/// large, else at once.
+pub async fn refused<E>(len: usize, e: E) -> E {
+    if len >= PACED_FROM {
+        pace(len).await;
+    }
+    e
+}
+
 /// When the pace next has room (shared by every connection).
 static NEXT: Mutex<Option<Instant>> = Mutex::new(None);
 
