@@ -29,6 +29,7 @@ mod cidr;
 mod connect;
 mod drain;
 mod guarded;
+mod h1;
 mod health;
 mod listener;
 mod metrics;

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// Every response body the gateway sends: a buffered one or an upstream's stream.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, crate::pool::BodyError>;
 
 /// A buffered body.
 pub fn full(b: impl Into<Bytes>) -> Body {

@@ -1,82 +1,145 @@
 //! Keep-alive HTTP/1.1 connections to an upstream's nodes, for one serving
-//! thread: hyper's bare `client::conn::http1` senders kept in a list per
-//! node, most recently used first out.
+//! thread, used by the task of the request itself: it writes the request
+//! and reads the response off the connection (`h1` holds the wire format),
+//! and the connection goes back to its node's list, most recently used
+//! first out, once its response body has been read to the end.
 //!
-//! Why not hyper-util's pooled client, which this replaced: it keys its pool
-//! by scheme and authority (hashed per request), locks a pool shared by
-//! every thread, and hands each connection to a task of its own to wait for
-//! it to become idle again, about 8k instructions per request
-//! (`bench/gateway-cost.sh`). Here a pool belongs to one upstream and one
-//! serving thread (its lock is never contended), a node is an index, and a
-//! connection goes back to the list when its response body ends.
+//! Why not hyper-util's pooled client, which this first replaced: it keys
+//! its pool by scheme and authority (hashed per request), locks a pool
+//! shared by every thread, and hands each connection to a task of its own
+//! to wait for it to become idle again, about 8k instructions per request
+//! (`bench/gateway-cost.sh`). Why not hyper's bare client connections, which
+//! came next: each still ran as a task of its own, so a request crossed to
+//! it and back through channels (see `h1`). Here a pool belongs to one
+//! upstream and one serving thread (its lock is never contended), a node is
+//! an index, and a connection is a socket and its read buffer.
 //!
-//! What the pooled client did and this keeps: a request that a reused
-//! connection could not take (the upstream closed it while it was idle) is
-//! never lost nor sent twice: hyper hands back a request it did not start
-//! writing, and it goes on a fresh connection.
+//! A request is never lost nor sent twice because a connection was reused:
+//! an idle connection the upstream closed is seen before use (a read that
+//! does not wait) and dropped, and a request that could not be written
+//! whole never reached the upstream as a request, so it goes on the next
+//! connection.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, Uri};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tower_service::Service;
 
-use crate::connect::Connector;
+use crate::connect::{Connector, Stream};
+use crate::h1::{self, BodyReader, ResponseHead, Step};
 
 /// Idle connections are closed after this (nginx's keepalive_timeout 60 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// APISIX's keepalive_pool.size default, per node here.
 const MAX_IDLE: usize = 320;
+/// Read sizes: a response head (and, mostly, its whole small body); a body.
+const HEAD_READ: usize = 8 * 1024;
+const BODY_READ: usize = 32 * 1024;
+/// A request body up to this size is written in the same write as its head.
+const JOINED_BODY: usize = 16 * 1024;
 
-type Sender = SendRequest<Full<Bytes>>;
+/// Why a response body ended early. A concrete type, not a boxed error:
+/// the serving future's `Send` check does not see through a boxed one.
+#[derive(Debug)]
+pub enum BodyError {
+    Io(io::Error),
+    Bad(h1::BadResponse),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Io(e) => write!(f, "reading the upstream's body: {e}"),
+            BodyError::Bad(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
 
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made: the request never left.
-    Connect(io::Error),
-    /// The connection failed after the request was (or may have been) written.
-    Http(hyper::Error),
+    /// No connection could be made, or the request could not be written
+    /// whole: the upstream did not get it.
+    NotSent(io::Error),
+    /// The request was sent; no usable answer came.
+    Failed(String),
 }
 
 impl SendError {
     /// Certain that the upstream did not see the request.
     pub fn never_sent(&self) -> bool {
-        matches!(self, SendError::Connect(_))
+        matches!(self, SendError::NotSent(_))
     }
 
     pub fn timed_out(&self) -> bool {
-        matches!(self, SendError::Connect(e) if e.kind() == io::ErrorKind::TimedOut)
+        matches!(self, SendError::NotSent(e) if e.kind() == io::ErrorKind::TimedOut)
     }
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Connect(e) => write!(f, "connect: {e}"),
-            SendError::Http(e) => write!(f, "{e}"),
+            SendError::NotSent(e) => write!(f, "{e}"),
+            SendError::Failed(e) => f.write_str(e),
         }
     }
 }
 
+/// One connection to a node: the socket and the bytes read but not used yet.
+struct Conn {
+    io: Stream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Still open with nothing to read: an upstream that closed an idle
+    /// connection (or sent bytes nobody asked for) shows it here, without
+    /// waiting.
+    fn idle_and_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// Writes the head and the body; `head` is given back as it was.
+    async fn write(&mut self, head: &mut Vec<u8>, body: &[u8]) -> io::Result<()> {
+        if body.len() <= JOINED_BODY {
+            let len = head.len();
+            head.extend_from_slice(body);
+            let r = self.io.write_all(head).await;
+            head.truncate(len);
+            r?;
+        } else {
+            self.io.write_all(head).await?;
+            self.io.write_all(body).await?;
+        }
+        self.io.flush().await
+    }
+}
+
 struct Idle {
-    tx: Sender,
+    conn: Conn,
     since: Instant,
 }
 
 /// One upstream's connections on one serving thread.
 pub struct Pool {
     connector: Connector,
-    /// Per node: idle senders, oldest first, the most recently returned last.
+    /// Per node: idle connections, oldest first, the most recently returned last.
     idle: Mutex<Vec<VecDeque<Idle>>>,
 }
 
@@ -88,72 +151,104 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host set) to node `node`, reached at
-    /// `addr` (scheme and authority), on an idle connection or a new one.
+    /// Sends a request to node `node`, reached at `addr` (scheme and
+    /// authority), on an idle connection or a new one: `head` is the
+    /// encoded head (`h1::encode_request`), `method` says whether the
+    /// response has a body.
     pub async fn send(
         self: &Arc<Self>,
         node: usize,
         addr: &Uri,
-        mut req: Request<Full<Bytes>>,
+        method: &Method,
+        head: &mut Vec<u8>,
+        body: &Bytes,
     ) -> Result<Response<Pooled>, SendError> {
-        while let Some(mut tx) = self.take(node) {
-            // Idle means its last response was read; `ready` fails at once
-            // if the upstream closed the connection meanwhile.
-            if tx.ready().await.is_err() {
-                continue;
-            }
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(node, tx, resp)),
-                Err(mut e) => match e.take_message() {
-                    // Not taken by that connection: try the next.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Http(e.into_error())),
-                },
+        while let Some(mut conn) = self.take(node) {
+            // Not written whole: the upstream has no request from it.
+            if conn.write(head, body).await.is_ok() {
+                return self.answer(node, conn, method).await;
             }
         }
-        let mut tx = self.connect(addr).await?;
-        match tx.send_request(req).await {
-            Ok(resp) => Ok(self.pooled(node, tx, resp)),
-            Err(e) => Err(SendError::Http(e)),
-        }
+        let mut conn = self.connect(addr).await?;
+        conn.write(head, body)
+            .await
+            .map_err(|e| SendError::NotSent(io::Error::new(e.kind(), format!("write: {e}"))))?;
+        self.answer(node, conn, method).await
     }
 
-    async fn connect(&self, addr: &Uri) -> Result<Sender, SendError> {
+    async fn connect(&self, addr: &Uri) -> Result<Conn, SendError> {
         let io = self
             .connector
             .clone()
             .call(addr.clone())
             .await
-            .map_err(SendError::Connect)?;
-        let (tx, conn) = http1::handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
-        // Driven by this thread's runtime, like the request that uses it.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(tx)
+            .map_err(|e| SendError::NotSent(io::Error::new(e.kind(), format!("connect: {e}"))))?;
+        Ok(Conn {
+            io: io.into_inner(),
+            buf: BytesMut::new(),
+        })
     }
 
-    /// The most recently used idle sender of `node` that is still open and
-    /// young enough; older ones found on the way are dropped (closing them).
-    fn take(&self, node: usize) -> Option<Sender> {
+    /// Reads the response head; the body follows as the response's.
+    async fn answer(
+        self: &Arc<Self>,
+        node: usize,
+        mut conn: Conn,
+        method: &Method,
+    ) -> Result<Response<Pooled>, SendError> {
+        loop {
+            match h1::parse_response(&mut conn.buf, method) {
+                Ok(Some(head)) => return Ok(self.response(node, conn, head)),
+                Ok(None) => {}
+                Err(e) => return Err(SendError::Failed(e.to_string())),
+            }
+            conn.buf.reserve(HEAD_READ);
+            match conn.io.read_buf(&mut conn.buf).await {
+                Ok(0) => {
+                    return Err(SendError::Failed(
+                        "upstream closed the connection before answering".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(SendError::Failed(e.to_string())),
+            }
+        }
+    }
+
+    fn response(self: &Arc<Self>, node: usize, conn: Conn, head: ResponseHead) -> Response<Pooled> {
+        let mut body = Pooled {
+            ready: VecDeque::new(),
+            live: Some(Live {
+                conn,
+                reader: BodyReader::new(head.framing),
+                back: head.reusable.then(|| (self.clone(), node)),
+            }),
+            error: None,
+        };
+        // A small body mostly came with its head: it is taken now, and the
+        // connection is back in the pool before the response is sent on.
+        body.pump();
+        let mut r = Response::new(body);
+        *r.status_mut() = head.status;
+        *r.version_mut() = head.version;
+        *r.headers_mut() = head.headers;
+        r
+    }
+
+    /// The most recently used idle connection of `node` that is still open
+    /// and young enough; older ones found on the way are dropped (closing them).
+    fn take(&self, node: usize) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(node)?;
-        while let Some(i) = list.pop_back() {
-            if !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
-                return Some(i.tx);
+        while let Some(mut i) = list.pop_back() {
+            if i.since.elapsed() < IDLE_TIMEOUT && i.conn.idle_and_open() {
+                return Some(i.conn);
             }
         }
         None
     }
 
-    fn put_back(&self, node: usize, tx: Sender) {
-        if tx.is_closed() {
-            return;
-        }
+    fn put_back(&self, node: usize, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = idle.get_mut(node) {
             // The oldest go when the list is full, and when they have been
@@ -162,83 +257,129 @@ impl Pool {
             while list.len() >= MAX_IDLE
                 || list
                     .front()
-                    .is_some_and(|i| i.tx.is_closed() || i.since.elapsed() >= IDLE_TIMEOUT)
+                    .is_some_and(|i| i.since.elapsed() >= IDLE_TIMEOUT)
             {
                 list.pop_front();
             }
             list.push_back(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
     }
-
-    fn pooled(
-        self: &Arc<Self>,
-        node: usize,
-        tx: Sender,
-        resp: Response<Incoming>,
-    ) -> Response<Pooled> {
-        let pool = self.clone();
-        resp.map(|body| {
-            let mut p = Pooled {
-                body,
-                back: Some((pool, node, tx)),
-            };
-            p.return_if_done();
-            p
-        })
-    }
 }
 
-/// A response body that gives its connection back to the pool once read to
-/// the end. Dropped before that, the connection is dropped too: hyper
-/// cannot reuse a connection with an unread response on it.
+/// A response body read off its connection, which goes back to the pool
+/// once the body has been read to its end (and nothing came after it).
+/// Dropped before that, the connection is closed: its next bytes would be
+/// the rest of this body.
 pub struct Pooled {
-    body: Incoming,
-    back: Option<(Arc<Pool>, usize, Sender)>,
+    /// Pieces read and not yet handed on.
+    ready: VecDeque<Bytes>,
+    /// The connection, while the body is not all read.
+    live: Option<Live>,
+    /// Handed on after `ready`.
+    error: Option<BodyError>,
+}
+
+struct Live {
+    conn: Conn,
+    reader: BodyReader,
+    /// Where the connection goes at the end; `None` when it may not be reused.
+    back: Option<(Arc<Pool>, usize)>,
 }
 
 impl Pooled {
-    fn give_back(&mut self) {
-        if let Some((pool, node, tx)) = self.back.take() {
-            pool.put_back(node, tx);
-        }
-    }
-
-    fn return_if_done(&mut self) {
-        if self.body.is_end_stream() {
-            self.give_back();
+    /// Takes every piece of the body already read; at its end, gives the
+    /// connection back.
+    fn pump(&mut self) {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        loop {
+            match live.reader.step(&mut live.conn.buf) {
+                Ok(Step::Data(b)) => self.ready.push_back(b),
+                Ok(Step::More) => return,
+                Ok(Step::Done) => {
+                    if let Some(Live {
+                        conn,
+                        back: Some((pool, node)),
+                        ..
+                    }) = self.live.take()
+                    {
+                        // Bytes after the body: the connection is out of step.
+                        if conn.buf.is_empty() {
+                            pool.put_back(node, conn);
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.live = None;
+                    self.error = Some(BodyError::Bad(e));
+                    return;
+                }
+            }
         }
     }
 }
 
 impl Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) => this.return_if_done(),
-            // A failed body leaves a connection nobody may reuse.
-            Poll::Ready(Some(Err(_))) => this.back = None,
-            Poll::Pending => {}
+        loop {
+            if let Some(b) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if let Some(e) = this.error.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
+            let Some(live) = &mut this.live else {
+                return Poll::Ready(None);
+            };
+            live.conn.buf.reserve(BODY_READ);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut live.conn.io), cx, &mut live.conn.buf)
+            {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    let end = live.reader.at_eof();
+                    this.live = None;
+                    if let Err(e) = end {
+                        return Poll::Ready(Some(Err(BodyError::Bad(e))));
+                    }
+                }
+                Poll::Ready(Ok(_)) => this.pump(),
+                Poll::Ready(Err(e)) => {
+                    this.live = None;
+                    return Poll::Ready(Some(Err(BodyError::Io(e))));
+                }
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.ready.is_empty() && self.live.is_none() && self.error.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let have: u64 = self.ready.iter().map(|b| b.len() as u64).sum();
+        match &self.live {
+            None => SizeHint::with_exact(have),
+            Some(l) => match l.reader.remaining() {
+                Some(n) => SizeHint::with_exact(have + n),
+                None => {
+                    let mut h = SizeHint::new();
+                    h.set_lower(have);
+                    h
+                }
+            },
+        }
     }
 }
 
@@ -248,11 +389,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// An HTTP/1.1 upstream on loopback answering "ok" to every request; with
-    /// `close_after_one` it closes each connection after its first answer
-    /// (as an upstream whose keep-alive timeout ran out does). Counts the
-    /// connections it accepted.
-    async fn upstream(close_after_one: bool) -> (Uri, Arc<AtomicUsize>) {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// An HTTP/1.1 upstream on loopback giving `answer` to every request;
+    /// with `close_after_one` it closes each connection after its first
+    /// answer (as an upstream whose keep-alive timeout ran out does). Counts
+    /// the connections it accepted.
+    async fn upstream(answer: &'static [u8], close_after_one: bool) -> (Uri, Arc<AtomicUsize>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}/", l.local_addr().unwrap())
             .parse()
@@ -273,8 +416,7 @@ mod tests {
                             }
                         }
                         buf.clear();
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(ok).await.is_err() || close_after_one {
+                        if s.write_all(answer).await.is_err() || close_after_one {
                             return;
                         }
                     }
@@ -284,11 +426,22 @@ mod tests {
         (uri, accepted)
     }
 
-    fn get() -> Request<Full<Bytes>> {
-        Request::get("/get")
-            .header("host", "upstream")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
+    async fn get(pool: &Arc<Pool>, uri: &Uri) -> Result<Response<Pooled>, SendError> {
+        let mut head = Vec::new();
+        h1::encode_request(
+            &mut head,
+            &Method::GET,
+            "/get",
+            Some(b"upstream"),
+            std::iter::empty(),
+            None,
+        );
+        pool.send(0, uri, &Method::GET, &mut head, &Bytes::new())
+            .await
+    }
+
+    fn idle(pool: &Pool) -> usize {
+        pool.idle.lock().unwrap()[0].len()
     }
 
     async fn body(resp: Response<Pooled>) -> Bytes {
@@ -298,15 +451,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_was_read() {
-        let (uri, accepted) = upstream(false).await;
+        let (uri, accepted) = upstream(OK, false).await;
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
         for _ in 0..5 {
-            let resp = pool.send(0, &uri, get()).await.unwrap();
+            let resp = get(&pool, &uri).await.unwrap();
             assert_eq!(body(resp).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // Two at once: the second cannot share the busy one.
-        let (a, b) = tokio::join!(pool.send(0, &uri, get()), pool.send(0, &uri, get()));
+        let (a, b) = tokio::join!(get(&pool, &uri), get(&pool, &uri));
         assert_eq!(body(a.unwrap()).await, "ok");
         assert_eq!(body(b.unwrap()).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -314,23 +467,97 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_used_again() {
-        let (uri, accepted) = upstream(true).await;
+        let (uri, accepted) = upstream(OK, true).await;
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
-        let resp = pool.send(0, &uri, get()).await.unwrap();
+        let resp = get(&pool, &uri).await.unwrap();
         assert_eq!(body(resp).await, "ok");
-        // Once the connection's task has seen the close, the idle sender
-        // says so, and the next request goes on a new connection.
+        // Once the close has arrived, the idle connection shows it, and the
+        // next request goes on a new connection.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !pool.idle.lock().unwrap()[0]
-            .iter()
-            .all(|i| i.tx.is_closed())
+        while pool.idle.lock().unwrap()[0]
+            .iter_mut()
+            .any(|i| i.conn.idle_and_open())
         {
             assert!(Instant::now() < deadline, "the close was never noticed");
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let resp = pool.send(0, &uri, get()).await.unwrap();
+        let resp = get(&pool, &uri).await.unwrap();
         assert_eq!(body(resp).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn chunked_and_empty_bodies_give_their_connection_back() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n"
+                [..],
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ] {
+            let (uri, accepted) = upstream(answer, false).await;
+            let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
+            for _ in 0..3 {
+                let b = body(get(&pool, &uri).await.unwrap()).await;
+                assert!(b == "ok" || b.is_empty(), "{b:?}");
+                assert_eq!(idle(&pool), 1);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_reused_when_it_may_not_be() {
+        let answers: [&'static [u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            // More than the body: the connection is out of step.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nok",
+        ];
+        for answer in answers {
+            let (uri, _) = upstream(answer, false).await;
+            let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
+            let b = body(get(&pool, &uri).await.unwrap()).await;
+            assert!(b.starts_with(b"o"));
+            assert_eq!(idle(&pool), 0, "{}", String::from_utf8_lossy(answer));
+        }
+        // A body dropped before its end takes its connection with it.
+        let big: &'static [u8] = Box::leak(
+            [
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n"[..],
+                &vec![b'x'; 1_000_000],
+            ]
+            .concat()
+            .into_boxed_slice(),
+        );
+        let (uri, _) = upstream(big, false).await;
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
+        drop(get(&pool, &uri).await.unwrap());
+        assert_eq!(idle(&pool), 0);
+        let b = body(get(&pool, &uri).await.unwrap()).await;
+        assert_eq!(b.len(), 1_000_000);
+        assert_eq!(idle(&pool), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_answer_is_an_error() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
+            b"garbage\r\n\r\n",
+        ] {
+            let (uri, _) = upstream(answer, false).await;
+            let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
+            let Err(e) = get(&pool, &uri).await else {
+                panic!("a bad head taken");
+            };
+            assert!(!e.never_sent(), "{e}");
+        }
+        // Cut short: the body's error, and no connection kept.
+        let (uri, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok", true).await;
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
+        let resp = get(&pool, &uri).await.unwrap();
+        use http_body_util::BodyExt;
+        assert!(resp.into_body().collect().await.is_err());
+        assert_eq!(idle(&pool), 0);
     }
 
     #[tokio::test]
@@ -341,7 +568,7 @@ mod tests {
             .unwrap();
         drop(l);
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
-        let Err(e) = pool.send(0, &uri, get()).await else {
+        let Err(e) = get(&pool, &uri).await else {
             panic!("an answer from a closed port");
         };
         assert!(e.never_sent(), "{e}");

@@ -6,16 +6,17 @@
 //! not idempotent is re-sent only when it never reached the upstream (the
 //! connection failed).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Uri};
-use http_body_util::Full;
+use http::Method;
 use hyper::Response;
 
+use crate::h1;
 use crate::health::Outcome;
 use crate::plugins::Ctx;
 use crate::pool::Pooled;
@@ -47,54 +48,11 @@ impl Failure {
     }
 }
 
-/// Headers that belong to one connection, never forwarded. Constants, so
-/// removing them neither parses nor lowercases a name per request (statics:
-/// a `HeaderName` holds `Bytes`, not a plain constant).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names (comparisons of known names are cheap) finds
-    // which are there; most heads carry none, an upstream's often only
-    // `Connection: keep-alive`. Only those are removed (hashed lookups).
-    let mut found = [false; 7];
-    for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-            found[i] = true;
-        }
-    }
-    if !found.contains(&true) {
-        return;
-    }
-    // Names listed in Connection are hop-by-hop too.
-    let listed: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for (n, there) in HOP_BY_HOP.iter().zip(found) {
-        if there {
-            h.remove(n);
-        }
-    }
-    for n in listed {
-        h.remove(n.as_str());
-    }
-}
 
 fn idempotent(m: &Method) -> bool {
     !matches!(m.as_str(), "POST" | "PATCH" | "LOCK")
@@ -151,39 +109,64 @@ fn upstream_host(ctx: &Ctx<'_>, up: &UpstreamRt, node: usize) -> Option<HeaderVa
     }
 }
 
-/// The request head sent upstream, without Host and URI.
-fn upstream_headers(ctx: &Ctx<'_>) -> HeaderMap {
-    let mut h = ctx.parts.headers.clone();
-    strip_hop_by_hop(&mut h);
-    h.remove(header::HOST);
-    let remote = ctx.peer.remote.ip();
+/// Names the client's head may list in `Connection` (hop-by-hop too);
+/// mostly none, so nothing is allocated.
+fn connection_listed(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The client's headers that go upstream: all but hop-by-hop ones, Host
+/// and Content-Length (written per attempt) and the two the gateway
+/// replaces.
+fn passed<'a>(
+    h: &'a HeaderMap,
+    listed: &'a [String],
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+    h.iter().filter(move |(n, _)| {
+        !(h1::hop_by_hop(n.as_str())
+            || *n == header::HOST
+            || *n == header::CONTENT_LENGTH
+            || *n == X_FORWARDED_FOR
+            || *n == X_REAL_IP
+            || listed.iter().any(|l| l == n.as_str()))
+    })
+}
+
+/// The headers the gateway adds as APISIX's nginx does: `X-Forwarded-For`
+/// (the client's list with its address appended), `X-Real-IP`, and
+/// `X-Forwarded-Proto`/`-Host`/`-Port` unless the client sent them. Values
+/// hold no CR or LF: an address, a number, a scheme, and text taken from
+/// header values.
+fn added_headers(ctx: &Ctx<'_>) -> Vec<(&'static str, Cow<'static, str>)> {
+    let h = &ctx.parts.headers;
+    let mut out = Vec::with_capacity(5);
+    let ip = vars::ip_string(ctx.peer.remote.ip());
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {remote}")).ok(),
-        None => None,
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
     };
-    let real_ip = HeaderValue::try_from(vars::ip_string(remote)).ok();
-    if let Some(ip) = &real_ip {
-        h.insert(X_FORWARDED_FOR.clone(), xff.unwrap_or_else(|| ip.clone()));
-        h.insert(X_REAL_IP.clone(), ip.clone());
-    }
+    out.push(("x-forwarded-for", Cow::Owned(xff)));
+    out.push(("x-real-ip", Cow::Owned(ip)));
     if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if ctx.peer.tls { "https" } else { "http" }),
-        );
+        let proto = if ctx.peer.tls { "https" } else { "http" };
+        out.push(("x-forwarded-proto", Cow::Borrowed(proto)));
     }
     if !h.contains_key(&X_FORWARDED_HOST) {
-        if let Ok(v) = HeaderValue::from_str(&ctx.host) {
-            h.insert(X_FORWARDED_HOST.clone(), v);
-        }
+        out.push(("x-forwarded-host", Cow::Owned(ctx.host.clone())));
     }
     if !h.contains_key(&X_FORWARDED_PORT) {
-        h.insert(
-            X_FORWARDED_PORT.clone(),
-            HeaderValue::from(ctx.peer.local.port()),
-        );
+        out.push((
+            "x-forwarded-port",
+            Cow::Owned(ctx.peer.local.port().to_string()),
+        ));
     }
-    h
+    out
 }
 
 /// Forwards the request; the body is the client's, already read (so an
@@ -212,7 +195,16 @@ pub async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))),
     };
-    let mut headers = upstream_headers(ctx);
+    let added = added_headers(ctx);
+    let listed = connection_listed(&ctx.parts.headers);
+    // A body, or a head that framed one (even empty), or a method that
+    // expects one: the length goes up (nginx sends `Content-Length: 0` for
+    // an empty POST).
+    let framed = ctx.parts.headers.contains_key(header::CONTENT_LENGTH)
+        || ctx.parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || matches!(ctx.parts.method.as_str(), "POST" | "PUT" | "PATCH");
+    let content_length = (framed || !body.is_empty()).then_some(body.len());
+    let mut head = Vec::with_capacity(512);
     let key = hash_key(ctx, up);
     let started = Instant::now();
     let budget = (up.spec.retry_timeout > 0.0).then(|| secs(up.spec.retry_timeout));
@@ -238,26 +230,29 @@ pub async fn forward(
         ctx.node = Some(addr.clone());
         // HTTP/1.1 to the node: the request line carries the origin form
         // (`/path?query`), the node's address is where the pool connects.
-        let (uri, target) = match (&path_q, up.target(i)) {
-            (Ok(pq), Ok(t)) => (Uri::from(pq.clone()), t),
+        let (pq, target) = match (&path_q, up.target(i)) {
+            (Ok(pq), Ok(t)) => (pq, t),
             (Err(e), _) | (_, Err(e)) => {
                 return Err(Failure::Error(format!("bad upstream uri: {e}")))
             }
         };
-        let mut req = Request::new(Full::new(body.clone()));
-        *req.method_mut() = ctx.parts.method.clone();
-        *req.uri_mut() = uri;
-        // The last possible attempt takes the head; earlier ones copy it.
-        *req.headers_mut() = if left == 0 {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
-        };
-        if let Some(h) = upstream_host(ctx, up, i) {
-            req.headers_mut().insert(header::HOST, h);
-        }
+        let host = upstream_host(ctx, up, i);
+        let headers = passed(&ctx.parts.headers, &listed)
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .chain(added.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        h1::encode_request(
+            &mut head,
+            &ctx.parts.method,
+            pq.as_str(),
+            host.as_ref().map(|h| h.as_bytes()),
+            headers,
+            content_length,
+        );
         let guard = up.enter(i);
-        let res = tokio::time::timeout(wait, up.pool().send(i, target, req)).await;
+        let send = up
+            .pool()
+            .send(i, target, &ctx.parts.method, &mut head, &body);
+        let res = tokio::time::timeout(wait, send).await;
         let failure = match res {
             Ok(Ok(resp)) => {
                 up.observed(i, Outcome::Status(resp.status().as_u16()));
@@ -304,15 +299,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_and_methods() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "close, x-secret".parse().unwrap());
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert("keep-alive", "5".parse().unwrap());
-        h.insert("x-keep", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
+    fn methods() {
         assert!(!idempotent(&Method::POST));
         assert!(idempotent(&Method::PUT));
     }

@@ -180,7 +180,6 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Peer) -> 
         match res {
             Ok(r) => {
                 let (mut parts, body) = r.into_parts();
-                crate::proxy::strip_hop_by_hop(&mut parts.headers);
                 let all: Vec<&PluginSet> = global_refs.iter().copied().chain([&plugins]).collect();
                 let needs_body = all
                     .iter()

@@ -1226,3 +1226,168 @@ async fn health_checks_take_bad_nodes_out() {
     gw.wait_for("all-bad route", "/all-bad", &[], |r| r.status == 502)
         .await;
 }
+
+/// A node that keeps every request's head (the bytes as they came) and
+/// answers by path: `/chunked` with a chunked body of 3 × 70,000 bytes,
+/// `/head` with a Content-Length and no body (for a HEAD request), anything
+/// else with "got N" (N: the body's length, read by its Content-Length).
+/// Connections are kept alive; the heads seen are returned.
+async fn raw_node() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 65536];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..len);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    seen.lock().unwrap().push(head);
+                    let answer = if path.starts_with("/chunked") {
+                        let piece = vec![b'c'; 70_000];
+                        let mut a =
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                        for _ in 0..3 {
+                            a.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                            a.extend_from_slice(&piece);
+                            a.extend_from_slice(b"\r\n");
+                        }
+                        a.extend_from_slice(b"0\r\nx-trailer: 1\r\n\r\n");
+                        a
+                    } else if path.starts_with("/head") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-node: raw\r\n\r\n".to_vec()
+                    } else {
+                        let text = format!("got {len}");
+                        format!("HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\ncontent-length: {}\r\n\r\n{text}", text.len()).into_bytes()
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, heads)
+}
+
+/// Runs curl with `args`; its stdout, or a panic with its stderr.
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_and_response_bodies_cross_the_gateway_as_http_1_1() {
+    if !have_tool(&etcdctl_bin()) {
+        return;
+    }
+    let cluster = Cluster::start(Impl::Cairn, 1).await;
+    let ep = cluster.endpoints();
+    let gw = Gateway::start(&cluster.dir, "gw", &ep).await;
+    let (port, heads) = raw_node().await;
+    put(
+        &ep,
+        "/apisix/routes/raw",
+        &json!({"uri": "/*", "upstream": {"nodes": {format!("127.0.0.1:{port}"): 1}}}),
+    );
+    gw.wait_for("the raw route", "/x", &[], |r| r.status == 200)
+        .await;
+
+    // A chunked upload of 100,000 bytes goes up with its length, once the
+    // gateway has it all; hop-by-hop headers stay behind, X-Forwarded-For
+    // gets the client appended; the answer's hop-by-hop headers are dropped.
+    let file = cluster.dir.join("upload");
+    std::fs::write(&file, vec![b'u'; 100_000]).unwrap();
+    let upload = format!("@{}", file.display());
+    let url = format!("{}/post?x=1", gw.url);
+    let out = curl(&[
+        "-i",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Connection: keep-alive, x-secret",
+        "-H",
+        "X-Secret: 1",
+        "-H",
+        "X-Forwarded-For: 10.0.0.1",
+        "--data-binary",
+        &upload,
+        &url,
+    ]);
+    assert!(out.ends_with("got 100000"), "{out}");
+    assert!(!out.to_ascii_lowercase().contains("x-hop"), "{out}");
+    let head = heads.lock().unwrap().last().cloned().unwrap();
+    assert!(head.starts_with("POST /post?x=1 HTTP/1.1\r\n"), "{head}");
+    for want in [
+        "content-length: 100000\r\n",
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n",
+        "x-real-ip: 127.0.0.1\r\n",
+        "x-forwarded-proto: http\r\n",
+    ] {
+        assert!(head.contains(want), "{want:?} not in {head}");
+    }
+    for gone in ["transfer-encoding", "x-secret", "connection:"] {
+        assert!(!head.contains(gone), "{gone:?} in {head}");
+    }
+    // An empty POST still says its length, as nginx does.
+    let out = curl(&["-X", "POST", &format!("{}/empty", gw.url)]);
+    assert_eq!(out, "got 0");
+    let head = heads.lock().unwrap().last().cloned().unwrap();
+    assert!(head.contains("content-length: 0\r\n"), "{head}");
+    let out = curl(&[&format!("{}/get", gw.url)]);
+    assert_eq!(out, "got 0");
+    let head = heads.lock().unwrap().last().cloned().unwrap();
+    assert!(!head.contains("content-length"), "{head}");
+
+    // A chunked answer of 210,000 bytes reaches the client whole, twice on
+    // one client connection (the upstream connection goes back each time).
+    let chunked = format!("{}/chunked", gw.url);
+    let out = curl(&[&chunked, &chunked]);
+    assert_eq!(out.len(), 420_000);
+    assert!(out.bytes().all(|b| b == b'c'));
+
+    // HEAD: the answer has a length and no body; the connection goes on.
+    let out = curl(&["-I", &format!("{}/head", gw.url)]);
+    assert!(out.contains("x-node: raw"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("content-length: 5"),
+        "{out}"
+    );
+    let out = curl(&[&format!("{}/after-head", gw.url)]);
+    assert_eq!(out, "got 0");
+}
