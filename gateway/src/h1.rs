@@ -37,50 +37,58 @@ impl std::fmt::Display for BadResponse {
 
 impl std::error::Error for BadResponse {}
 
-/// Writes a request head into `out` (cleared first): the request line, the
-/// Host header, `headers` (name, value) as given, and `Content-Length` when
-/// set. The caller vouches that names are tokens and that values hold no
-/// CR or LF (as `http`'s types guarantee).
-pub fn encode_request<'a>(
-    out: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
-    host: Option<&[u8]>,
-    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    content_length: Option<usize>,
-) {
-    out.clear();
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(h) = host {
-        line(out, b"host", h);
-    }
-    for (n, v) in headers {
-        line(out, n, v);
-    }
-    if let Some(mut n) = content_length {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        line(out, b"content-length", &digits[i..]);
-    }
-    out.extend_from_slice(b"\r\n");
+/// A request head being written into a buffer: the request line, header
+/// lines, then the end. The caller vouches that names are tokens and that
+/// values hold no CR or LF (as `http`'s types guarantee).
+pub struct HeadWriter<'a> {
+    out: &'a mut Vec<u8>,
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+impl<'a> HeadWriter<'a> {
+    /// Clears `out` and writes the request line.
+    pub fn new(out: &'a mut Vec<u8>, method: &Method, target: &str) -> HeadWriter<'a> {
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        HeadWriter { out }
+    }
+
+    pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        self.header_with(name, |out| out.extend_from_slice(value));
+    }
+
+    /// A header whose value `value` writes (no copy through a string).
+    pub fn header_with(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(b": ");
+        value(self.out);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the head, with `Content-Length` first when given.
+    pub fn finish(mut self, content_length: Option<usize>) {
+        if let Some(n) = content_length {
+            self.header_with(b"content-length", |out| write_u64(out, n as u64));
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `n` in decimal.
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// How a response body ends.
@@ -498,15 +506,11 @@ mod tests {
     #[test]
     fn writes_the_head_it_is_given() {
         let mut out = Vec::new();
-        let h: [(&[u8], &[u8]); 2] = [(b"x-a", b"1"), (b"x-a", b"2")];
-        encode_request(
-            &mut out,
-            &Method::POST,
-            "/p?q=1",
-            Some(b"up:8080"),
-            h.into_iter(),
-            Some(1234),
-        );
+        let mut w = HeadWriter::new(&mut out, &Method::POST, "/p?q=1");
+        w.header(b"host", b"up:8080");
+        w.header(b"x-a", b"1");
+        w.header_with(b"x-a", |o| write_u64(o, 2));
+        w.finish(Some(1234));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: up:8080\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 1234\r\n\r\n"

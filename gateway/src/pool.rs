@@ -153,7 +153,7 @@ impl Pool {
 
     /// Sends a request to node `node`, reached at `addr` (scheme and
     /// authority), on an idle connection or a new one: `head` is the
-    /// encoded head (`h1::encode_request`), `method` says whether the
+    /// encoded head (`h1::HeadWriter`), `method` says whether the
     /// response has a body.
     pub async fn send(
         self: &Arc<Self>,
@@ -428,14 +428,9 @@ mod tests {
 
     async fn get(pool: &Arc<Pool>, uri: &Uri) -> Result<Response<Pooled>, SendError> {
         let mut head = Vec::new();
-        h1::encode_request(
-            &mut head,
-            &Method::GET,
-            "/get",
-            Some(b"upstream"),
-            std::iter::empty(),
-            None,
-        );
+        let mut w = h1::HeadWriter::new(&mut head, &Method::GET, "/get");
+        w.header(b"host", b"upstream");
+        w.finish(None);
         pool.send(0, uri, &Method::GET, &mut head, &Bytes::new())
             .await
     }

@@ -6,7 +6,6 @@
 //! not idempotent is re-sent only when it never reached the upstream (the
 //! connection failed).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -138,35 +137,52 @@ fn passed<'a>(
     })
 }
 
-/// The headers the gateway adds as APISIX's nginx does: `X-Forwarded-For`
-/// (the client's list with its address appended), `X-Real-IP`, and
-/// `X-Forwarded-Proto`/`-Host`/`-Port` unless the client sent them. Values
-/// hold no CR or LF: an address, a number, a scheme, and text taken from
-/// header values.
-fn added_headers(ctx: &Ctx<'_>) -> Vec<(&'static str, Cow<'static, str>)> {
+/// Writes the request head for one attempt: the request line, Host, the
+/// client's headers that go on (see [`passed`]), then what APISIX's nginx
+/// adds: `X-Forwarded-For` (the client's list with its address appended),
+/// `X-Real-IP`, and `X-Forwarded-Proto`/`-Host`/`-Port` unless the client
+/// sent them. Written straight into the buffer: nothing is allocated.
+fn write_head(
+    out: &mut Vec<u8>,
+    ctx: &Ctx<'_>,
+    target: &str,
+    host: Option<&HeaderValue>,
+    listed: &[String],
+    content_length: Option<usize>,
+) {
     let h = &ctx.parts.headers;
-    let mut out = Vec::with_capacity(5);
-    let ip = vars::ip_string(ctx.peer.remote.ip());
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
-    };
-    out.push(("x-forwarded-for", Cow::Owned(xff)));
-    out.push(("x-real-ip", Cow::Owned(ip)));
+    let mut w = h1::HeadWriter::new(out, &ctx.parts.method, target);
+    if let Some(host) = host {
+        w.header(b"host", host.as_bytes());
+    }
+    for (n, v) in passed(h, listed) {
+        w.header(n.as_str().as_bytes(), v.as_bytes());
+    }
+    let remote = ctx.peer.remote.ip();
+    w.header_with(b"x-forwarded-for", |o| {
+        // Several X-Forwarded-For lines are joined, as nginx's
+        // $proxy_add_x_forwarded_for does.
+        for prev in h.get_all(&X_FORWARDED_FOR) {
+            o.extend_from_slice(prev.as_bytes());
+            o.extend_from_slice(b", ");
+        }
+        vars::write_ip(o, remote);
+    });
+    w.header_with(b"x-real-ip", |o| vars::write_ip(o, remote));
     if !h.contains_key(&X_FORWARDED_PROTO) {
         let proto = if ctx.peer.tls { "https" } else { "http" };
-        out.push(("x-forwarded-proto", Cow::Borrowed(proto)));
+        w.header(b"x-forwarded-proto", proto.as_bytes());
     }
     if !h.contains_key(&X_FORWARDED_HOST) {
-        out.push(("x-forwarded-host", Cow::Owned(ctx.host.clone())));
+        // The Host header's name part (or the URI's): no CR or LF.
+        w.header(b"x-forwarded-host", ctx.host.as_bytes());
     }
     if !h.contains_key(&X_FORWARDED_PORT) {
-        out.push((
-            "x-forwarded-port",
-            Cow::Owned(ctx.peer.local.port().to_string()),
-        ));
+        w.header_with(b"x-forwarded-port", |o| {
+            h1::write_u64(o, ctx.peer.local.port().into())
+        });
     }
-    out
+    w.finish(content_length);
 }
 
 /// Forwards the request; the body is the client's, already read (so an
@@ -195,7 +211,6 @@ pub async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))),
     };
-    let added = added_headers(ctx);
     let listed = connection_listed(&ctx.parts.headers);
     // A body, or a head that framed one (even empty), or a method that
     // expects one: the length goes up (nginx sends `Content-Length: 0` for
@@ -237,15 +252,12 @@ pub async fn forward(
             }
         };
         let host = upstream_host(ctx, up, i);
-        let headers = passed(&ctx.parts.headers, &listed)
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-            .chain(added.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
-        h1::encode_request(
+        write_head(
             &mut head,
-            &ctx.parts.method,
+            ctx,
             pq.as_str(),
-            host.as_ref().map(|h| h.as_bytes()),
-            headers,
+            host.as_ref(),
+            &listed,
             content_length,
         );
         let guard = up.enter(i);

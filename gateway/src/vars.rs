@@ -63,27 +63,32 @@ pub fn get<'a>(v: &ReqVars<'a>, name: &str) -> Option<Cow<'a, str>> {
     }))
 }
 
-/// An address as text, as `to_string` writes it, without the formatting
-/// machinery for IPv4 (every proxied request writes its client's address).
+/// An address as text, as `to_string` writes it.
 pub fn ip_string(ip: IpAddr) -> String {
+    let mut v = Vec::with_capacity(15);
+    write_ip(&mut v, ip);
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// Appends an address as `to_string` writes it, without the formatting
+/// machinery for IPv4 (every proxied request writes its client's address).
+pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    s.push('.');
+                    out.push(b'.');
                 }
                 if o >= 100 {
-                    s.push(char::from(b'0' + o / 100));
+                    out.push(b'0' + o / 100);
                 }
                 if o >= 10 {
-                    s.push(char::from(b'0' + o / 10 % 10));
+                    out.push(b'0' + o / 10 % 10);
                 }
-                s.push(char::from(b'0' + o % 10));
+                out.push(b'0' + o % 10);
             }
-            s
         }
-        IpAddr::V6(_) => ip.to_string(),
+        IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
     }
 }
 

@@ -1345,6 +1345,8 @@ async fn request_and_response_bodies_cross_the_gateway_as_http_1_1() {
         "X-Secret: 1",
         "-H",
         "X-Forwarded-For: 10.0.0.1",
+        "-H",
+        "X-Forwarded-For: 10.0.0.2",
         "--data-binary",
         &upload,
         &url,
@@ -1355,7 +1357,7 @@ async fn request_and_response_bodies_cross_the_gateway_as_http_1_1() {
     assert!(head.starts_with("POST /post?x=1 HTTP/1.1\r\n"), "{head}");
     for want in [
         "content-length: 100000\r\n",
-        "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n",
+        "x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\n",
         "x-real-ip: 127.0.0.1\r\n",
         "x-forwarded-proto: http\r\n",
     ] {

@@ -111,6 +111,12 @@ fn bounded_entry<'m, V>(
 
 // ---- limit-count ----
 
+// Statics: `from_static` checks a custom name each time it runs.
+static X_RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("x-ratelimit-reset");
+
 #[derive(Deserialize)]
 struct CountConf {
     count: u64,
@@ -178,12 +184,11 @@ impl Plugin for LimitCount {
         };
         if self.c.show_limit_quota_header {
             for (k, v) in [
-                ("x-ratelimit-limit", self.c.count),
-                ("x-ratelimit-remaining", remaining),
-                ("x-ratelimit-reset", reset),
+                (&X_RATELIMIT_LIMIT, self.c.count),
+                (&X_RATELIMIT_REMAINING, remaining),
+                (&X_RATELIMIT_RESET, reset),
             ] {
-                ctx.resp_headers
-                    .push((http::HeaderName::from_static(k), HeaderValue::from(v)));
+                ctx.resp_headers.push((k.clone(), HeaderValue::from(v)));
             }
         }
         if allowed {
