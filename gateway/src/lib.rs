@@ -9,6 +9,9 @@
 //! - `connect`, `health`, `upstream`, `probes`: the upstream connector
 //!   (TCP, TLS), health-check rules (active and passive), node choice, and
 //!   the task that probes an upstream's nodes.
+//! - `h1`, `pool`: HTTP/1.1 to upstreams as bytes (heads written and
+//!   parsed, body framing), and the keep-alive connections per upstream,
+//!   serving thread and node, read and written by the request's own task.
 //! - `pages`: the gateway's own answers (the 404 JSON, nginx's error pages,
 //!   JSON bodies).
 //! - `plugins`: the plugin trait, sets and merges, each plugin.

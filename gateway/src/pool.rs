@@ -197,10 +197,13 @@ impl Pool {
         method: &Method,
     ) -> Result<Response<Pooled>, SendError> {
         loop {
-            match h1::parse_response(&mut conn.buf, method) {
-                Ok(Some(head)) => return Ok(self.response(node, conn, head)),
-                Ok(None) => {}
-                Err(e) => return Err(SendError::Failed(e.to_string())),
+            // Nothing read yet (the usual case, a fresh request): no parse.
+            if !conn.buf.is_empty() {
+                match h1::parse_response(&mut conn.buf, method) {
+                    Ok(Some(head)) => return Ok(self.response(node, conn, head)),
+                    Ok(None) => {}
+                    Err(e) => return Err(SendError::Failed(e.to_string())),
+                }
             }
             conn.buf.reserve(HEAD_READ);
             match conn.io.read_buf(&mut conn.buf).await {
