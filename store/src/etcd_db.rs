@@ -257,11 +257,20 @@ pub fn from_etcd(file: &[u8]) -> Result<Tree> {
         tree.insert(&keys::hist_key(rev), &event.encode_to_vec());
     }
 
+    // etcd compacts in the background: a snapshot taken meanwhile has a
+    // scheduled compaction beyond the finished one (and a history it cut
+    // only in part). etcd's restore takes the scheduled one (and finishes
+    // the job); so does this, so that no revision it compacted is read.
     let meta: HashMap<&[u8], &[u8]> = bucket(META).iter().copied().collect();
-    let compact = match meta.get(FINISHED_COMPACT) {
-        Some(v) => parse_rev_key(v).context("meta: bad finishedCompactRev")?.0,
-        None => 0,
-    };
+    let mut compact = 0;
+    for (name, what) in [
+        (FINISHED_COMPACT, "meta: bad finishedCompactRev"),
+        (SCHEDULED_COMPACT, "meta: bad scheduledCompactRev"),
+    ] {
+        if let Some(v) = meta.get(name) {
+            compact = compact.max(parse_rev_key(v).context(what)?.0);
+        }
+    }
     tree.insert(&keys::meta_key("compact"), &compact.to_be_bytes());
     tree.insert(&keys::meta_key("rev"), &top.max(compact).to_be_bytes());
 
@@ -369,6 +378,39 @@ mod tests {
             m.read(|v| v.hash_kv(0)).unwrap().hash,
             m2.read(|v| v.hash_kv(0)).unwrap().hash
         );
+    }
+
+    #[test]
+    fn a_compaction_still_running_counts_as_done() {
+        let m = Mvcc::open(Tree::new());
+        for i in 0..20 {
+            put(&m, "k", &format!("v{i}"), 0);
+        }
+        let flat = m.read(|v| crate::raft::snapshot_file::encode_tree(v.tree));
+        let records = crate::raft::snapshot_file::decode_records(&flat).unwrap();
+        let file = to_etcd(&records, 9).unwrap();
+        // The same backend as etcd leaves it while compacting to 12: the
+        // scheduled revision written, the finished one not yet.
+        let mut db = DbWriter::new();
+        for (name, entries) in bbolt::read(&file).unwrap() {
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = entries
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            if name == META {
+                entries.push((SCHEDULED_COMPACT.to_vec(), rev_key(12, 0, false)));
+                entries.sort();
+            }
+            db.bucket(name, entries);
+        }
+        let m2 = Mvcc::open(from_etcd(&db.finish()).unwrap());
+        assert_eq!(m2.compact_revision(), 12);
+        let old = RangeRequest {
+            key: b"k".to_vec(),
+            revision: 11,
+            ..Default::default()
+        };
+        assert!(m2.read(|v| v.range(&old)).is_err());
     }
 
     #[test]
