@@ -287,7 +287,7 @@ async fn accept_peers(
             if crate::net::wire::is_wire(&conn).await {
                 crate::net::wire::serve(conn, |method, data| {
                     let node = node.clone();
-                    async move { crate::api::peer::raft_rpc(&node, method, &data).await }
+                    async move { crate::api::peer::peer_rpc(&node, method, &data).await }
                 })
                 .await;
             } else {

@@ -1,6 +1,6 @@
 //! Server side of the peer protocol on `--listen-peer-urls`: openraft's RPCs
-//! (gRPC, and the [`crate::net::wire`] frames through [`raft_rpc`]) and the
-//! calls of [`crate::peer`], answered by the running member.
+//! and the calls of [`crate::peer`] (gRPC, and the [`crate::net::wire`]
+//! frames through [`peer_rpc`]), answered by the running member.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use cairn_proto::peer::{
     HelloMember, HelloReply, HelloRequest, RaftMessage, ReadIndexReply, ReadIndexRequest,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::command;
@@ -34,9 +35,9 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage { data }))
 }
 
-/// One of openraft's RPCs, as bincode bytes in and out: the same for a gRPC
-/// call and a [`crate::net::wire`] frame.
-pub async fn raft_rpc(node: &Node, method: Method, data: &[u8]) -> Result<Vec<u8>, String> {
+/// One framed call ([`crate::net::wire`]), bytes in and out: the same bytes
+/// as the gRPC method of the same name.
+pub async fn peer_rpc(node: &Node, method: Method, data: &[u8]) -> Result<Vec<u8>, String> {
     let out = match method {
         Method::Append => {
             let rpc: AppendEntriesRequest<TypeConfig> = de(data)?;
@@ -50,13 +51,38 @@ pub async fn raft_rpc(node: &Node, method: Method, data: &[u8]) -> Result<Vec<u8
             let rpc: InstallSnapshotRequest<TypeConfig> = de(data)?;
             bincode::serialize(&node.raft.install_snapshot(rpc).await)
         }
+        Method::Forward => {
+            let r: command::Proposal = de(data)?;
+            bincode::serialize(&node.propose_as_leader(r).await)
+        }
+        Method::ReadIndex => return Ok(read_index_reply(node).await.encode_to_vec()),
+        Method::Lease => {
+            let call: crate::peer::messages::LeaseCall = de(data)?;
+            bincode::serialize(&crate::lease::answer_as_leader(node, &call).await)
+        }
     };
     out.map_err(|e| e.to_string())
 }
 
+/// The leader's read index, or why this member cannot give one.
+async fn read_index_reply(node: &Node) -> ReadIndexReply {
+    match node.read_index_as_leader().await {
+        Ok(index) => ReadIndexReply {
+            index,
+            term: node.term(),
+            ..Default::default()
+        },
+        Err(e) => ReadIndexReply {
+            error: e.to_string(),
+            leader_id: node.leader().unwrap_or(0),
+            ..Default::default()
+        },
+    }
+}
+
 impl PeerService {
     async fn raft_call(&self, method: Method, req: Request<RaftMessage>) -> RpcResult {
-        let data = raft_rpc(&self.node, method, &req.get_ref().data)
+        let data = peer_rpc(&self.node, method, &req.get_ref().data)
             .await
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(RaftMessage { data }))
@@ -83,19 +109,7 @@ impl Peer for PeerService {
         &self,
         _req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
-        let reply = match self.node.read_index_as_leader().await {
-            Ok(index) => ReadIndexReply {
-                index,
-                term: self.node.term(),
-                ..Default::default()
-            },
-            Err(e) => ReadIndexReply {
-                error: e.to_string(),
-                leader_id: self.node.leader().unwrap_or(0),
-                ..Default::default()
-            },
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(read_index_reply(&self.node).await))
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -1,22 +1,28 @@
-//! openraft's three RPCs (append, vote, snapshot) as length-prefixed frames on
-//! plain TCP, for `http://` peers, on the same port as the peer gRPC service.
+//! The peer calls on the write and read paths as length-prefixed frames on
+//! plain TCP, for `http://` peers, on the same port as the peer gRPC service:
+//! openraft's three RPCs (append, vote, snapshot), and a follower's calls to
+//! the leader (a forwarded write, a read index, a lease call).
 //!
 //! Why: every Raft round trip is on the write path (an append and its answer)
-//! and on the linearizable read path (a heartbeat round). As tonic unary calls
-//! each went through tower's buffer task, hyper's connection tasks and a task
-//! per HTTP/2 stream on both sides: measured at 1 client, the leader saw an
-//! append take ~0.2 ms longer than the follower spent on it. Here the caller's
-//! task writes the request and reads the answer on a connection of its own,
-//! and the server answers each connection in one task, in order.
+//! and on the linearizable read path (a heartbeat round), and most clients'
+//! writes and reads arrive at a follower, which asks the leader. As tonic
+//! unary calls each went through tower's buffer task, hyper's connection
+//! tasks and a task per HTTP/2 stream on both sides: measured at 1 client,
+//! the leader saw an append take ~0.2 ms longer than the follower spent on
+//! it. Here the caller's task writes the request and reads the answer on a
+//! connection of its own, and the server answers each connection in one
+//! task, in order.
 //!
 //! Protocol: the client opens a connection with [`MAGIC`]; the server, which
 //! tells it from HTTP/2's preface by peeking, answers [`ACCEPT`]. Then each
-//! request is `u32 LE length | method byte | bincode request`, and each
-//! answer `u32 LE length | bincode Result<response, RaftError>`: the same
-//! bytes the gRPC methods carry. One request at a time per connection; idle
-//! connections are pooled per peer URL. A peer that does not answer the
-//! greeting (an older member) is called over gRPC from then on; `https://`
-//! peers always are (their TLS setup is gRPC's).
+//! request is `u32 LE length | method byte | request`, and each answer
+//! `u32 LE length | answer`: the same bytes the gRPC methods carry. One
+//! request at a time per connection; idle connections are pooled per peer
+//! URL. A peer that does not answer the greeting (an older member) is called
+//! over gRPC from then on; `https://` peers always are (their TLS setup is
+//! gRPC's). [`MAGIC_V1`] is what members that framed only openraft's RPCs
+//! sent; they are still answered, and a member of this version is called
+//! over gRPC by them (they do not know [`MAGIC`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -27,7 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// First bytes a client sends on a new connection.
-pub const MAGIC: &[u8; 8] = b"CAIRNRF1";
+pub const MAGIC: &[u8; 8] = b"CAIRNRF2";
+/// The greeting of members whose frames carried openraft's RPCs only.
+const MAGIC_V1: &[u8; 8] = b"CAIRNRF1";
 /// The server's answer to [`MAGIC`].
 const ACCEPT: &[u8; 8] = b"CAIRNOK1";
 /// How long a new connection may take, greeting included.
@@ -37,13 +45,18 @@ const POOL_PER_PEER: usize = 8;
 /// How long a peer that does not take frames is called over gRPC only.
 const RETRY_FRAMES: Duration = Duration::from_secs(60);
 
-/// The Raft RPC a frame carries.
+/// The call a frame carries: openraft's RPCs (bincode), then a follower's
+/// calls to the leader (`ReadIndex` as the gRPC method's protobuf, the
+/// others bincode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Method {
     Append = 1,
     Vote = 2,
     Snapshot = 3,
+    Forward = 4,
+    ReadIndex = 5,
+    Lease = 6,
 }
 
 impl Method {
@@ -52,6 +65,9 @@ impl Method {
             1 => Some(Method::Append),
             2 => Some(Method::Vote),
             3 => Some(Method::Snapshot),
+            4 => Some(Method::Forward),
+            5 => Some(Method::ReadIndex),
+            6 => Some(Method::Lease),
             _ => None,
         }
     }
@@ -64,6 +80,16 @@ pub enum CallError {
     /// The peer does not speak this protocol: use gRPC.
     NotSupported,
     Failed(io::Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(e) => write!(f, "peer unreachable: {e}"),
+            CallError::NotSupported => f.write_str("peer does not take frames"),
+            CallError::Failed(e) => write!(f, "peer call failed: {e}"),
+        }
+    }
 }
 
 /// Idle connections per peer URL, and the peers known not to speak frames.
@@ -88,7 +114,9 @@ impl WirePool {
                 .is_none_or(|t| t.elapsed() >= RETRY_FRAMES)
     }
 
-    /// One request and its answer, within `timeout`.
+    /// One request and its answer, within `timeout`, for a call that may be
+    /// repeated: a pooled connection that fails is given one retry on a new
+    /// connection.
     pub async fn call(
         &self,
         url: &str,
@@ -121,12 +149,56 @@ impl WirePool {
             Some(done) => done,
             None => self.call_fresh(url, method, body, deadline).await?,
         };
+        self.put_back(url, conn);
+        Ok(answer)
+    }
+
+    /// One request and its answer, within `timeout`, for a call that must
+    /// not be repeated (a forwarded write): `Unreachable` only when it was
+    /// certainly not sent; once written, any failure is `Failed`. Pooled
+    /// connections that the peer closed are seen (a read that does not
+    /// wait) and dropped before one is used.
+    pub async fn call_once(
+        &self,
+        url: &str,
+        method: Method,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pooled = loop {
+            let c = self
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(url)
+                .and_then(|v| v.pop());
+            match c {
+                Some(c) if open_and_idle(&c) => break Some(c),
+                Some(_closed) => continue,
+                None => break None,
+            }
+        };
+        let (conn, answer) = match pooled {
+            Some(mut c) => {
+                let answer = tokio::time::timeout_at(deadline, exchange(&mut c, method, body))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(CallError::Failed)?;
+                (c, answer)
+            }
+            None => self.call_fresh(url, method, body, deadline).await?,
+        };
+        self.put_back(url, conn);
+        Ok(answer)
+    }
+
+    fn put_back(&self, url: &str, conn: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(url.to_string()).or_default();
         if list.len() < POOL_PER_PEER {
             list.push(conn);
         }
-        Ok(answer)
     }
 
     /// A call on a new connection.
@@ -188,6 +260,13 @@ impl WirePool {
     }
 }
 
+/// An idle connection still open with nothing to read: a peer that
+/// restarted (or closed it) shows as an end of stream.
+fn open_and_idle(c: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(c.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 fn timed_out() -> CallError {
     CallError::Failed(io::Error::new(
         io::ErrorKind::TimedOut,
@@ -228,7 +307,8 @@ pub async fn is_wire(conn: &TcpStream) -> bool {
         loop {
             match conn.peek(&mut head).await {
                 Ok(n) if n >= head.len() => return true,
-                // Fewer bytes so far: a prefix of MAGIC may still become it.
+                // Fewer bytes so far: a prefix of MAGIC may still become it
+                // (both greetings share all but their last byte).
                 Ok(n) if n > 0 && head[..n] == MAGIC[..n] => {
                     tokio::time::sleep(Duration::from_millis(1)).await
                 }
@@ -237,7 +317,7 @@ pub async fn is_wire(conn: &TcpStream) -> bool {
         }
     })
     .await;
-    matches!(peeked, Ok(true)) && &head == MAGIC
+    matches!(peeked, Ok(true)) && (&head == MAGIC || &head == MAGIC_V1)
 }
 
 /// Answers one framed connection until it closes: `handle` turns a method
@@ -334,6 +414,78 @@ mod tests {
             let a = pool.call(&url, Method::Snapshot, &[i], T).await.unwrap();
             assert_eq!(a, [3, i]);
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_must_not_be_repeated_is_not() {
+        // A server that answers one request per connection, then closes it
+        // (as a peer that restarted did): the pooled connection is seen
+        // closed before use, and the call goes on a new one.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut magic = [0u8; 8];
+                c.read_exact(&mut magic).await.unwrap();
+                c.write_all(ACCEPT).await.unwrap();
+                let req = read_frame(&mut c).await.unwrap();
+                let mut out = (req.len() as u32).to_le_bytes().to_vec();
+                out.extend_from_slice(&req);
+                c.write_all(&out).await.unwrap();
+            }
+        });
+        let pool = WirePool::default();
+        for (m, i) in [
+            (Method::Forward, 1u8),
+            (Method::ReadIndex, 2),
+            (Method::Lease, 3),
+        ] {
+            let a = pool.call_once(&url, m, &[i], T).await.unwrap();
+            assert_eq!(a, [m as u8, i]);
+            // Let the close arrive before the next call looks at the pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A peer that takes the request and closes without answering: the
+        // outcome is unknown (Failed), never "not sent", and it is not retried.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut magic = [0u8; 8];
+                c.read_exact(&mut magic).await.unwrap();
+                c.write_all(ACCEPT).await.unwrap();
+                let _ = read_frame(&mut c).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let r = pool.call_once(&url, Method::Forward, b"w", T).await;
+        assert!(matches!(r, Err(CallError::Failed(_))), "{r:?}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Nobody listening: certainly not sent.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let r = pool.call_once(&url, Method::Forward, b"w", T).await;
+        assert!(matches!(r, Err(CallError::Unreachable(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_first_greeting_is_still_answered() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (c, _) = l.accept().await.unwrap();
+            assert!(is_wire(&c).await);
+            serve(c, |m, _| async move { Ok(vec![m as u8]) }).await;
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(MAGIC_V1).await.unwrap();
+        let mut ok = [0u8; 8];
+        c.read_exact(&mut ok).await.unwrap();
+        assert_eq!(&ok, ACCEPT);
+        assert_eq!(exchange(&mut c, Method::Vote, b"").await.unwrap(), [2]);
     }
 
     #[tokio::test]

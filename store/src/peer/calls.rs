@@ -1,11 +1,13 @@
 //! The etcd-level calls one member makes to another over the cached
 //! channels of [`crate::net::peers`]: forwarding a write to the leader,
 //! asking it for a read index, lease calls, membership changes, a
-//! leadership transfer, and the join handshake (`hello`). The server side is `crate::api::peer`.
+//! leadership transfer, and the join handshake (`hello`). The first three
+//! are on clients' paths and go as [`crate::net::wire`] frames to peers that
+//! take them, else over gRPC. The server side is `crate::api::peer`.
 
 use std::time::Duration;
 
-use cairn_proto::peer::{HelloReply, HelloRequest, RaftMessage, ReadIndexRequest};
+use cairn_proto::peer::{HelloReply, HelloRequest, RaftMessage, ReadIndexReply, ReadIndexRequest};
 
 use super::messages::{
     ForwardReply, LeaseAnswer, LeaseCall, MemberAnswer, MemberCall, TransferCall,
@@ -13,6 +15,7 @@ use super::messages::{
 use crate::command::Proposal;
 use crate::error::EtcdError;
 use crate::net::peers::{never_sent, PeerPool};
+use crate::net::wire::{CallError, Method};
 use crate::raft::MemberNode;
 
 /// Why a forwarded write got no reply.
@@ -32,7 +35,35 @@ fn url_of(node: &MemberNode) -> Result<&str, String> {
         .ok_or_else(|| format!("member {} has no peer URL", node.name))
 }
 
+/// A framed call's outcome: `None` when the peer does not take frames (call
+/// it over gRPC instead).
+type Framed = Option<Result<Vec<u8>, CallError>>;
+
 impl PeerPool {
+    /// `method` as a frame to `url`, if the peer takes frames; `once` for a
+    /// call that must not be repeated.
+    async fn framed(
+        &self,
+        url: &str,
+        method: Method,
+        body: &[u8],
+        timeout: Duration,
+        once: bool,
+    ) -> Framed {
+        if !self.wire.usable(url) {
+            return None;
+        }
+        let r = if once {
+            self.wire.call_once(url, method, body, timeout).await
+        } else {
+            self.wire.call(url, method, body, timeout).await
+        };
+        match r {
+            Err(CallError::NotSupported) => None,
+            other => Some(other),
+        }
+    }
+
     /// Sends a membership change to `leader`.
     pub async fn membership(
         &self,
@@ -83,42 +114,52 @@ impl PeerPool {
         leader: &MemberNode,
         timeout: Duration,
     ) -> Result<u64, EtcdError> {
-        let mut c = self
-            .client(url_of(leader).map_err(EtcdError::Internal)?)
-            .map_err(EtcdError::Internal)?;
-        let mut r = tonic::Request::new(ReadIndexRequest {});
-        r.set_timeout(timeout);
-        let reply = c
-            .read_index(r)
+        let url = url_of(leader).map_err(EtcdError::Internal)?;
+        let reply = match self
+            .framed(url, Method::ReadIndex, &[], timeout, false)
             .await
-            .map_err(|_| EtcdError::Timeout)?
-            .into_inner();
-        if !reply.error.is_empty() {
-            return Err(if reply.error == EtcdError::NoLeader.to_string() {
-                EtcdError::NoLeader
-            } else if reply.error == EtcdError::NotCapable.to_string() {
-                // It is no longer the leader: the caller looks for the new one.
-                EtcdError::NotCapable
-            } else {
-                EtcdError::Timeout
-            });
-        }
-        Ok(reply.index)
+        {
+            Some(Ok(bytes)) => {
+                prost::Message::decode(bytes.as_slice()).map_err(|_| EtcdError::Timeout)?
+            }
+            Some(Err(_)) => return Err(EtcdError::Timeout),
+            None => {
+                let mut c = self.client(url).map_err(EtcdError::Internal)?;
+                let mut r = tonic::Request::new(ReadIndexRequest {});
+                r.set_timeout(timeout);
+                c.read_index(r)
+                    .await
+                    .map_err(|_| EtcdError::Timeout)?
+                    .into_inner()
+            }
+        };
+        read_index_of(reply)
     }
 
-    /// Sends a lease call to `leader`.
+    /// Sends a lease call to `leader` (one that may be repeated: a renewal
+    /// or a question).
     pub async fn lease(
         &self,
         leader: &MemberNode,
         call: &LeaseCall,
         timeout: Duration,
     ) -> Result<LeaseAnswer, String> {
-        let mut c = self.client(url_of(leader)?)?;
+        let url = url_of(leader)?;
         let data = bincode::serialize(call).map_err(|e| e.to_string())?;
-        let mut r = tonic::Request::new(RaftMessage { data });
-        r.set_timeout(timeout);
-        let reply = c.lease(r).await.map_err(|e| e.to_string())?;
-        bincode::deserialize(&reply.into_inner().data).map_err(|e| e.to_string())
+        let reply = match self.framed(url, Method::Lease, &data, timeout, false).await {
+            Some(r) => r.map_err(|e| e.to_string())?,
+            None => {
+                let mut c = self.client(url)?;
+                let mut r = tonic::Request::new(RaftMessage { data });
+                r.set_timeout(timeout);
+                c.lease(r)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .data
+            }
+        };
+        bincode::deserialize(&reply).map_err(|e| e.to_string())
     }
 
     /// Forwards `req` to `leader`.
@@ -129,16 +170,40 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<ForwardReply, ForwardError> {
         let url = url_of(leader).map_err(|_| ForwardError::NotSent)?;
-        let mut c = self.client(url).map_err(|_| ForwardError::NotSent)?;
         let data = bincode::serialize(req).map_err(|_| ForwardError::NotSent)?;
-        let mut r = tonic::Request::new(RaftMessage { data });
-        r.set_timeout(timeout);
-        match c.forward(r).await {
-            Ok(reply) => {
-                bincode::deserialize(&reply.into_inner().data).map_err(|_| ForwardError::Unknown)
+        let reply = match self
+            .framed(url, Method::Forward, &data, timeout, true)
+            .await
+        {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(CallError::Unreachable(_))) => return Err(ForwardError::NotSent),
+            Some(Err(_)) => return Err(ForwardError::Unknown),
+            None => {
+                let mut c = self.client(url).map_err(|_| ForwardError::NotSent)?;
+                let mut r = tonic::Request::new(RaftMessage { data });
+                r.set_timeout(timeout);
+                match c.forward(r).await {
+                    Ok(reply) => reply.into_inner().data,
+                    Err(status) if never_sent(&status) => return Err(ForwardError::NotSent),
+                    Err(_) => return Err(ForwardError::Unknown),
+                }
             }
-            Err(status) if never_sent(&status) => Err(ForwardError::NotSent),
-            Err(_) => Err(ForwardError::Unknown),
-        }
+        };
+        bincode::deserialize(&reply).map_err(|_| ForwardError::Unknown)
     }
+}
+
+/// The read index in a leader's reply, or the error it gave.
+fn read_index_of(reply: ReadIndexReply) -> Result<u64, EtcdError> {
+    if !reply.error.is_empty() {
+        return Err(if reply.error == EtcdError::NoLeader.to_string() {
+            EtcdError::NoLeader
+        } else if reply.error == EtcdError::NotCapable.to_string() {
+            // It is no longer the leader: the caller looks for the new one.
+            EtcdError::NotCapable
+        } else {
+            EtcdError::Timeout
+        });
+    }
+    Ok(reply.index)
 }

@@ -152,6 +152,11 @@ impl PeerNetwork {
             Method::Append => client.append_entries(r).await,
             Method::Vote => client.vote(r).await,
             Method::Snapshot => client.install_snapshot(r).await,
+            // Only openraft's RPCs come through here.
+            Method::Forward | Method::ReadIndex | Method::Lease => {
+                let e = std::io::Error::other(format!("{method:?} is not an openraft RPC"));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
         };
         match reply {
             Ok(r) => Ok(r.into_inner().data),
