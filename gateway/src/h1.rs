@@ -677,6 +677,82 @@ mod tests {
         assert_eq!(&buf[..], b"NEXT");
     }
 
+    /// Feeds `wire` in pieces of `piece` bytes as a response to `method`:
+    /// head, then body to its end. Whatever the bytes, an answer or an
+    /// error, never a panic, and never more held than was fed.
+    fn feed(wire: &[u8], piece: usize, method: &Method) -> Result<(), BadResponse> {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut more = |buf: &mut BytesMut| {
+            let end = (fed + piece).min(wire.len());
+            buf.extend_from_slice(&wire[fed..end]);
+            let got = end > fed;
+            fed = end;
+            got
+        };
+        let head = loop {
+            if let Some(h) = parse_response(&mut buf, method)? {
+                break h;
+            }
+            if !more(&mut buf) {
+                return Err(BadResponse("cut short"));
+            }
+        };
+        let mut r = BodyReader::new(head.framing);
+        let mut total = 0;
+        loop {
+            assert!(buf.len() <= wire.len());
+            match r.step(&mut buf)? {
+                Step::Data(d) => total += d.len(),
+                Step::Done => break,
+                Step::More if more(&mut buf) => {}
+                Step::More => return r.at_eof(),
+            }
+        }
+        assert!(total <= wire.len());
+        Ok(())
+    }
+
+    #[test]
+    fn any_corruption_is_an_answer_or_an_error_never_a_panic() {
+        let valid: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x\r\n\r\n4;a=b\r\nwiki\r\n5\r\npedia\r\n0\r\nt: 1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 404 Not Found\r\nContent-Length: 3, 3\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nuntil close",
+        ];
+        let mut cases = 0;
+        for v in valid {
+            for piece in [1, 3, 1000] {
+                assert_eq!(feed(v, piece, &Method::GET), Ok(()));
+            }
+            for i in 0..v.len() {
+                let mut variants: Vec<Vec<u8>> =
+                    [b'\r', b'\n', b':', b' ', b'0', b'f', b';', 0, 0xff]
+                        .iter()
+                        .map(|&b| {
+                            let mut w = v.to_vec();
+                            w[i] = b;
+                            w
+                        })
+                        .collect();
+                let mut cut = v.to_vec();
+                cut.remove(i);
+                variants.push(cut);
+                let mut dup = v.to_vec();
+                dup.extend_from_slice(&v[i..]);
+                variants.push(dup);
+                for w in &variants {
+                    for piece in [1, 7, 1000] {
+                        let _ = feed(w, piece, &Method::GET);
+                        let _ = feed(w, piece, &Method::HEAD);
+                        cases += 2;
+                    }
+                }
+            }
+        }
+        assert!(cases > 10_000, "{cases}");
+    }
+
     #[test]
     fn bad_bodies_are_refused() {
         let bad: [&[u8]; 7] = [
