@@ -92,6 +92,16 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// One framed call: what, its bytes, how long it may take, and whether it
+/// may be sent twice (see [`WirePool::call`]).
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    pub method: Method,
+    pub body: &'a [u8],
+    pub timeout: Duration,
+    pub repeatable: bool,
+}
+
 /// Idle connections per peer URL, and the peers known not to speak frames.
 #[derive(Clone, Default)]
 pub struct WirePool {
@@ -114,37 +124,56 @@ impl WirePool {
                 .is_none_or(|t| t.elapsed() >= RETRY_FRAMES)
     }
 
-    /// One request and its answer, within `timeout`, for a call that may be
-    /// repeated: a pooled connection that fails is given one retry on a new
-    /// connection.
-    pub async fn call(
-        &self,
-        url: &str,
-        method: Method,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, CallError> {
+    /// One request and its answer, within `timeout`.
+    ///
+    /// A `repeatable` call (openraft's RPCs: a follower answers a repeated
+    /// append or vote the same; a read index; a lease renewal) on a pooled
+    /// connection that fails, which a peer that restarted since may have
+    /// closed, is retried once on a new connection. Any other (a forwarded
+    /// write) is never sent twice: pooled connections the peer closed are
+    /// seen (a read that does not wait) and dropped before one is used,
+    /// `Unreachable` means it was certainly not sent, and once it is
+    /// written any failure is `Failed`. Any failure leaves a connection in
+    /// an unknown state: it is dropped.
+    pub async fn call(&self, url: &str, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        let Call {
+            method,
+            body,
+            timeout,
+            repeatable,
+        } = call;
         let deadline = tokio::time::Instant::now() + timeout;
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(url)
-            .and_then(|v| v.pop());
-        // Any failure leaves a connection in an unknown state: it is dropped.
-        // A pooled one may have been closed by a peer that restarted since;
-        // that is retried once on a new connection (openraft's RPCs may be
-        // repeated: a follower answers a repeated append or vote the same).
+        let pooled = loop {
+            match self.take_idle(url) {
+                Some(c) if repeatable || open_and_idle(&c) => break Some(c),
+                Some(_closed) => continue,
+                None => break None,
+            }
+        };
         let reused = match pooled {
             Some(mut c) => {
                 match tokio::time::timeout_at(deadline, exchange(&mut c, method, body)).await {
                     Ok(Ok(answer)) => Some((c, answer)),
-                    Ok(Err(_stale)) => None,
+                    Ok(Err(_stale)) if repeatable => None,
+                    Ok(Err(e)) => return Err(CallError::Failed(e)),
                     Err(_) => return Err(timed_out()),
                 }
             }
             None => None,
         };
+        self.finish(url, reused, method, body, deadline).await
+    }
+
+    /// The answer a pooled connection gave, else the call on a new
+    /// connection; the connection goes back to the pool.
+    async fn finish(
+        &self,
+        url: &str,
+        reused: Option<(TcpStream, Vec<u8>)>,
+        method: Method,
+        body: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>, CallError> {
         let (conn, answer) = match reused {
             Some(done) => done,
             None => self.call_fresh(url, method, body, deadline).await?,
@@ -153,44 +182,12 @@ impl WirePool {
         Ok(answer)
     }
 
-    /// One request and its answer, within `timeout`, for a call that must
-    /// not be repeated (a forwarded write): `Unreachable` only when it was
-    /// certainly not sent; once written, any failure is `Failed`. Pooled
-    /// connections that the peer closed are seen (a read that does not
-    /// wait) and dropped before one is used.
-    pub async fn call_once(
-        &self,
-        url: &str,
-        method: Method,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, CallError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let pooled = loop {
-            let c = self
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(url)
-                .and_then(|v| v.pop());
-            match c {
-                Some(c) if open_and_idle(&c) => break Some(c),
-                Some(_closed) => continue,
-                None => break None,
-            }
-        };
-        let (conn, answer) = match pooled {
-            Some(mut c) => {
-                let answer = tokio::time::timeout_at(deadline, exchange(&mut c, method, body))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(CallError::Failed)?;
-                (c, answer)
-            }
-            None => self.call_fresh(url, method, body, deadline).await?,
-        };
-        self.put_back(url, conn);
-        Ok(answer)
+    fn take_idle(&self, url: &str) -> Option<TcpStream> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(url)
+            .and_then(|v| v.pop())
     }
 
     fn put_back(&self, url: &str, conn: TcpStream) {
@@ -396,14 +393,29 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    fn call(method: Method, body: &[u8], repeatable: bool) -> Call<'_> {
+        Call {
+            method,
+            body,
+            timeout: T,
+            repeatable,
+        }
+    }
+
     #[tokio::test]
     async fn calls_reuse_a_connection_and_survive_a_closed_one() {
         let url = echo_server(usize::MAX).await;
         let pool = WirePool::default();
         assert!(pool.usable(&url));
-        let a = pool.call(&url, Method::Vote, b"hello", T).await.unwrap();
+        let a = pool
+            .call(&url, call(Method::Vote, b"hello", true))
+            .await
+            .unwrap();
         assert_eq!(a, b"\x02hello");
-        let b = pool.call(&url, Method::Append, b"", T).await.unwrap();
+        let b = pool
+            .call(&url, call(Method::Append, b"", true))
+            .await
+            .unwrap();
         assert_eq!(b, b"\x01");
         assert_eq!(pool.idle.lock().unwrap()[&url].len(), 1);
 
@@ -411,42 +423,20 @@ mod tests {
         // stale at the next call, which goes through on a new one.
         let url = echo_server(1).await;
         for i in 0..3u8 {
-            let a = pool.call(&url, Method::Snapshot, &[i], T).await.unwrap();
+            let a = pool
+                .call(&url, call(Method::Snapshot, &[i], true))
+                .await
+                .unwrap();
             assert_eq!(a, [3, i]);
         }
     }
 
-    #[tokio::test]
-    async fn a_call_that_must_not_be_repeated_is_not() {
-        // A server that answers one request per connection, then closes it
-        // (as a peer that restarted did): the pooled connection is seen
-        // closed before use, and the call goes on a new one.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut c, _)) = l.accept().await {
-                let mut magic = [0u8; 8];
-                c.read_exact(&mut magic).await.unwrap();
-                c.write_all(ACCEPT).await.unwrap();
-                let req = read_frame(&mut c).await.unwrap();
-                let mut out = (req.len() as u32).to_le_bytes().to_vec();
-                out.extend_from_slice(&req);
-                c.write_all(&out).await.unwrap();
-            }
-        });
-        let pool = WirePool::default();
-        for (m, i) in [
-            (Method::Forward, 1u8),
-            (Method::ReadIndex, 2),
-            (Method::Lease, 3),
-        ] {
-            let a = pool.call_once(&url, m, &[i], T).await.unwrap();
-            assert_eq!(a, [m as u8, i]);
-            // Let the close arrive before the next call looks at the pool.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A peer that takes the request and closes without answering: the
-        // outcome is unknown (Failed), never "not sent", and it is not retried.
+    /// A peer that greets, takes one request per connection, echoes it back
+    /// when `answer` (else says nothing) and closes the connection, as a
+    /// peer that restarted did. Counts the requests it took.
+    async fn one_request_per_connection(
+        answer: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -456,18 +446,47 @@ mod tests {
                 let mut magic = [0u8; 8];
                 c.read_exact(&mut magic).await.unwrap();
                 c.write_all(ACCEPT).await.unwrap();
-                let _ = read_frame(&mut c).await;
+                let Ok(req) = read_frame(&mut c).await else {
+                    continue;
+                };
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if answer {
+                    let mut out = (req.len() as u32).to_le_bytes().to_vec();
+                    out.extend_from_slice(&req);
+                    c.write_all(&out).await.unwrap();
+                }
             }
         });
-        let r = pool.call_once(&url, Method::Forward, b"w", T).await;
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_call_that_must_not_be_repeated_is_not() {
+        // The pooled connection the peer closed is seen closed before use,
+        // and the call goes on a new one.
+        let (url, _) = one_request_per_connection(true).await;
+        let pool = WirePool::default();
+        for (m, i) in [
+            (Method::Forward, 1u8),
+            (Method::ReadIndex, 2),
+            (Method::Lease, 3),
+        ] {
+            let a = pool.call(&url, call(m, &[i], false)).await.unwrap();
+            assert_eq!(a, [m as u8, i]);
+            // Let the close arrive before the next call looks at the pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A peer that takes the request and closes without answering: the
+        // outcome is unknown (Failed), never "not sent", and it is not retried.
+        let (url, seen) = one_request_per_connection(false).await;
+        let r = pool.call(&url, call(Method::Forward, b"w", false)).await;
         assert!(matches!(r, Err(CallError::Failed(_))), "{r:?}");
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
         // Nobody listening: certainly not sent.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         drop(l);
-        let r = pool.call_once(&url, Method::Forward, b"w", T).await;
+        let r = pool.call(&url, call(Method::Forward, b"w", false)).await;
         assert!(matches!(r, Err(CallError::Unreachable(_))), "{r:?}");
     }
 
@@ -500,7 +519,7 @@ mod tests {
             }
         });
         let pool = WirePool::default();
-        let r = pool.call(&url, Method::Append, b"x", T).await;
+        let r = pool.call(&url, call(Method::Append, b"x", true)).await;
         assert!(matches!(r, Err(CallError::NotSupported)), "{r:?}");
         assert!(!pool.usable(&url));
         assert!(!pool.usable("https://127.0.0.1:1"));
@@ -511,7 +530,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         drop(l);
-        let r = WirePool::default().call(&url, Method::Vote, b"", T).await;
+        let r = WirePool::default()
+            .call(&url, call(Method::Vote, b"", true))
+            .await;
         assert!(matches!(r, Err(CallError::Unreachable(_))), "{r:?}");
     }
 

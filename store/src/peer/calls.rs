@@ -15,7 +15,7 @@ use super::messages::{
 use crate::command::Proposal;
 use crate::error::EtcdError;
 use crate::net::peers::{never_sent, PeerPool};
-use crate::net::wire::{CallError, Method};
+use crate::net::wire::{Call, CallError, Method};
 use crate::raft::MemberNode;
 
 /// Why a forwarded write got no reply.
@@ -40,25 +40,12 @@ fn url_of(node: &MemberNode) -> Result<&str, String> {
 type Framed = Option<Result<Vec<u8>, CallError>>;
 
 impl PeerPool {
-    /// `method` as a frame to `url`, if the peer takes frames; `once` for a
-    /// call that must not be repeated.
-    async fn framed(
-        &self,
-        url: &str,
-        method: Method,
-        body: &[u8],
-        timeout: Duration,
-        once: bool,
-    ) -> Framed {
+    /// A call as a frame to `url`, if the peer takes frames.
+    async fn framed(&self, url: &str, call: Call<'_>) -> Framed {
         if !self.wire.usable(url) {
             return None;
         }
-        let r = if once {
-            self.wire.call_once(url, method, body, timeout).await
-        } else {
-            self.wire.call(url, method, body, timeout).await
-        };
-        match r {
+        match self.wire.call(url, call).await {
             Err(CallError::NotSupported) => None,
             other => Some(other),
         }
@@ -116,7 +103,15 @@ impl PeerPool {
     ) -> Result<u64, EtcdError> {
         let url = url_of(leader).map_err(EtcdError::Internal)?;
         let reply = match self
-            .framed(url, Method::ReadIndex, &[], timeout, false)
+            .framed(
+                url,
+                Call {
+                    method: Method::ReadIndex,
+                    body: &[],
+                    timeout,
+                    repeatable: true,
+                },
+            )
             .await
         {
             Some(Ok(bytes)) => {
@@ -146,7 +141,18 @@ impl PeerPool {
     ) -> Result<LeaseAnswer, String> {
         let url = url_of(leader)?;
         let data = bincode::serialize(call).map_err(|e| e.to_string())?;
-        let reply = match self.framed(url, Method::Lease, &data, timeout, false).await {
+        let reply = match self
+            .framed(
+                url,
+                Call {
+                    method: Method::Lease,
+                    body: &data,
+                    timeout,
+                    repeatable: true,
+                },
+            )
+            .await
+        {
             Some(r) => r.map_err(|e| e.to_string())?,
             None => {
                 let mut c = self.client(url)?;
@@ -172,7 +178,15 @@ impl PeerPool {
         let url = url_of(leader).map_err(|_| ForwardError::NotSent)?;
         let data = bincode::serialize(req).map_err(|_| ForwardError::NotSent)?;
         let reply = match self
-            .framed(url, Method::Forward, &data, timeout, true)
+            .framed(
+                url,
+                Call {
+                    method: Method::Forward,
+                    body: &data,
+                    timeout,
+                    repeatable: false,
+                },
+            )
             .await
         {
             Some(Ok(bytes)) => bytes,

@@ -22,7 +22,7 @@ use openraft::raft::{
 
 use super::{MemberNode, TypeConfig, APPEND_BATCH_BYTES};
 use crate::net::peers::{never_sent, PeerPool};
-use crate::net::wire::{CallError, Method};
+use crate::net::wire::{Call, CallError, Method};
 
 pub struct NetworkFactory {
     pub pool: PeerPool,
@@ -94,7 +94,15 @@ impl PeerNetwork {
             match self
                 .pool
                 .wire
-                .call(url, method, &data, option.hard_ttl())
+                .call(
+                    url,
+                    Call {
+                        method,
+                        body: &data,
+                        timeout: option.hard_ttl(),
+                        repeatable: true,
+                    },
+                )
                 .await
             {
                 Ok(bytes) => reply = Some(bytes),
