@@ -91,6 +91,12 @@ pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// A request nginx may send again after a failure once it was sent (all
+/// but POST, LOCK and PATCH: `proxy_next_upstream`'s rule).
+pub fn idempotent(m: &Method) -> bool {
+    !matches!(m.as_str(), "POST" | "PATCH" | "LOCK")
+}
+
 /// How a response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -515,6 +521,14 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: up:8080\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 1234\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn idempotent_methods_as_nginx() {
+        assert!(!idempotent(&Method::POST));
+        assert!(!idempotent(&Method::PATCH));
+        assert!(idempotent(&Method::PUT));
+        assert!(idempotent(&Method::GET));
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub enum SendError {
     NotSent(io::Error),
     /// The request was sent; no usable answer came.
     Failed(String),
+    /// The request was sent and the connection ended before any byte of an
+    /// answer: on a reused connection, mostly an upstream that closed it as
+    /// the request went out (its keep-alive ran out).
+    Dropped(String),
 }
 
 impl SendError {
@@ -90,7 +94,7 @@ impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::NotSent(e) => write!(f, "{e}"),
-            SendError::Failed(e) => f.write_str(e),
+            SendError::Failed(e) | SendError::Dropped(e) => f.write_str(e),
         }
     }
 }
@@ -165,8 +169,16 @@ impl Pool {
     ) -> Result<Response<Pooled>, SendError> {
         while let Some(mut conn) = self.take(node) {
             // Not written whole: the upstream has no request from it.
-            if conn.write(head, body).await.is_ok() {
-                return self.answer(node, conn, method).await;
+            if conn.write(head, body).await.is_err() {
+                continue;
+            }
+            match self.answer(node, conn, method).await {
+                // The upstream closed the reused connection as the request
+                // went out. nginx tries a request that may be repeated once
+                // more in that case (a cached connection's failure is not
+                // counted); so does this, on the next connection.
+                Err(SendError::Dropped(_)) if h1::idempotent(method) => continue,
+                other => return other,
             }
         }
         let mut conn = self.connect(addr).await?;
@@ -196,6 +208,7 @@ impl Pool {
         mut conn: Conn,
         method: &Method,
     ) -> Result<Response<Pooled>, SendError> {
+        let mut received = false;
         loop {
             // Nothing read yet (the usual case, a fresh request): no parse.
             if !conn.buf.is_empty() {
@@ -207,12 +220,18 @@ impl Pool {
             }
             conn.buf.reserve(HEAD_READ);
             match conn.io.read_buf(&mut conn.buf).await {
-                Ok(0) => {
-                    return Err(SendError::Failed(
+                Ok(0) if !received => {
+                    return Err(SendError::Dropped(
                         "upstream closed the connection before answering".into(),
                     ))
                 }
-                Ok(_) => {}
+                Ok(0) => {
+                    return Err(SendError::Failed(
+                        "upstream closed the connection in the middle of its answer".into(),
+                    ))
+                }
+                Ok(_) => received = true,
+                Err(e) if !received => return Err(SendError::Dropped(e.to_string())),
                 Err(e) => return Err(SendError::Failed(e.to_string())),
             }
         }
@@ -394,11 +413,22 @@ mod tests {
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-    /// An HTTP/1.1 upstream on loopback giving `answer` to every request;
-    /// with `close_after_one` it closes each connection after its first
-    /// answer (as an upstream whose keep-alive timeout ran out does). Counts
-    /// the connections it accepted.
-    async fn upstream(answer: &'static [u8], close_after_one: bool) -> (Uri, Arc<AtomicUsize>) {
+    /// How the test upstream treats a connection after its first answer.
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        /// Keeps answering.
+        KeepAlive,
+        /// Closes it (as an upstream whose keep-alive timeout ran out does).
+        Close,
+        /// Reads the next request, then closes it unanswered (the same
+        /// timeout running out as the request arrives).
+        DropNext,
+    }
+
+    /// An HTTP/1.1 upstream on loopback giving `answer` to requests, each
+    /// connection treated `after` its first answer as said. Counts the
+    /// connections it accepted.
+    async fn upstream(answer: &'static [u8], after: After) -> (Uri, Arc<AtomicUsize>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}/", l.local_addr().unwrap())
             .parse()
@@ -411,6 +441,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
+                    let mut answered = false;
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match s.read(&mut chunk).await {
@@ -419,9 +450,13 @@ mod tests {
                             }
                         }
                         buf.clear();
-                        if s.write_all(answer).await.is_err() || close_after_one {
+                        if answered && after == After::DropNext {
                             return;
                         }
+                        if s.write_all(answer).await.is_err() || after == After::Close {
+                            return;
+                        }
+                        answered = true;
                     }
                 });
             }
@@ -449,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_was_read() {
-        let (uri, accepted) = upstream(OK, false).await;
+        let (uri, accepted) = upstream(OK, After::KeepAlive).await;
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
         for _ in 0..5 {
             let resp = get(&pool, &uri).await.unwrap();
@@ -465,7 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_used_again() {
-        let (uri, accepted) = upstream(OK, true).await;
+        let (uri, accepted) = upstream(OK, After::Close).await;
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
         let resp = get(&pool, &uri).await.unwrap();
         assert_eq!(body(resp).await, "ok");
@@ -492,7 +527,7 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\n\r\n",
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         ] {
-            let (uri, accepted) = upstream(answer, false).await;
+            let (uri, accepted) = upstream(answer, After::KeepAlive).await;
             let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
             for _ in 0..3 {
                 let b = body(get(&pool, &uri).await.unwrap()).await;
@@ -512,7 +547,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nok",
         ];
         for answer in answers {
-            let (uri, _) = upstream(answer, false).await;
+            let (uri, _) = upstream(answer, After::KeepAlive).await;
             let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
             let b = body(get(&pool, &uri).await.unwrap()).await;
             assert!(b.starts_with(b"o"));
@@ -527,7 +562,7 @@ mod tests {
             .concat()
             .into_boxed_slice(),
         );
-        let (uri, _) = upstream(big, false).await;
+        let (uri, _) = upstream(big, After::KeepAlive).await;
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
         drop(get(&pool, &uri).await.unwrap());
         assert_eq!(idle(&pool), 0);
@@ -542,7 +577,7 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
             b"garbage\r\n\r\n",
         ] {
-            let (uri, _) = upstream(answer, false).await;
+            let (uri, _) = upstream(answer, After::KeepAlive).await;
             let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
             let Err(e) = get(&pool, &uri).await else {
                 panic!("a bad head taken");
@@ -550,12 +585,45 @@ mod tests {
             assert!(!e.never_sent(), "{e}");
         }
         // Cut short: the body's error, and no connection kept.
-        let (uri, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok", true).await;
+        let (uri, _) = upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok",
+            After::Close,
+        )
+        .await;
         let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
         let resp = get(&pool, &uri).await.unwrap();
         use http_body_util::BodyExt;
         assert!(resp.into_body().collect().await.is_err());
         assert_eq!(idle(&pool), 0);
+    }
+
+    /// The keep-alive race: the upstream closes a connection as the next
+    /// request on it arrives.
+    #[tokio::test]
+    async fn a_reused_connection_closed_under_a_request_is_retried_only_if_it_may_be() {
+        let (uri, accepted) = upstream(OK, After::DropNext).await;
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(1)));
+        let send = |method: Method| {
+            let (pool, uri) = (pool.clone(), uri.clone());
+            async move {
+                let mut head = Vec::new();
+                let mut w = h1::HeadWriter::new(&mut head, &method, "/");
+                w.header(b"host", b"upstream");
+                w.finish(Some(0));
+                pool.send(0, &uri, &method, &mut head, &Bytes::new()).await
+            }
+        };
+        assert_eq!(body(send(Method::GET).await.unwrap()).await, "ok");
+        // The GET goes on the idle connection, which dies under it: sent
+        // again on a new one.
+        assert_eq!(body(send(Method::GET).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST in the same spot may have been taken: an error, not re-sent.
+        let Err(e) = send(Method::POST).await else {
+            panic!("a POST sent twice");
+        };
+        assert!(!e.never_sent(), "{e}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -12,7 +12,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::Method;
 use hyper::Response;
 
 use crate::h1;
@@ -52,10 +51,6 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-
-fn idempotent(m: &Method) -> bool {
-    !matches!(m.as_str(), "POST" | "PATCH" | "LOCK")
-}
 
 /// The chash key of this request (`hash_on` + `key`).
 fn hash_key(ctx: &Ctx<'_>, up: &UpstreamRt) -> Option<String> {
@@ -297,22 +292,11 @@ pub async fn forward(
             },
         );
         tracing::warn!(upstream = %up.key, error = %f.message(), "upstream attempt failed");
-        let may_resend = never_sent || idempotent(&ctx.parts.method);
+        let may_resend = never_sent || h1::idempotent(&ctx.parts.method);
         let in_budget = budget.is_none_or(|b| started.elapsed() < b);
         if left == 0 || !may_resend || !in_budget {
             return Err(f);
         }
         left -= 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn methods() {
-        assert!(!idempotent(&Method::POST));
-        assert!(idempotent(&Method::PUT));
     }
 }
