@@ -454,8 +454,22 @@ impl Node {
         self.spawn();
     }
 
+    /// SIGSTOPs the member and returns once every thread of it has stopped.
+    /// kill(2) only queues the stop: one thread is woken to start the group
+    /// stop, and the others keep serving until it is scheduled, which on a
+    /// loaded machine can be after the test's next request was answered.
     pub fn sigstop(&self) {
         self.signal(libc::SIGSTOP);
+        let pid = self.pid().expect("running");
+        let deadline = Instant::now() + SLOW;
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{} not stopped after {SLOW:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn sigcont(&self) {
@@ -921,4 +935,22 @@ pub fn assert_too_many_ops(e: &cairn_client::Error) {
         ),
         "{e:?}"
     );
+}
+
+/// True when every thread of `pid` is in the stopped state (`T` in
+/// `/proc/<pid>/task/<tid>/stat`, the field after the parenthesised name).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+                Some(state == 'T' || state == 't')
+            })
+            // A thread that exited meanwhile is not serving anything.
+            .unwrap_or(true)
+    })
 }
