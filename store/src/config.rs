@@ -137,6 +137,16 @@ pub struct StoreConfig {
     #[arg(long, env = "CAIRN_MAX_WATCHES_PER_STREAM", default_value_t = 10_000)]
     pub max_watches_per_stream: usize,
 
+    /// Bytes of client requests taken in at once, all connections together
+    /// (README, "Limits under hostile and heavy input"): a request that does
+    /// not fit waits its turn, unread. etcd has no such bound.
+    #[arg(
+        long,
+        env = "CAIRN_MAX_REQUEST_BYTES_IN_FLIGHT",
+        default_value_t = 256 << 20
+    )]
+    pub max_request_bytes_in_flight: usize,
+
     /// Maximum number of operations per txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub backend_commit: Histogram,
     pub peer_rtt: HistogramVec,
     pub grpc_handled: IntCounterVec,
+    pub request_bytes_in_flight: IntGauge,
+    pub requests_waiting_for_room: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -138,6 +140,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         peer_rtt,
         grpc_handled,
+        request_bytes_in_flight: gauge(
+            &r,
+            "cairn_request_bytes_in_flight",
+            "Bytes of client requests reserved from --max-request-bytes-in-flight.",
+        ),
+        requests_waiting_for_room: gauge(
+            &r,
+            "cairn_requests_waiting_for_room",
+            "Client requests waiting, unread, for room under --max-request-bytes-in-flight.",
+        ),
         registry: r,
     }
 });

@@ -38,6 +38,8 @@ pub struct Node {
     pub watch_progress_interval: Duration,
     /// `--max-watches-per-stream`.
     pub max_watches_per_stream: usize,
+    /// `--max-request-bytes-in-flight`.
+    pub max_request_bytes_in_flight: usize,
     /// Smallest lease TTL granted (etcd: 1.5 election timeouts).
     pub min_lease_ttl: i64,
     /// `--initial-cluster-token`: new member IDs are derived from it.
@@ -70,6 +72,7 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     pub watch_progress_interval: Duration,
     pub max_watches_per_stream: usize,
+    pub max_request_bytes_in_flight: usize,
     pub min_lease_ttl: i64,
     pub quota_bytes: u64,
     pub auth_token_ttl: Duration,
@@ -93,6 +96,7 @@ impl Node {
             max_txn_ops,
             watch_progress_interval,
             max_watches_per_stream,
+            max_request_bytes_in_flight,
             min_lease_ttl,
             quota_bytes,
             auth_token_ttl,
@@ -120,6 +124,7 @@ impl Node {
             max_txn_ops,
             watch_progress_interval,
             max_watches_per_stream,
+            max_request_bytes_in_flight,
             min_lease_ttl,
             cluster_token,
             quota_bytes,

@@ -104,6 +104,7 @@ pub async fn run(cfg: StoreConfig) -> Result<()> {
         max_txn_ops: cfg.max_txn_ops,
         watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
         max_watches_per_stream: cfg.max_watches_per_stream,
+        max_request_bytes_in_flight: cfg.max_request_bytes_in_flight,
         min_lease_ttl: crate::lease::min_ttl(cfg.election_timeout),
         quota_bytes: if cfg.quota_backend_bytes == 0 {
             2 << 30

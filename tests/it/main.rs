@@ -12,6 +12,7 @@ mod alarm;
 mod apisix_pattern;
 mod auth;
 mod bench;
+mod bounded;
 mod compaction;
 mod console_browser;
 mod control_api;

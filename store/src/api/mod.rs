@@ -3,7 +3,8 @@
 //! - [`gateway`]: the HTTP/JSON gateway (APISIX's path) and `/health`;
 //!   `json_frames` reads its bodies within the request limit, and `bulk`
 //!   parses the large ones on a low-priority thread; `refusal_pace` paces
-//!   what is refused.
+//!   what is refused; `inflight` bounds the bytes of requests in flight,
+//!   gRPC and JSON together.
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`lease`]: Grant, Revoke, KeepAlive, TimeToLive, Leases.
 //! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, Defragment,
@@ -20,6 +21,7 @@ pub mod auth;
 mod bulk;
 pub mod cluster;
 pub mod gateway;
+mod inflight;
 mod json_frames;
 pub mod kv;
 pub mod lease;
@@ -50,6 +52,9 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
     // rejects larger *requests* with "request is too large" itself.
     let max = node.max_request_bytes + 512 * 1024;
     let max_txn_ops = node.max_txn_ops;
+    // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
+    let body_limit = max * 2;
+    let budget = inflight::Budget::new(node.max_request_bytes_in_flight, max, body_limit);
     let services = gateway::Services {
         kv: Arc::new(kv::KvService { node: node.clone() }),
         lease: Arc::new(lease::LeaseService { node: node.clone() }),
@@ -67,8 +72,7 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
             node: node.clone(),
             token_ttl: node.auth_token_ttl,
         }),
-        // JSON inflates bytes by 4/3 (base64); the services enforce the real limit.
-        body_limit: max * 2,
+        body_limit,
         bulk: bulk::Bulk::start(),
     };
     // Replies are bounded by the request limit of what was written; streamed
@@ -100,6 +104,9 @@ pub fn client_router(node: Arc<Node>) -> axum::Router {
         )
         .layer(axum::middleware::map_request(move |req: axum::extract::Request| async move {
             txn_screen::screen(req, max_txn_ops, max)
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            inflight::admit(budget.clone(), req, next)
         }))
         .layer(axum::middleware::from_fn(crate::metrics::count_grpc))
 }
