@@ -37,6 +37,7 @@ use super::json_frames::{read_body, Chunks, Framer};
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::{MaintenanceService, CLUSTER_VERSION, SERVER_VERSION};
+use super::txn_screen::JsonOps;
 use super::watch::WatchService;
 use crate::error::EtcdError;
 use cairn_proto::etcdserverpb::TxnRequest;
@@ -105,10 +106,11 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
 /// What a unary request is refused for before its service sees it (etcd
 /// checks a txn's shape and size before auth).
 trait Screen<T>: Send + 'static {
-    /// On the raw body, before it is parsed: a look at the bytes can cost
-    /// far less than the parse it saves.
-    fn bytes(&self, _body: &Chunks) -> Result<(), Status> {
-        Ok(())
+    /// On each piece of the raw body as it arrives, before anything is
+    /// parsed: a look at the bytes can cost far less than the parse it
+    /// saves, and a refusal drops what was kept (see [`read_body`]).
+    fn arriving(&mut self, _part: &[u8]) -> Option<Status> {
+        None
     }
 
     /// On the parsed message.
@@ -124,16 +126,19 @@ impl<T> Screen<T> for NoScreen {
     }
 }
 
-/// A txn: its top-level operation count from the bytes, then everything
-/// [`KvService::screen_txn`] checks.
-struct TxnScreen(Arc<KvService>);
+/// A txn: its top-level operation count from the bytes as they arrive, then
+/// everything [`KvService::screen_txn`] checks.
+struct TxnScreen(Arc<KvService>, JsonOps);
+
+impl TxnScreen {
+    fn new(kv: &Arc<KvService>) -> TxnScreen {
+        TxnScreen(kv.clone(), JsonOps::new(kv.node.max_txn_ops))
+    }
+}
 
 impl Screen<TxnRequest> for TxnScreen {
-    fn bytes(&self, body: &Chunks) -> Result<(), Status> {
-        if super::txn_screen::json_over(body.parts(), self.0.node.max_txn_ops) {
-            return Err(EtcdError::TooManyOps.into());
-        }
-        Ok(())
+    fn arriving(&mut self, part: &[u8]) -> Option<Status> {
+        self.1.over(part).then(|| EtcdError::TooManyOps.into())
     }
 
     fn parsed(self, req: &TxnRequest) -> Result<(), Status> {
@@ -152,7 +157,6 @@ where
 {
     let small = body.len() < LARGE_BODY;
     let work = move || {
-        screen.bytes(&body)?;
         let req = decode::<T>(&body.join())?;
         screen.parsed(&req)?;
         Ok(req)
@@ -202,7 +206,9 @@ where
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body = match read_body(body, declared, s.body_limit).await {
+    let mut screen = screen;
+    let arriving = |part: &[u8]| screen.arriving(part);
+    let body = match read_body(body, declared, s.body_limit, arriving).await {
         Ok(b) => b,
         Err(s) => return error_response(s),
     };
@@ -287,7 +293,8 @@ fn json_lines<T: Serialize + Send + 'static>(
 }
 
 /// A unary route to `svc.method`; with `screen`, that [`Screen`] (made from
-/// the service) runs where the body is parsed (see [`decode_large`]).
+/// the service) runs as the body arrives and where it is parsed (see
+/// [`read_body`] and [`decode_large`]).
 macro_rules! unary_route {
     ($svc:ident . $method:ident) => {
         post(
@@ -301,7 +308,7 @@ macro_rules! unary_route {
     ($svc:ident . $method:ident, screen = $screen:ident) => {
         post(
             |State(s): State<Services>, headers: HeaderMap, body: Body| async move {
-                let (svc, screen) = (s.$svc.clone(), $screen(s.$svc.clone()));
+                let (svc, screen) = (s.$svc.clone(), $screen::new(&s.$svc));
                 let call = |r| async move { svc.$method(r).await };
                 unary(headers, body, &s, screen, call).await
             },

@@ -11,7 +11,7 @@
 //!   re-parse per chunk; and a message still open past the limit is refused
 //!   before more of it is buffered.
 
-use super::refusal_pace::pace;
+use super::refusal_pace::{pace, PACED_FROM};
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
 use tonic::Status;
@@ -40,11 +40,6 @@ impl Chunks {
         self.len
     }
 
-    /// The body's pieces, in order, as they arrived.
-    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
-        self.parts.iter().map(|p| &p[..])
-    }
-
     /// The body in one buffer; one that came in one chunk is not copied.
     pub fn join(mut self) -> Bytes {
         if self.parts.len() == 1 {
@@ -71,14 +66,24 @@ impl From<Bytes> for Chunks {
 /// `Content-Length`, if it came with one: a body declared over the limit is
 /// refused without keeping any of it. What is drained of an oversize body
 /// is paced (see [`super::refusal_pace`]).
+///
+/// `refuse` sees each piece as it arrives and may refuse the request from
+/// what it saw so far (a txn's operation count): the pieces are dropped and
+/// the rest is read at the refusal pace before the answer, so a client
+/// refused early is held back as one refused late would be. A body that
+/// then passes the limit gets the size error instead, which is what etcd
+/// answers for it.
 pub async fn read_body(
     body: Body,
     declared: Option<usize>,
     limit: usize,
+    mut refuse: impl FnMut(&[u8]) -> Option<Status>,
 ) -> Result<Chunks, Status> {
     let mut chunks = body.into_data_stream();
     let mut parts = Vec::new();
     let mut seen = 0;
+    let mut refused: Option<Status> = None;
+    let mut paced = 0;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| Status::invalid_argument(e.to_string()))?;
         seen += chunk.len();
@@ -96,9 +101,23 @@ pub async fn read_body(
             }
             return Err(too_large(seen, limit));
         }
-        parts.push(chunk);
+        if refused.is_none() {
+            refused = refuse(&chunk);
+            if refused.is_some() {
+                parts = Vec::new();
+            }
+        }
+        if refused.is_none() {
+            parts.push(chunk);
+        } else if seen >= PACED_FROM {
+            pace(seen - paced).await;
+            paced = seen;
+        }
     }
-    Ok(Chunks { parts, len: seen })
+    match refused {
+        Some(status) => Err(status),
+        None => Ok(Chunks { parts, len: seen }),
+    }
 }
 
 /// Splits a byte stream into top-level JSON objects.
