@@ -20,7 +20,11 @@
 # BOUNDED_SECTIONS (which of the sections above to run; default "1 2 3 4"),
 # HOSTILE_KINDS (section 4's hostile clients: "txn", "big" or both, the default;
 # "grpc" sends the txn client's 20,000 ops as gRPC messages instead of JSON,
-# paced by HOSTILE_GRPC_PAUSE seconds, and reports the member's CPU per txn).
+# paced by HOSTILE_GRPC_PAUSE seconds, and reports the member's CPU per txn),
+# HOSTILE_GRPC_NESTED=1 nests those ops in a txn one level down, which the
+# byte screen leaves to tonic and the checks after decoding;
+# HOSTILE_SINK=1 (the control: the JSON hostile clients send to a process
+# that reads their bytes at the member's refusal pace, not to the member).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -157,6 +161,56 @@ fresh_cluster "$store"
 eps=$(endpoints "$store")
 ep0=$(client_url "$store" 0)
 name=$([ "$store" = cairn ] && echo Cairn || echo "etcd 3.4")
+if [ -n "${HOSTILE_SINK:-}" ]; then
+    # The control: the hostile clients send to a process of their own that
+    # reads their bodies at the member's refusal pace (32 MiB/s) and answers
+    # 400, so what the gets lose is what sharing the machine with that
+    # traffic costs, not what the member does with it.
+    python3 - 23999 <<'EOF' &
+import socket, sys, threading, time
+PACE = 32 << 20
+lock, nxt = threading.Lock(), [0.0]
+def paced(n):
+    with lock:
+        now = time.monotonic()
+        start = max(nxt[0], now)
+        nxt[0] = start + n / PACE
+    time.sleep(max(0.0, start + n / PACE - now))
+def serve(c):
+    with c:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = c.recv(65536)
+            if not d:
+                return
+            head += d
+        h, rest = head.split(b"\r\n\r\n", 1)
+        length = next(int(l.split(b":")[1]) for l in h.split(b"\r\n")
+                      if l.lower().startswith(b"content-length:"))
+        got = len(rest)
+        paced(got)
+        while got < length:
+            d = c.recv(1 << 20)
+            if not d:
+                return
+            got += len(d)
+            paced(len(d))
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+end = time.time() + 90
+while time.time() < end:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+EOF
+    sink=$!
+    hostile_ep=http://127.0.0.1:23999
+else
+    sink=
+    hostile_ep=$ep0
+fi
 etcdctl --endpoints="$eps" put k v >/dev/null
 gets() { "$CAIRN_BIN" --log-level error bench --endpoints "$eps" --json \
     --conns 2 --clients 8 --duration 8s range k --consistency l; }
@@ -166,7 +220,7 @@ for kind in ${HOSTILE_KINDS:-txn big}; do
     if [ "$kind" = grpc ]; then
         # The txn client's 20,000 ops as one gRPC message (1.4 MB of
         # protobuf), sent by curl over HTTP/2 without a token.
-        python3 - "$WORK/txn.grpc" <<'EOF'
+        python3 - "$WORK/txn.grpc" "${HOSTILE_GRPC_NESTED:-}" <<'EOF'
 import sys
 def varint(n):
     out = b""
@@ -179,6 +233,9 @@ def field(num, payload):
     return varint(num << 3 | 2) + varint(len(payload)) + payload
 msg = b"".join(field(2, field(2, field(1, b"h%d" % i) + field(2, b"v" * 56)))
                for i in range(20000))
+if sys.argv[2]:
+    # One level down: the only success op of the txn is a txn of them.
+    msg = field(2, field(4, msg))
 open(sys.argv[1], "wb").write(b"\0" + len(msg).to_bytes(4, "big") + msg)
 EOF
         # The trap: a subshell in a loop would otherwise outlive the kill below.
@@ -204,7 +261,7 @@ EOF
                 'BEGIN { printf "%.2f; %.1f", n ? c * 1000 / t / n : 0, n / 4 }')"
         continue
     fi
-    python3 - "$ep0" "$kind" <<'EOF' &
+    python3 - "$hostile_ep" "$kind" <<'EOF' &
 import base64, json, sys, time, urllib.request, urllib.error
 ep, kind = sys.argv[1], sys.argv[2]
 if kind == "txn":
@@ -227,9 +284,10 @@ done
 sleep 1
 beside="2 hostile clients (1.4 MiB txns, 5 MiB bodies, no token)"
 [ -z "${HOSTILE_KINDS:-}" ] || beside="hostile clients: $HOSTILE_KINDS (no token)"
+[ -z "$sink" ] || beside="$beside, sent to a pacing sink instead of the member"
 row "$name: the same beside $beside" "$(gets | lat)"
-kill "${hostile[@]}" 2>/dev/null || true
-wait "${hostile[@]}" 2>/dev/null || true
+kill "${hostile[@]}" $sink 2>/dev/null || true
+wait "${hostile[@]}" $sink 2>/dev/null || true
 stop_cluster "$store"
 done
 fi
