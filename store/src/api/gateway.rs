@@ -193,7 +193,7 @@ async fn unary<Req, Resp, S, F, Fut>(
     headers: HeaderMap,
     body: Body,
     s: &Services,
-    screen: S,
+    mut screen: S,
     call: F,
 ) -> Response
 where
@@ -206,7 +206,6 @@ where
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let mut screen = screen;
     let arriving = |part: &[u8]| screen.arriving(part);
     let body = match read_body(body, declared, s.body_limit, arriving).await {
         Ok(b) => b,

@@ -103,25 +103,21 @@ enum Reserving {
 }
 
 /// Reserved bytes, counted in `cairn_request_bytes_in_flight` while held.
-struct Reservation(Option<OwnedSemaphorePermit>);
+struct Reservation(OwnedSemaphorePermit);
 
 impl Reservation {
     fn new(p: OwnedSemaphorePermit) -> Reservation {
         crate::metrics::METRICS
             .request_bytes_in_flight
             .add(p.num_permits() as i64);
-        Reservation(Some(p))
-    }
-
-    fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |p| p.num_permits())
+        Reservation(p)
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         let m = &crate::metrics::METRICS.request_bytes_in_flight;
-        m.sub(self.bytes() as i64);
+        m.sub(self.0.num_permits() as i64);
     }
 }
 

@@ -103,13 +103,13 @@ pub async fn read_body(
         }
         if refused.is_none() {
             refused = refuse(&chunk);
-            if refused.is_some() {
-                parts = Vec::new();
+            if refused.is_none() {
+                parts.push(chunk);
+                continue;
             }
+            parts = Vec::new();
         }
-        if refused.is_none() {
-            parts.push(chunk);
-        } else if seen >= PACED_FROM {
+        if seen >= PACED_FROM {
             pace(seen - paced).await;
             paced = seen;
         }
